@@ -1,0 +1,220 @@
+"""Mask math: scores → per-task masks → votes → one global mask, and the statistics that describe them.
+
+Pure numpy on (layers × width) arrays: no model, no torch, so every slider move in the app is instant and every
+function here can be tested on hand-made numbers. Tie rule everywhere: among equal keys, the lower index is kept
+(deterministic, documented, testable).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from diet.errors import DietError
+from diet.settings import MaskSettings
+
+# ---------------------------------------------------------------- scores
+
+
+def scores_from(stats, score: str = "mean_abs") -> np.ndarray:
+    """(L, I) float64 score per unit from profiled statistics (anything with .mean_abs() / .rms())."""
+    if score == "mean_abs":
+        return stats.mean_abs()
+    if score == "rms":
+        return stats.rms()
+    raise DietError(f"unknown score {score!r}: use mean_abs or rms")
+
+
+def normalise(scores: np.ndarray) -> np.ndarray:
+    """Divide each layer's scores by that layer's mean: layers become comparable (scale-free), order kept."""
+    mean = scores.mean(axis=-1, keepdims=True)
+    return scores / np.where(mean > 0, mean, 1.0)
+
+
+def keep_count(width: int, sparsity: float) -> int:
+    """Units kept in a layer of `width` at `sparsity` (rounded to nearest, at least one)."""
+    return max(1, int(round((1.0 - sparsity) * width)))
+
+
+# ---------------------------------------------------------------- top-k with a defined tie rule
+
+
+def topk_rows(keys: np.ndarray, k: np.ndarray | int) -> np.ndarray:
+    """Boolean mask keeping the k largest keys of each row; among equal keys the lower index wins."""
+    L, n = keys.shape
+    ks = np.broadcast_to(np.asarray(k, dtype=np.int64), (L,))
+    if np.any(ks < 0) or np.any(ks > n):
+        raise DietError(f"cannot keep {ks.max()} of {n} units")
+    out = np.zeros((L, n), dtype=bool)
+    for kv in np.unique(ks):
+        rows = np.nonzero(ks == kv)[0]
+        if kv == 0:
+            continue
+        sub = keys[rows]
+        thr = np.partition(sub, n - kv, axis=1)[:, n - kv][:, None]  # the kv-th largest value per row
+        greater = sub > thr
+        eq = sub == thr
+        need = kv - greater.sum(axis=1, keepdims=True)
+        out[rows] = greater | (eq & (np.cumsum(eq, axis=1) <= need))
+    return out
+
+
+def allocate_global(keys: np.ndarray, total: int, min_keep: float) -> np.ndarray:
+    """Per-layer kept counts for a global ranking of `keys` (comparable across layers) with a floor per layer.
+
+    Each layer first keeps its best ceil(min_keep × width) units; the rest of the budget goes to the globally best
+    remaining units.
+    """
+    L, n = keys.shape
+    floor = min(n, int(np.ceil(min_keep * n)))
+    if floor * L > total:
+        raise DietError(f"min_keep={min_keep} needs {floor * L} units but the budget is {total}: "
+                        "lower min_keep or the sparsity")
+    base = topk_rows(keys, floor)
+    rest = np.where(base, -np.inf, keys).ravel()
+    extra = total - floor * L
+    chosen = np.zeros(rest.size, dtype=bool)
+    if extra > 0:
+        chosen = topk_rows(rest[None, :], extra)[0]
+    return floor + chosen.reshape(L, n).sum(axis=1)
+
+
+def _layer_counts(keys: np.ndarray, settings: MaskSettings) -> np.ndarray:
+    L, n = keys.shape
+    k = keep_count(n, settings.sparsity)
+    if settings.allocation == "layer":
+        return np.full(L, k)
+    return allocate_global(keys, k * L, settings.min_keep)
+
+
+def task_mask(scores: np.ndarray, settings: MaskSettings) -> np.ndarray:
+    """One task's mask: keep the top (1 − s) units of each layer (or a global allocation of the same total)."""
+    keys = normalise(scores)
+    return topk_rows(keys, _layer_counts(keys, settings))
+
+
+# ---------------------------------------------------------------- merging (DIET's vote)
+
+
+def votes(task_masks: np.ndarray) -> np.ndarray:
+    """(L, I) number of tasks whose mask keeps each unit."""
+    return np.asarray(task_masks, dtype=np.uint8).sum(axis=0, dtype=np.uint8)
+
+
+def tie_scores(task_scores: np.ndarray) -> np.ndarray:
+    """Mean over tasks of per-layer-normalised scores: the tie-breaker between units with equal votes."""
+    return np.mean([normalise(s) for s in task_scores], axis=0)
+
+
+def merge(task_masks: np.ndarray, task_scores: np.ndarray, settings: MaskSettings) -> np.ndarray:
+    """DIET's merge of T task masks into one mask.
+
+    threshold: keep a unit if at least k of the T masks keep it (k defaults to a strict majority).
+    budget: rank units by votes, ties by mean normalised score, keep exactly the target count per layer
+    (or per the global allocation).
+    """
+    T = task_masks.shape[0]
+    v = votes(task_masks)
+    if settings.merge == "threshold":
+        return v >= settings.resolved_threshold(T)
+    tie = tie_scores(task_scores)
+    key = v.astype(np.float64) + tie / (tie.max() * (1 + 1e-9) if tie.max() > 0 else 1.0)  # votes first
+    return topk_rows(key, _layer_counts(key, settings))
+
+
+def build_masks(task_scores: np.ndarray, settings: MaskSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(task masks (T, L, I), merged mask (L, I)) from task scores (T, L, I)."""
+    task_scores = np.asarray(task_scores, dtype=np.float64)
+    if task_scores.ndim != 3 or task_scores.shape[0] < 1:
+        raise DietError("need scores of at least one task, shaped (tasks, layers, width)")
+    tm = np.stack([task_mask(s, settings) for s in task_scores])
+    return tm, merge(tm, task_scores, settings)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def kept_per_layer(mask: np.ndarray) -> np.ndarray:
+    return mask.sum(axis=-1)
+
+
+def jaccard_matrix(task_masks: np.ndarray) -> np.ndarray:
+    """(T, T) Jaccard index |A∩B| / |A∪B| between task masks over all layers."""
+    flat = task_masks.reshape(task_masks.shape[0], -1).astype(np.float32)
+    inter = flat @ flat.T
+    size = np.diag(inter)
+    union = size[:, None] + size[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 1.0)
+
+
+def jaccard_per_layer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(L,) Jaccard of two masks, layer by layer."""
+    inter = (a & b).sum(-1)
+    union = (a | b).sum(-1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def chance_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Expected Jaccard of independent random masks with the same per-layer sizes as `a` and `b`.
+
+    Per layer E|A∩B| = k_a k_b / n; the ratio of expectations (accurate for large n) over all layers. For two k-of-n
+    masks this is k / (2n − k).
+    """
+    n = a.shape[-1]
+    ka, kb = a.sum(-1).astype(float), b.sum(-1).astype(float)
+    inter = (ka * kb / n).sum()
+    union = (ka + kb).sum() - inter
+    return float(inter / union) if union > 0 else 1.0
+
+
+def votes_histogram(v: np.ndarray, n_tasks: int) -> np.ndarray:
+    """(T + 1,) number of units kept by exactly 0, 1, …, T tasks."""
+    return np.bincount(v.ravel(), minlength=n_tasks + 1)[: n_tasks + 1]
+
+
+def intersections(task_masks: np.ndarray) -> dict[tuple[int, ...], int]:
+    """UpSet data: for every non-empty combination of tasks, how many units are kept by exactly those tasks."""
+    T = task_masks.shape[0]
+    if T > 16:
+        raise DietError("intersections are computed for at most 16 tasks")
+    code = np.zeros(task_masks.shape[1:], dtype=np.int64)
+    for t in range(T):
+        code |= task_masks[t].astype(np.int64) << t
+    counts = np.bincount(code.ravel(), minlength=1 << T)
+    return {tuple(t for t in range(T) if c >> t & 1): int(counts[c]) for c in range(1, 1 << T) if counts[c]}
+
+
+def independence_expectations(task_masks: np.ndarray) -> dict[str, float]:
+    """Units kept by all tasks and by exactly one task, observed vs expected if the masks were independent."""
+    n = task_masks.shape[-1]
+    p = task_masks.sum(-1) / n  # (T, L) keep probability per task and layer
+    all_exp = float((n * p.prod(axis=0)).sum())
+    one_exp = 0.0
+    for t in range(p.shape[0]):
+        others = np.delete(p, t, axis=0)
+        one_exp += float((n * p[t] * (1 - others).prod(axis=0)).sum())
+    v = votes(task_masks)
+    return {"kept_by_all": int((v == task_masks.shape[0]).sum()), "kept_by_all_expected": all_exp,
+            "kept_by_one": int((v == 1).sum()), "kept_by_one_expected": one_exp}
+
+
+def param_summary(mask: np.ndarray, shape: dict) -> dict:
+    """Sparsity two ways: fraction of the unit removed and fraction of all model parameters removed."""
+    widths = np.asarray(shape["widths"])
+    kept = kept_per_layer(mask)
+    removed_units = widths - kept
+    removed_params = int((removed_units * np.asarray(shape["params_per_unit"])).sum())
+    return {
+        "units_total": int(widths.sum()),
+        "units_kept": int(kept.sum()),
+        "unit_sparsity": float(removed_units.sum() / widths.sum()),
+        "params_total": int(shape["total_params"]),
+        "params_removed": removed_params,
+        "params_after": int(shape["total_params"]) - removed_params,
+        "param_sparsity": removed_params / shape["total_params"],
+        "uniform": bool((kept == kept[0]).all()),
+    }
+
+
+def keep_indices(mask: np.ndarray) -> list[np.ndarray]:
+    """Sorted kept indices per layer (what pruning and mask files use)."""
+    return [np.nonzero(row)[0] for row in mask]

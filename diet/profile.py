@@ -1,0 +1,165 @@
+"""Profile activation statistics: fp32 running sums per prunable unit, streamed, never storing activations.
+
+Why running sums: Σ|x|, Σx², Σx and the token count are enough for every score we offer (mean |x|, RMS, Wanda-sp,
+FLAP's variance), so one pass serves every method and every sparsity. Peers that store activations run out of
+memory; sums cost O(layers × width) whatever the number of tokens.
+
+Why two halves: texts alternate between half 0 and half 1, and each half keeps its own sums. Their sum is the full
+statistic; their difference gives each task's split-half mask overlap — the noise ceiling any task-overlap figure
+must be read against.
+
+Why only the decoder body runs: no score needs the logits, and the lm_head is a large share of a small model's cost.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from diet.adapters import get_unit, model_shape
+from diet.errors import DietError
+from diet.settings import ProfileSettings, sha256_of
+
+Progress = Callable[[int, int], None]  # (texts done, texts total)
+
+
+class Cancelled(DietError):
+    """Raised when the caller asked to stop; nothing is written."""
+
+
+@dataclass
+class Stats:
+    """Per-unit sums for one (model, task). Arrays are (2 halves, layers, width); count is (2,) tokens."""
+
+    abs_sum: np.ndarray
+    sq_sum: np.ndarray
+    sum: np.ndarray
+    count: np.ndarray
+    meta: dict = field(default_factory=dict)  # model identity, task, shape (widths, params), settings
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"abs_sum": self.abs_sum, "sq_sum": self.sq_sum, "sum": self.sum, "count": self.count}
+
+    def half(self, h: int | None) -> Stats:
+        """Statistics of one half (0 or 1), or of everything (None), keeping the (1, L, I) layout."""
+        if h is None:
+            pick = lambda a: a.sum(axis=0, keepdims=True)  # noqa: E731
+        else:
+            pick = lambda a: a[h : h + 1]  # noqa: E731
+        return Stats(pick(self.abs_sum), pick(self.sq_sum), pick(self.sum), pick(self.count), self.meta)
+
+    def mean_abs(self) -> np.ndarray:
+        """(L, I) mean |x| over all non-padding tokens."""
+        return self.abs_sum.sum(0).astype(np.float64) / max(float(self.count.sum()), 1.0)
+
+    def rms(self) -> np.ndarray:
+        return np.sqrt(self.sq_sum.sum(0).astype(np.float64) / max(float(self.count.sum()), 1.0))
+
+    def variance(self) -> np.ndarray:
+        n = max(float(self.count.sum()), 1.0)
+        mean = self.sum.sum(0).astype(np.float64) / n
+        return np.maximum(self.sq_sum.sum(0).astype(np.float64) / n - mean**2, 0.0)
+
+
+def choose_texts(pool: list[str] | tuple[str, ...], settings: ProfileSettings) -> list[str]:
+    """The seeded choice of calibration texts: same pool + seed + N gives the same texts in the same order."""
+    pool = [t for t in pool if t.strip()]
+    if not pool:
+        raise DietError("this task has no calibration texts")
+    n = min(settings.samples, len(pool))
+    return random.Random(settings.seed).sample(pool, n)
+
+
+def texts_hash(texts: list[str]) -> str:
+    return sha256_of(texts)
+
+
+class _Accumulator:
+    """Forward pre-hooks that add one batch's per-channel sums, per half, into fp32 buffers."""
+
+    def __init__(self, model: torch.nn.Module, unit: str):
+        self.unit = get_unit(model, unit)
+        layers = self.unit.family.layers(model)
+        widths = {self.unit.width(layer) for layer in layers}
+        if len(widths) != 1:
+            raise DietError("profiling a model whose layers have different widths is not supported")
+        width = widths.pop()
+        dev = next(model.parameters()).device
+        shape = (2, len(layers), width)
+        self.abs_sum = torch.zeros(shape, dtype=torch.float32, device=dev)
+        self.sq_sum = torch.zeros(shape, dtype=torch.float32, device=dev)
+        self.sum = torch.zeros(shape, dtype=torch.float32, device=dev)
+        self.count = torch.zeros(2, dtype=torch.float64)
+        self.weights: torch.Tensor | None = None  # (2, B*T): 1 where a token is real and in that half
+        self.handles = [self.unit.hook_module(layer).register_forward_pre_hook(self._hook(i))
+                        for i, layer in enumerate(layers)]
+
+    def _hook(self, i: int):
+        def hook(module, args):
+            x = args[0]
+            x = x.reshape(-1, x.shape[-1]).float()  # (B*T, I)
+            w = self.weights.to(x.device)
+            self.abs_sum[:, i] += w @ x.abs()
+            self.sq_sum[:, i] += w @ (x * x)
+            self.sum[:, i] += w @ x
+
+        return hook
+
+    def set_batch(self, attention_mask: torch.Tensor, halves: torch.Tensor) -> None:
+        m = attention_mask.float()  # (B, T)
+        w = torch.stack([m * (halves == 0)[:, None], m * (halves == 1)[:, None]]).reshape(2, -1)
+        self.weights = w
+        self.count += w.sum(1).double().cpu()
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def profile_texts(model: torch.nn.Module, tokenizer, texts: list[str], settings: ProfileSettings,
+                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> Stats:
+    """Run `texts` through the model's decoder body and return the summed unit statistics.
+
+    Texts are sorted by length so batches carry little padding; padding tokens never reach the sums (they get
+    weight 0). `should_stop` is polled between batches: returning True raises `Cancelled`.
+    """
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    acc = _Accumulator(model, settings.unit)
+    body = model.base_model  # the decoder without the lm_head
+    device = next(model.parameters()).device
+    done = 0
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), settings.batch_size):
+                if should_stop is not None and should_stop():
+                    raise Cancelled("profiling cancelled; nothing was written")
+                idx = order[start : start + settings.batch_size]
+                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
+                                max_length=settings.max_length)
+                halves = torch.tensor([i % 2 for i in idx])
+                acc.set_batch(enc["attention_mask"], halves)
+                body(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
+                     use_cache=False)
+                done += len(idx)
+                if progress is not None:
+                    progress(done, len(texts))
+    finally:
+        acc.close()
+    return Stats(abs_sum=acc.abs_sum.cpu().numpy(), sq_sum=acc.sq_sum.cpu().numpy(), sum=acc.sum.cpu().numpy(),
+                 count=acc.count.numpy().astype(np.float64), meta={"shape": model_shape(model, settings.unit)})
+
+
+def tokens_per_second(seconds: float, n_tokens: float) -> float:
+    return n_tokens / max(seconds, 1e-9)
+
+
+def timed_profile(model, tokenizer, texts, settings, progress=None, should_stop=None) -> tuple[Stats, float]:
+    """profile_texts and its wall time (used to learn this machine's speed for time estimates)."""
+    t0 = time.perf_counter()
+    stats = profile_texts(model, tokenizer, texts, settings, progress, should_stop)
+    return stats, time.perf_counter() - t0

@@ -1,0 +1,124 @@
+"""Frozen settings for every kind of run. Their canonical JSON hash is the cache key.
+
+Why frozen dataclasses: a run is fully described by its settings; hashing their canonical JSON gives a key that
+changes exactly when something that determines the numbers changes, and the same JSON is stored next to every
+artifact so anyone can see what produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+from diet.errors import DietError
+
+CACHE_FORMAT_VERSION = 1  # bump when the layout or meaning of cached statistics changes
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def canonical_json(obj) -> str:
+    """Sorted keys, no whitespace variation: the same settings always give the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def sha256_of(obj) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def settings_hash(settings) -> str:
+    """Short stable hash of a settings dataclass (its class name is part of it)."""
+    return sha256_of({"kind": type(settings).__name__, **asdict(settings)})[:16]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how. Only `name`, `revision`, `dtype` and `quantization` change the numbers."""
+
+    name: str = DEFAULT_MODEL  # "smollm2-135m" (embedded), a Hugging Face id, or a local folder
+    revision: str | None = None  # hub revision (branch, tag or commit); None = the default branch
+    dtype: str = "float32"  # "float32", "bfloat16" or "float16"; profiling sums are fp32 regardless
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"...
+    device_map: str | None = None  # e.g. "auto" to spread a large model over GPUs (needs accelerate)
+    quantization: str | None = None  # None, "8bit" or "4bit" (bitsandbytes; for profiling only)
+    trust_remote_code: bool = False  # only when the user asks: it runs code from the model folder
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise DietError(f"unknown dtype {self.dtype!r}: use float32, bfloat16 or float16")
+        if self.quantization not in (None, "8bit", "4bit"):
+            raise DietError(f"unknown quantization {self.quantization!r}: use 8bit or 4bit (or none)")
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How calibration statistics are collected for one (model, task) pair."""
+
+    samples: int = 100  # calibration texts per task (the paper's 100), chosen with `seed` from the task's pool
+    seed: int = 0  # seeded choice of the texts: same seed, same texts, same statistics
+    max_length: int = 256  # tokens per text; longer texts are truncated (right side)
+    batch_size: int = 8  # texts per forward pass; does not change the numbers beyond fp32 summation order
+    unit: str = "mlp"  # prunable unit: "mlp" = MLP intermediate channels (down_proj inputs)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.samples <= 100_000:
+            raise DietError(f"samples must be between 1 and 100000, got {self.samples}")
+        if not 8 <= self.max_length <= 131_072:
+            raise DietError(f"max length must be between 8 and 131072 tokens, got {self.max_length}")
+        if self.batch_size < 1:
+            raise DietError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.unit != "mlp":
+            raise DietError(f"unknown unit {self.unit!r}: supported units: mlp")
+
+    def key_fields(self) -> dict:
+        """The fields that determine the numbers (batch size does not)."""
+        d = asdict(self)
+        d.pop("batch_size")
+        return d
+
+
+SCORES = ("mean_abs", "rms")
+MERGES = ("budget", "threshold")
+ALLOCATIONS = ("layer", "global")
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """How per-task statistics become one global mask. Pure numpy; no model needed."""
+
+    sparsity: float = 0.2  # fraction of the unit removed (0 <= s < 1), e.g. 0.2 = drop 20% of MLP channels
+    score: str = "mean_abs"  # per-channel score: "mean_abs" (mean |x|, our default) or "rms" (sqrt(mean x^2))
+    merge: str = "budget"  # "budget": rank by votes, ties by mean normalised score, keep exactly the target;
+    #                        "threshold": keep a channel if at least `threshold` task masks keep it
+    threshold: int | None = None  # k for merge="threshold"; None = strict majority (floor(T/2) + 1)
+    allocation: str = "layer"  # "layer": same kept count in every layer (our default, stock config);
+    #                            "global": rank across layers after per-layer normalisation
+    min_keep: float = 0.05  # global allocation only: every layer keeps at least this fraction of its channels
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sparsity < 1.0:
+            raise DietError(f"sparsity must be in [0, 1) (a fraction of channels removed), got {self.sparsity}")
+        if self.score not in SCORES:
+            raise DietError(f"unknown score {self.score!r}: use one of {', '.join(SCORES)}")
+        if self.merge not in MERGES:
+            raise DietError(f"unknown merge {self.merge!r}: use one of {', '.join(MERGES)}")
+        if self.allocation not in ALLOCATIONS:
+            raise DietError(f"unknown allocation {self.allocation!r}: use one of {', '.join(ALLOCATIONS)}")
+        if self.threshold is not None and self.threshold < 1:
+            raise DietError(f"threshold must be at least 1, got {self.threshold}")
+        if not 0.0 < self.min_keep <= 1.0:
+            raise DietError(f"min_keep must be in (0, 1], got {self.min_keep}")
+
+    def resolved_threshold(self, n_tasks: int) -> int:
+        """The vote threshold k for T tasks; refuses k > T with a clear message."""
+        k = self.threshold if self.threshold is not None else n_tasks // 2 + 1
+        if k > n_tasks:
+            raise DietError(f"threshold {k} is above the number of tasks ({n_tasks}): use 1..{n_tasks}")
+        return k
+
+
+def replace_fields(settings, **changes):
+    """dataclasses.replace that ignores keys the class does not have (handy for CLI dicts)."""
+    names = {f.name for f in fields(settings)}
+    return type(settings)(**{**asdict(settings), **{k: v for k, v in changes.items() if k in names}})
