@@ -1,0 +1,5 @@
+import sys
+
+from diet.cli import main
+
+sys.exit(main())

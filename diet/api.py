@@ -1,0 +1,164 @@
+"""The high-level Python API: what the CLI and the app call. No UI code here.
+
+    lm = load_model("smollm2-135m")
+    stats = profile_tasks(lm, ["arithmetic", "capitals"], ProfileSettings(samples=100))
+    result = build_mask(stats, MaskSettings(sparsity=0.25))
+    export_model(lm, result, "out/pruned")
+
+Why statistics are keyed by content: the cache key hashes the model's weights fingerprint, the exact calibration
+texts and the settings that change the numbers, so a cached entry is reused exactly when it is still right.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from diet import masks as M
+from diet.cache import ArtifactCache
+from diet.errors import DietError
+from diet.models import LoadedModel, count_parameters
+from diet.profile import Stats, choose_texts, profile_texts, texts_hash
+from diet.settings import CACHE_FORMAT_VERSION, MaskSettings, ProfileSettings, sha256_of
+
+TaskProgress = Callable[[str, int, int], None]  # (task name, texts done, texts total)
+
+
+def _task(name_or_task):
+    from diet.tasks import get_task
+
+    return get_task(name_or_task) if isinstance(name_or_task, str) else name_or_task
+
+
+def stats_key(lm: LoadedModel, texts: list[str], settings: ProfileSettings) -> str:
+    """Everything that determines the statistics: format, model content, dtype/quantization, texts, settings."""
+    return sha256_of({
+        "format": CACHE_FORMAT_VERSION,
+        "model": lm.identity,
+        "dtype": lm.spec.dtype,
+        "quantization": lm.spec.quantization,
+        "texts": texts_hash(texts),
+        "settings": settings.key_fields(),
+    })[:24]
+
+
+def is_profiled(lm: LoadedModel, task, settings: ProfileSettings, cache: ArtifactCache | None = None) -> bool:
+    task = _task(task)
+    return (cache or ArtifactCache()).has("stats", stats_key(lm, choose_texts(task.calibration, settings), settings))
+
+
+def estimate_seconds(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings,
+                     cache: ArtifactCache | None = None) -> float:
+    """Seconds to profile the tasks not cached yet, from their token counts and this machine's measured speed."""
+    cache = cache or ArtifactCache()
+    tokens = 0
+    for t in map(_task, tasks):
+        texts = choose_texts(t.calibration, settings)
+        if cache.has("stats", stats_key(lm, texts, settings)):
+            continue
+        enc = lm.tokenizer(texts, truncation=True, max_length=settings.max_length)
+        tokens += sum(len(ids) for ids in enc["input_ids"])
+    return tokens / _tokens_per_second(lm, cache) if tokens else 0.0
+
+
+def _speed_key(lm: LoadedModel) -> str:
+    device = str(next(lm.model.parameters()).device)
+    return sha256_of({"model": lm.identity, "dtype": lm.spec.dtype, "device": device})[:16]
+
+
+def _tokens_per_second(lm: LoadedModel, cache: ArtifactCache) -> float:
+    known = cache.load_json("speed", _speed_key(lm))
+    if known:
+        return float(known["tokens_per_second"])
+    on_gpu = next(lm.model.parameters()).is_cuda
+    return (1e13 if on_gpu else 3e11) / count_parameters(lm.model)  # rough first guess, replaced after one run
+
+
+def profile_tasks(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = ProfileSettings(),
+                  progress: TaskProgress | None = None, should_stop: Callable[[], bool] | None = None,
+                  cache: ArtifactCache | None = None) -> dict[str, Stats]:
+    """Statistics per task: from the cache when present (no forward pass), else profiled and cached atomically."""
+    cache = cache or ArtifactCache()
+    out: dict[str, Stats] = {}
+    for task in map(_task, tasks):
+        texts = choose_texts(task.calibration, settings)
+        key = stats_key(lm, texts, settings)
+        hit = cache.load_tensors("stats", key)
+        if hit is not None:
+            tensors, meta = hit
+            out[task.name] = Stats(**{k: tensors[k] for k in ("abs_sum", "sq_sum", "sum", "count")}, meta=meta)
+            if progress:
+                progress(task.name, len(texts), len(texts))
+            continue
+        cb = (lambda d, n, name=task.name: progress(name, d, n)) if progress else None
+        t0 = time.perf_counter()
+        stats = profile_texts(lm.model, lm.tokenizer, texts, settings, cb, should_stop)
+        seconds = time.perf_counter() - t0
+        stats.meta.update({
+            "model": lm.spec.name, "model_identity": lm.identity, "task": task.name, "task_source": task.source,
+            "task_fingerprint": task.fingerprint(), "texts": len(texts), "tokens": float(stats.count.sum()),
+            "settings": asdict(settings), "seconds": seconds,
+        })
+        cache.save_tensors("stats", key, stats.tensors(), stats.meta)
+        cache.save_json("speed", _speed_key(lm), {"tokens_per_second": float(stats.count.sum()) / seconds})
+        out[task.name] = stats
+    return out
+
+
+@dataclass
+class MaskResult:
+    """Everything the views, pruning and export need about one choice of mask settings."""
+
+    tasks: list[str]
+    settings: MaskSettings
+    task_masks: np.ndarray  # (T, L, I) bool
+    mask: np.ndarray  # (L, I) bool: the merged, global mask
+    votes: np.ndarray  # (L, I) uint8
+    shape: dict  # model shape: widths, params per unit, total params
+    summary: dict = field(default_factory=dict)  # sparsity two ways, kept per layer, overlap statistics
+
+    def keep(self) -> list[np.ndarray]:
+        return M.keep_indices(self.mask)
+
+
+def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings()) -> MaskResult:
+    """Per-task masks, DIET's vote and the summary statistics — from cached statistics only (no model)."""
+    if not stats:
+        raise DietError("no task statistics: profile at least one task first")
+    names = list(stats)
+    shapes = {tuple(s.meta["shape"]["widths"]) for s in stats.values()}
+    if len(shapes) != 1:
+        raise DietError("the task statistics come from models of different shapes")
+    if settings.merge == "threshold":
+        settings.resolved_threshold(len(names))  # refuses k > T before any work
+    scores = np.stack([M.scores_from(stats[n], settings.score) for n in names])
+    task_masks, mask = M.build_masks(scores, settings)
+    v = M.votes(task_masks)
+    shape = stats[names[0]].meta["shape"]
+    summary = {
+        **M.param_summary(mask, shape),
+        "kept_per_layer": M.kept_per_layer(mask).tolist(),
+        "votes_histogram": M.votes_histogram(v, len(names)).tolist(),
+        "jaccard": M.jaccard_matrix(task_masks).round(4).tolist(),
+        **M.independence_expectations(task_masks),
+    }
+    return MaskResult(names, settings, task_masks, mask, v, shape, summary)
+
+
+def split_half_overlap(stats: Stats, settings: MaskSettings) -> float:
+    """Jaccard between the masks of a task's two halves of samples: the task's own noise ceiling."""
+    a = M.task_mask(M.scores_from(stats.half(0), settings.score), settings)
+    b = M.task_mask(M.scores_from(stats.half(1), settings.score), settings)
+    return float(M.jaccard_matrix(np.stack([a, b]))[0, 1])
+
+
+def prune_copy(lm: LoadedModel, result: MaskResult):
+    """A pruned deep copy of the model (the loaded one stays dense, so the app can compare side by side)."""
+    import copy
+
+    from diet.prune import prune_units
+
+    return prune_units(copy.deepcopy(lm.model), result.keep())
