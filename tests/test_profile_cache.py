@@ -1,0 +1,175 @@
+"""Profiling sums are exact over non-padding tokens; the cache hits without a forward pass and never serves junk."""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from diet import api
+from diet.adapters import get_family
+from diet.cache import ArtifactCache
+from diet.models import LoadedModel
+from diet.profile import Cancelled, choose_texts, profile_texts
+from diet.settings import ModelSpec, ProfileSettings
+from tests.tiny import tiny_model, tiny_tokenizer
+
+TEXTS = ["a short one", "a much longer calibration text, padded less", "mid length text", "x", "yes\nno maybe"]
+
+
+@dataclass(frozen=True)
+class FakeTask:
+    name: str
+    calibration: tuple
+    source: str = "test"
+
+    def fingerprint(self) -> str:
+        return "fp-" + self.name
+
+
+def reference_sums(model, tok, texts):
+    """Unbatched: capture the down_proj input of each text alone (no padding at all) and sum by hand."""
+    fam = get_family(model)
+    layers = fam.layers(model)
+    L, width = len(layers), fam.mlp(layers[0]).down.in_features
+    out = {k: np.zeros((2, L, width)) for k in ("abs_sum", "sq_sum", "sum")}
+    count = np.zeros(2)
+    for i, t in enumerate(texts):
+        caught = {}
+        hooks = [fam.mlp(layer).down.register_forward_pre_hook(
+            lambda m, a, j=j: caught.__setitem__(j, a[0][0].double())) for j, layer in enumerate(layers)]
+        with torch.no_grad():
+            model(**tok(t, return_tensors="pt"))
+        for h in hooks:
+            h.remove()
+        for j in range(L):
+            x = caught[j].numpy()
+            out["abs_sum"][i % 2, j] += np.abs(x).sum(0)
+            out["sq_sum"][i % 2, j] += (x * x).sum(0)
+            out["sum"][i % 2, j] += x.sum(0)
+        count[i % 2] += caught[0].shape[0]
+    return out, count
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "phi3"])
+def test_profile_sums_match_unbatched_reference_and_ignore_padding(family):
+    model, tok = tiny_model(family), tiny_tokenizer()
+    stats = profile_texts(model, tok, TEXTS, ProfileSettings(batch_size=3))
+    ref, count = reference_sums(model, tok, TEXTS)
+    assert stats.count.tolist() == count.tolist()
+    for k in ref:
+        np.testing.assert_allclose(getattr(stats, k), ref[k], rtol=1e-4, atol=1e-4)
+    assert stats.meta["shape"]["widths"] == [48, 48, 48]
+
+
+def test_choose_texts_is_seeded_and_bounded():
+    pool = [f"text {i}" for i in range(50)]
+    a = choose_texts(pool, ProfileSettings(samples=10, seed=1))
+    assert a == choose_texts(pool, ProfileSettings(samples=10, seed=1))
+    assert a != choose_texts(pool, ProfileSettings(samples=10, seed=2))
+    assert len(choose_texts(pool, ProfileSettings(samples=500))) == 50
+
+
+def loaded(family="llama"):
+    return LoadedModel(tiny_model(family), tiny_tokenizer(), ModelSpec(name="tiny"), path="-", identity=f"tiny-{family}")
+
+
+def count_forwards(model):
+    calls = []
+    model.base_model.register_forward_pre_hook(lambda *a, **k: calls.append(1))
+    return calls
+
+
+def test_cache_hit_does_no_forward_pass(tmp_path):
+    lm, cache = loaded(), ArtifactCache(tmp_path)
+    task = FakeTask("t1", tuple(TEXTS))
+    calls = count_forwards(lm.model)
+    s = ProfileSettings(samples=4, batch_size=2)
+    first = api.profile_tasks(lm, [task], s, cache=cache)["t1"]
+    n = len(calls)
+    assert n == 2
+    assert api.is_profiled(lm, task, s, cache)
+    second = api.profile_tasks(lm, [task], s, cache=cache)["t1"]
+    assert len(calls) == n, "a cache hit must not run the model"
+    np.testing.assert_array_equal(first.abs_sum, second.abs_sum)
+    assert second.meta["task"] == "t1"
+
+
+def test_key_changes_with_every_input():
+    lm = loaded()
+    base = api.stats_key(lm, TEXTS, ProfileSettings())
+    other_model = LoadedModel(lm.model, lm.tokenizer, lm.spec, "-", identity="other")
+    assert api.stats_key(other_model, TEXTS, ProfileSettings()) != base
+    assert api.stats_key(lm, TEXTS[:-1], ProfileSettings()) != base
+    assert api.stats_key(lm, TEXTS, ProfileSettings(max_length=128)) != base
+    assert api.stats_key(lm, TEXTS, ProfileSettings(seed=5)) != base
+    assert api.stats_key(lm, TEXTS, ProfileSettings(samples=7)) != base
+    bf16 = LoadedModel(lm.model, lm.tokenizer, ModelSpec(name="tiny", dtype="bfloat16"), "-", lm.identity)
+    assert api.stats_key(bf16, TEXTS, ProfileSettings()) != base
+    assert api.stats_key(lm, TEXTS, ProfileSettings(batch_size=3)) == base  # batch size does not change numbers
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "json"])
+def test_corrupt_cache_is_detected_and_rebuilt(tmp_path, damage):
+    lm, cache = loaded(), ArtifactCache(tmp_path)
+    task = FakeTask("t1", tuple(TEXTS))
+    s = ProfileSettings(samples=4)
+    good = api.profile_tasks(lm, [task], s, cache=cache)["t1"]
+    st = next((tmp_path / "stats").glob("*.safetensors"))
+    js = st.with_suffix(".json")
+    data = bytearray(st.read_bytes())
+    if damage == "flip":
+        data[-5] ^= 0xFF
+        st.write_bytes(bytes(data))
+    elif damage == "truncate":
+        st.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        js.write_text("{not json")
+    calls = count_forwards(lm.model)
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = api.profile_tasks(lm, [task], s, cache=cache)["t1"]
+    assert calls, "a corrupt entry must be recomputed, not used"
+    np.testing.assert_allclose(again.abs_sum, good.abs_sum, rtol=1e-6)
+    assert json.loads(js.read_text())["key"] == st.stem
+
+
+def test_interrupted_write_leaves_nothing_that_would_be_read(tmp_path, monkeypatch):
+    lm, cache = loaded(), ArtifactCache(tmp_path)
+    task = FakeTask("t1", tuple(TEXTS))
+    import diet.cache as C
+
+    real = C.atomic_write_json
+
+    def crash(path, obj):
+        raise KeyboardInterrupt  # dies after the tensors were renamed, before the JSON commit
+
+    monkeypatch.setattr(C, "atomic_write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        api.profile_tasks(lm, [task], ProfileSettings(samples=4), cache=cache)
+    monkeypatch.setattr(C, "atomic_write_json", real)
+    assert not api.is_profiled(lm, task, ProfileSettings(samples=4), cache)
+    assert not list((tmp_path / "stats").glob("*.tmp")), "no temporary file may be left behind"
+
+
+def test_cancel_writes_nothing(tmp_path):
+    lm, cache = loaded(), ArtifactCache(tmp_path)
+    task = FakeTask("t1", tuple(TEXTS))
+    with pytest.raises(Cancelled):
+        api.profile_tasks(lm, [task], ProfileSettings(samples=5, batch_size=1), cache=cache,
+                          should_stop=lambda: True)
+    assert not (tmp_path / "stats").exists() or not list((tmp_path / "stats").iterdir())
+
+
+def test_build_mask_and_split_half_from_profiled_stats(tmp_path):
+    from diet.settings import MaskSettings
+
+    lm, cache = loaded(), ArtifactCache(tmp_path)
+    tasks = [FakeTask("a", tuple(TEXTS)), FakeTask("b", tuple(reversed(TEXTS)) + ("another text",))]
+    stats = api.profile_tasks(lm, tasks, ProfileSettings(samples=6), cache=cache)
+    res = api.build_mask(stats, MaskSettings(sparsity=0.25))
+    assert res.mask.shape == (3, 48) and (res.mask.sum(1) == 36).all()
+    assert res.summary["uniform"] and 0 < res.summary["param_sparsity"] < 0.25
+    assert 0.0 <= api.split_half_overlap(stats["a"], MaskSettings(sparsity=0.25)) <= 1.0
+    pruned = api.prune_copy(lm, res)
+    assert pruned.config.intermediate_size == 36 and lm.model.config.intermediate_size == 48
