@@ -127,11 +127,10 @@ def _profile(a):
     def progress(name: str, done: int, total: int) -> None:
         bar = bars.get(name) or bars.setdefault(name, tqdm(total=total, desc=name, unit="text", file=sys.stderr))
         bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
 
-    stats = profile_tasks(lm, tasks, settings, progress=progress)
-    for b in bars.values():
-        b.close()
-    return lm, stats, settings
+    return lm, profile_tasks(lm, tasks, settings, progress=progress), settings
 
 
 def cmd_tasks(a) -> None:
