@@ -1,0 +1,208 @@
+"""The DIET paper's benchmarks from the Hugging Face Hub, formatted exactly like lm-evaluation-harness 0.4.x.
+
+Why separate from diet/tasks.py: the formatting is pure (row -> MCItem) and tested on local fixture rows in each
+dataset's real schema (tests/fixtures/hub/), while downloading needs network and the `datasets` package, imported
+only when a Hub task is actually loaded.
+
+Splits follow the harness: calibration comes from the train split (never the evaluation split); evaluation from
+the harness' test split where it has one (ARC, OpenBookQA), its validation split otherwise. Train items whose
+prompt + gold answer also appear in the evaluation split are dropped from calibration (the Hub data is not
+ours to fix). Metrics follow METHODS.md section 5: acc for BoolQ, RTE, WinoGrande; acc_norm for the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from diet.errors import DietError
+from diet.tasks import MCItem, Task, check_disjoint, offline_task_names
+
+# ----------------------------------------------------------------------------------------------------------
+# formatters: one Hub row (a dict in the dataset's own schema) -> MCItem
+
+
+def format_boolq(row: dict) -> MCItem:
+    """super_glue/boolq: '{passage}\\nQuestion: {question}?\\nAnswer:' with choices no/yes, label 1 = yes."""
+    return MCItem(f"{row['passage']}\nQuestion: {row['question']}?\nAnswer:", ("no", "yes"), int(row["label"]))
+
+
+def format_rte(row: dict) -> MCItem:
+    """glue/rte: label 0 = entailment = 'True', 1 = not_entailment = 'False'."""
+    context = f"{row['sentence1']}\nQuestion: {row['sentence2']} True or False?\nAnswer:"
+    return MCItem(context, ("True", "False"), int(row["label"]))
+
+
+def _hellaswag_clean(text: str) -> str:
+    """The harness' preprocess: strip WikiHow artefacts such as ' [title]' and '[header]'."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def format_hellaswag(row: dict) -> MCItem:
+    """'{activity_label}: {ctx_a} {ctx_b.capitalize()}' (cleaned) with the four cleaned endings."""
+    ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
+    return MCItem(_hellaswag_clean(row["activity_label"] + ": " + ctx),
+                  tuple(_hellaswag_clean(e) for e in row["endings"]), int(row["label"]))
+
+
+def format_winogrande(row: dict) -> MCItem:
+    """Partial scoring: each option fills the blank in its own context; both score the same suffix after it."""
+    sentence = row["sentence"]
+    blank = sentence.index("_")
+    suffix = sentence[blank + 1:].strip()
+    contexts = (sentence[:blank] + row["option1"], sentence[:blank] + row["option2"])
+    return MCItem(sentence, (suffix,), {"1": 0, "2": 1}[str(row["answer"])], contexts=contexts)
+
+
+def format_arc(row: dict) -> MCItem:
+    """ai2_arc: 'Question: {question}\\nAnswer:'; the gold index is the answerKey's position among the labels."""
+    labels = list(row["choices"]["label"])
+    return MCItem(f"Question: {row['question']}\nAnswer:", tuple(row["choices"]["text"]),
+                  labels.index(row["answerKey"]))
+
+
+def format_openbookqa(row: dict) -> MCItem:
+    """openbookqa/main: the bare question_stem is the prompt (no 'Question:' prefix, as in the harness)."""
+    labels = list(row["choices"]["label"])
+    return MCItem(row["question_stem"], tuple(row["choices"]["text"]), labels.index(row["answerKey"].lstrip()))
+
+
+def format_piqa(row: dict) -> MCItem:
+    """piqa: 'Question: {goal}\\nAnswer:' with the two solutions."""
+    return MCItem(f"Question: {row['goal']}\nAnswer:", (row["sol1"], row["sol2"]), int(row["label"]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the registry: dataset ids as in lm-evaluation-harness (its current Hub mirrors that load without scripts)
+
+
+@dataclass(frozen=True)
+class HubBenchmark:
+    name: str
+    description: str
+    skill: str
+    path: str  # Hub dataset id
+    config: str | None
+    train_split: str  # calibration source
+    eval_split: str  # what the harness evaluates on
+    metric: str
+    format: Callable[[dict], MCItem]
+    prompt: str  # the template, for docs and the UI
+    n_calibration: int  # published split sizes (shown before downloading anything)
+    n_evaluation: int
+
+
+HUB_BENCHMARKS: dict[str, HubBenchmark] = {b.name: b for b in [
+    HubBenchmark("boolq", "BoolQ: yes/no questions about a Wikipedia passage.", "reading comprehension",
+                 "aps/super_glue", "boolq", "train", "validation", "acc", format_boolq,
+                 "{passage}\\nQuestion: {question}?\\nAnswer: no|yes", 9427, 3270),
+    HubBenchmark("rte", "RTE: does the first sentence entail the second?", "entailment",
+                 "nyu-mll/glue", "rte", "train", "validation", "acc", format_rte,
+                 "{sentence1}\\nQuestion: {sentence2} True or False?\\nAnswer: True|False", 2490, 277),
+    HubBenchmark("hellaswag", "HellaSwag: pick the most plausible continuation of an activity.",
+                 "commonsense continuation", "Rowan/hellaswag", None, "train", "validation", "acc_norm",
+                 format_hellaswag, "{activity_label}: {ctx_a} {Ctx_b}\\n -> one of 4 endings", 39905, 10042),
+    HubBenchmark("winogrande", "WinoGrande: fill the blank with the right one of two options.",
+                 "coreference", "allenai/winogrande", "winogrande_xl", "train", "validation", "acc",
+                 format_winogrande, "{sentence up to _ with option} -> {rest of sentence} (partial scoring)",
+                 40398, 1267),
+    HubBenchmark("arc_easy", "ARC-Easy: grade-school science questions.", "science QA",
+                 "allenai/ai2_arc", "ARC-Easy", "train", "test", "acc_norm", format_arc,
+                 "Question: {question}\\nAnswer: {choice}", 2251, 2376),
+    HubBenchmark("arc_challenge", "ARC-Challenge: the hard grade-school science questions.", "science QA",
+                 "allenai/ai2_arc", "ARC-Challenge", "train", "test", "acc_norm", format_arc,
+                 "Question: {question}\\nAnswer: {choice}", 1119, 1172),
+    HubBenchmark("openbookqa", "OpenBookQA: elementary science needing a fact plus common sense.", "science QA",
+                 "allenai/openbookqa", "main", "train", "test", "acc_norm", format_openbookqa,
+                 "{question_stem} {choice}", 4957, 500),
+    HubBenchmark("piqa", "PIQA: pick the solution that achieves a physical goal.", "physical commonsense",
+                 "baber/piqa", None, "train", "validation", "acc_norm", format_piqa,
+                 "Question: {goal}\\nAnswer: {sol1}|{sol2}", 16113, 1838),
+]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# downloading
+
+
+def _network_error(name: str, exc: BaseException) -> DietError:
+    cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+    return DietError(f"{name} needs network access to the Hugging Face Hub; offline tasks available: "
+                     f"{', '.join(offline_task_names())} (cause: {cause})")
+
+
+def _probe_hub(timeout: float = 3.0) -> None:
+    """Fail in seconds, not after `datasets`' ~25 s of retries, when the Hub cannot be reached at all.
+
+    Skipped in offline mode (HF_HUB_OFFLINE=1 reads the local datasets cache) and behind a proxy (a direct
+    connection says nothing there)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot connect to {host}:{port} ({exc})") from exc
+
+
+def _load_dataset(path: str, config: str | None, split: str) -> Iterable[dict]:
+    """The only place that touches the network; tests replace it. Falls back to the Hub's parquet conversion
+    for datasets still published as loading scripts, which `datasets` >= 4 no longer runs."""
+    _probe_hub()
+    import datasets  # late: heavy, and only needed for Hub tasks
+
+    try:
+        return datasets.load_dataset(path, config, split=split)
+    except RuntimeError as exc:
+        if "scripts are no longer supported" not in str(exc):
+            raise
+        return datasets.load_dataset(path, config, split=split, revision="refs/convert/parquet")
+
+
+def _rows(bench: HubBenchmark, split: str) -> list[dict]:
+    try:
+        return list(_load_dataset(bench.path, bench.config, split))
+    except ImportError as exc:
+        raise DietError(f"{bench.name} needs the `datasets` package (pip install datasets): {exc}") from None
+    except DietError:
+        raise
+    except Exception as exc:  # connection refused, offline mode, DNS, missing mirror, hub HTTP errors...
+        raise _network_error(bench.name, exc) from exc
+
+
+def _format_all(bench: HubBenchmark, rows: list[dict]) -> list[MCItem]:
+    """Format every row; skip unlabeled rows (label -1 or missing key), as the harness cannot score them either."""
+    items = []
+    for row in rows:
+        try:
+            item = bench.format(row)
+        except (KeyError, ValueError):
+            continue
+        if 0 <= item.gold < item.n_choices:
+            items.append(item)
+    if not items:
+        raise DietError(f"{bench.name}: no usable rows in {bench.path} ({bench.config}); has the dataset changed?")
+    return items
+
+
+@functools.lru_cache(maxsize=16)
+def load_hub_task(name: str) -> Task:
+    """Download (or read from the datasets cache) one benchmark and build its Task."""
+    bench = HUB_BENCHMARKS[name]
+    evaluation = tuple(_format_all(bench, _rows(bench, bench.eval_split)))
+    eval_texts = {item.calibration_text() for item in evaluation}
+    train_texts = (item.calibration_text() for item in _format_all(bench, _rows(bench, bench.train_split)))
+    calibration = tuple(dict.fromkeys(t for t in train_texts if t not in eval_texts))  # drop repeats and leaks
+    check_disjoint(name, calibration, evaluation)
+    return Task(name, bench.description, f"hub:{name}", bench.metric, calibration, evaluation)
