@@ -104,6 +104,32 @@ class MLPChannels:
     def width(self, layer: nn.Module) -> int:
         return self.family.mlp(layer).down.in_features
 
+    def stat_width(self, layer: nn.Module) -> int:
+        """Profiled channels (the hook input's width): one per unit here."""
+        return self.width(layer)
+
+    def channels_per_unit(self, layer: nn.Module) -> int:
+        return 1
+
+    def out_proj(self, layer: nn.Module) -> nn.Linear:
+        """The projection that reads the profiled channels (its columns weight Wanda-sp and FLAP scores)."""
+        return self.family.mlp(layer).down
+
+    def unit_weight_norms(self, layer: nn.Module) -> torch.Tensor:
+        """(width,) L2 norm of every weight a channel owns (gate row, up row, down column): the magnitude score."""
+        p = self.family.mlp(layer)
+        sq = p.down.weight.detach().float().pow(2).sum(0)
+        if p.gate_up is not None:
+            gu = p.gate_up.weight.detach().float().pow(2).sum(1)
+            sq = sq + gu[: sq.numel()] + gu[sq.numel():]
+        else:
+            sq = sq + p.gate.weight.detach().float().pow(2).sum(1) + p.up.weight.detach().float().pow(2).sum(1)
+        return sq.sqrt()
+
+    def compensate(self, layer: nn.Module, keep: torch.Tensor, means: torch.Tensor) -> None:
+        """FLAP's bias compensation: down_proj gains the bias W[:, pruned] · mean(x[pruned]) (call before slicing)."""
+        _compensate(layer.mlp, "down_proj", keep, means)
+
     def params_per_unit(self, layer: nn.Module) -> int:
         """Parameters removed with one channel: a gate row, an up row, a down column (+ their biases)."""
         p = self.family.mlp(layer)
@@ -149,10 +175,126 @@ class MLPChannels:
             p.down.weight[:, drop] = 0
 
 
-UNITS = {"mlp": MLPChannels}
+def _compensate(owner: nn.Module, attr: str, keep_channels: torch.Tensor, means: torch.Tensor) -> None:
+    """Add W[:, dropped] · means[dropped] to the bias of `owner.<attr>` (a new bias when it had none).
+
+    Why: a pruned channel's average contribution is a constant vector; adding it back as a bias removes the mean
+    shift pruning causes (FLAP). The masked reference is `zero` after this call, so sliced == masked still holds.
+    """
+    lin = getattr(owner, attr)
+    _check_plain(lin)
+    w = lin.weight.detach()
+    drop = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
+    drop[keep_channels.to(w.device)] = False
+    means = torch.as_tensor(means, device=w.device)
+    delta = (w[:, drop].double() @ means[drop].double()).to(w.dtype)
+    bias = delta if lin.bias is None else lin.bias.detach() + delta
+    setattr(owner, attr, _new_linear(lin, w, bias))
 
 
-def get_unit(model: nn.Module, unit: str = "mlp") -> MLPChannels:
+class AttentionHeads:
+    """Attention heads, pruned as whole KV groups: group g = key/value head g and the query heads that share it.
+
+    Unit g owns q_proj rows of its query heads, k_proj and v_proj rows of kv head g, and the o_proj columns of its
+    query heads (GQA: query head h reads kv head h // group_size). Hook point: the *input* of o_proj, i.e. the
+    concatenated per-head attention outputs; statistics are kept per o_proj input channel (heads × head_dim) and
+    pooled into groups by the methods. Exact for every family whose attention infers the head count from tensor
+    shapes (Llama, Mistral, Qwen2, Gemma-2, Gemma-3); not for Phi-3's fused qkv_proj, which reads it from the config.
+    """
+
+    name = "heads"
+
+    def __init__(self, family: Family):
+        self.family = family
+
+    def _attn(self, layer: nn.Module) -> nn.Module:
+        attn = layer.self_attn
+        if hasattr(attn, "qkv_proj"):
+            raise DietError(f"attention-head pruning is not supported for {self.family.name} (fused qkv_proj): "
+                            "prune MLP channels instead")
+        return attn
+
+    def hook_module(self, layer: nn.Module) -> nn.Module:
+        return self._attn(layer).o_proj
+
+    def head_dim(self, layer: nn.Module) -> int:
+        return int(self._attn(layer).head_dim)
+
+    def group_size(self, layer: nn.Module) -> int:
+        """Query heads per key/value head (1 without GQA)."""
+        return int(self._attn(layer).num_key_value_groups)
+
+    def width(self, layer: nn.Module) -> int:
+        return self._attn(layer).k_proj.out_features // self.head_dim(layer)
+
+    def stat_width(self, layer: nn.Module) -> int:
+        return self._attn(layer).o_proj.in_features
+
+    def channels_per_unit(self, layer: nn.Module) -> int:
+        return self.group_size(layer) * self.head_dim(layer)
+
+    def out_proj(self, layer: nn.Module) -> nn.Linear:
+        return self._attn(layer).o_proj
+
+    def params_per_unit(self, layer: nn.Module) -> int:
+        a = self._attn(layer)
+        d, g, hidden = self.head_dim(layer), self.group_size(layer), a.o_proj.out_features
+        n = 2 * g * d * hidden + 2 * d * hidden  # q rows + o columns, k rows + v rows
+        n += g * d * (a.q_proj.bias is not None) + d * ((a.k_proj.bias is not None) + (a.v_proj.bias is not None))
+        return n
+
+    def _rows(self, layer: nn.Module, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query rows = o_proj columns, key/value rows) of the kept groups, in order."""
+        d, c = self.head_dim(layer), self.channels_per_unit(layer)
+        keep = keep.to(self._attn(layer).o_proj.weight.device)
+        q = (keep[:, None] * c + torch.arange(c, device=keep.device)).reshape(-1)
+        kv = (keep[:, None] * d + torch.arange(d, device=keep.device)).reshape(-1)
+        return q, kv
+
+    def unit_weight_norms(self, layer: nn.Module) -> torch.Tensor:
+        """(groups,) L2 norm of all weights a group owns (q, k, v rows and o columns): the magnitude score."""
+        a = self._attn(layer)
+        n, d, c = self.width(layer), self.head_dim(layer), self.channels_per_unit(layer)
+        sq = lambda w, dim: w.detach().float().pow(2).sum(dim)  # noqa: E731
+        q = sq(a.q_proj.weight, 1).reshape(n, c).sum(1) + sq(a.o_proj.weight, 0).reshape(n, c).sum(1)
+        kv = sq(a.k_proj.weight, 1).reshape(n, d).sum(1) + sq(a.v_proj.weight, 1).reshape(n, d).sum(1)
+        return (q + kv).sqrt()
+
+    def slice(self, layer: nn.Module, keep: torch.Tensor) -> None:
+        """Physically keep only the groups `keep` (sorted long indices), in place."""
+        a = self._attn(layer)
+        for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj):
+            _check_plain(lin)
+        q, kv = self._rows(layer, keep)
+        for attr, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+            lin = getattr(a, attr)
+            setattr(a, attr, _new_linear(lin, lin.weight[rows], lin.bias[rows] if lin.bias is not None else None))
+        a.o_proj = _new_linear(a.o_proj, a.o_proj.weight[:, q], a.o_proj.bias)
+        heads = q.numel() // self.head_dim(layer)
+        for attr, value in (("num_heads", heads), ("num_attention_heads", heads),
+                            ("num_key_value_heads", int(keep.numel()))):
+            if hasattr(a, attr):  # attributes some attention classes read in forward
+                setattr(a, attr, value)
+
+    def zero(self, layer: nn.Module, keep: torch.Tensor) -> None:
+        """Masked-dense reference: zero the o_proj columns of every query head of a dropped group, in place."""
+        o = self._attn(layer).o_proj
+        q, _ = self._rows(layer, keep)
+        drop = torch.ones(o.in_features, dtype=torch.bool, device=o.weight.device)
+        drop[q] = False
+        with torch.no_grad():
+            o.weight[:, drop] = 0
+
+    def compensate(self, layer: nn.Module, keep: torch.Tensor, means: torch.Tensor) -> None:
+        """FLAP's bias compensation on o_proj (call before slicing)."""
+        q, _ = self._rows(layer, keep)
+        _compensate(self._attn(layer), "o_proj", q, means)
+
+
+UNITS = {"mlp": MLPChannels, "heads": AttentionHeads}
+
+
+def get_unit(model: nn.Module, unit: str = "mlp") -> MLPChannels | AttentionHeads:
     if unit not in UNITS:
         raise DietError(f"unknown unit {unit!r}: supported units: {', '.join(UNITS)}")
     return UNITS[unit](get_family(model))
@@ -169,6 +311,7 @@ def model_shape(model: nn.Module, unit: str = "mlp") -> dict:
         "unit": unit,
         "layers": len(layers),
         "widths": [u.width(layer) for layer in layers],
+        "stat_widths": [u.stat_width(layer) for layer in layers],
         "params_per_unit": [u.params_per_unit(layer) for layer in layers],
         "total_params": count_parameters(model),
     }

@@ -89,7 +89,7 @@ def profile_tasks(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = 
         hit = cache.load_tensors("stats", key)
         if hit is not None:
             tensors, meta = hit
-            out[task.name] = Stats(**{k: tensors[k] for k in ("abs_sum", "sq_sum", "sum", "count")}, meta=meta)
+            out[task.name] = Stats.from_tensors(tensors, meta)
             if progress:
                 progress(task.name, len(texts), len(texts))
             continue

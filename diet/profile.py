@@ -1,8 +1,9 @@
 """Profile activation statistics: fp32 running sums per prunable unit, streamed, never storing activations.
 
 Why running sums: Σ|x|, Σx², Σx and the token count are enough for every score we offer (mean |x|, RMS, Wanda-sp,
-FLAP's variance), so one pass serves every method and every sparsity. Peers that store activations run out of
-memory; sums cost O(layers × width) whatever the number of tokens.
+FLAP's variance), so one pass serves every method and every sparsity. One per-sequence sum rides along: Σ over
+sequences of (mean |x| over that sequence's tokens)², which is Minitron's "mean over the sequence, L2 over
+samples". Peers that store activations run out of memory; sums cost O(layers × width) whatever the number of tokens.
 
 Why two halves: texts alternate between half 0 and half 1, and each half keeps its own sums. Their sum is the full
 statistic; their difference gives each task's split-half mask overlap — the noise ceiling any task-overlap figure
@@ -34,16 +35,31 @@ class Cancelled(DietError):
 
 @dataclass
 class Stats:
-    """Per-unit sums for one (model, task). Arrays are (2 halves, layers, width); count is (2,) tokens."""
+    """Per-unit sums for one (model, task). Arrays are (2 halves, layers, width); count is (2,) tokens.
+
+    `width` is the number of *profiled channels*: MLP channels for the MLP unit, o_proj input channels (heads ×
+    head_dim) for the head unit, which the methods pool into heads.
+    """
 
     abs_sum: np.ndarray
     sq_sum: np.ndarray
     sum: np.ndarray
     count: np.ndarray
     meta: dict = field(default_factory=dict)  # model identity, task, shape (widths, params), settings
+    seq_sq_sum: np.ndarray | None = None  # (2, L, width): Σ over sequences of (mean |x| over the sequence)²
+    seqs: np.ndarray | None = None  # (2,) number of sequences per half
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return {"abs_sum": self.abs_sum, "sq_sum": self.sq_sum, "sum": self.sum, "count": self.count}
+        out = {"abs_sum": self.abs_sum, "sq_sum": self.sq_sum, "sum": self.sum, "count": self.count}
+        if self.seq_sq_sum is not None:
+            out.update(seq_sq_sum=self.seq_sq_sum, seqs=self.seqs)
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], meta: dict) -> Stats:
+        """Rebuild from `tensors()` output (what the cache stores)."""
+        extra = {k: tensors[k] for k in ("seq_sq_sum", "seqs") if k in tensors}
+        return cls(**{k: tensors[k] for k in ("abs_sum", "sq_sum", "sum", "count")}, meta=meta, **extra)
 
     def half(self, h: int | None) -> Stats:
         """Statistics of one half (0 or 1), or of everything (None), keeping the (1, L, I) layout."""
@@ -51,7 +67,9 @@ class Stats:
             pick = lambda a: a.sum(axis=0, keepdims=True)  # noqa: E731
         else:
             pick = lambda a: a[h : h + 1]  # noqa: E731
-        return Stats(pick(self.abs_sum), pick(self.sq_sum), pick(self.sum), pick(self.count), self.meta)
+        seq = None if self.seq_sq_sum is None else pick(self.seq_sq_sum)
+        seqs = None if self.seqs is None else pick(self.seqs)
+        return Stats(pick(self.abs_sum), pick(self.sq_sum), pick(self.sum), pick(self.count), self.meta, seq, seqs)
 
     def mean_abs(self) -> np.ndarray:
         """(L, I) mean |x| over all non-padding tokens."""
@@ -64,6 +82,16 @@ class Stats:
         n = max(float(self.count.sum()), 1.0)
         mean = self.sum.sum(0).astype(np.float64) / n
         return np.maximum(self.sq_sum.sum(0).astype(np.float64) / n - mean**2, 0.0)
+
+    def mean(self) -> np.ndarray:
+        """(L, I) mean x (signed): FLAP's bias compensation adds W[:, pruned] · mean(x[pruned])."""
+        return self.sum.sum(0).astype(np.float64) / max(float(self.count.sum()), 1.0)
+
+    def seq_l2(self) -> np.ndarray:
+        """(L, I) Minitron's score: sqrt(mean over sequences of (mean |x| over the sequence)²)."""
+        if self.seq_sq_sum is None:
+            raise DietError("these statistics have no per-sequence sums (an older cache format): profile again")
+        return np.sqrt(self.seq_sq_sum.sum(0).astype(np.float64) / max(float(self.seqs.sum()), 1.0))
 
 
 def choose_texts(pool: list[str] | tuple[str, ...], settings: ProfileSettings) -> list[str]:
@@ -85,7 +113,7 @@ class _Accumulator:
     def __init__(self, model: torch.nn.Module, unit: str):
         self.unit = get_unit(model, unit)
         layers = self.unit.family.layers(model)
-        widths = {self.unit.width(layer) for layer in layers}
+        widths = {self.unit.stat_width(layer) for layer in layers}
         if len(widths) != 1:
             raise DietError("profiling a model whose layers have different widths is not supported")
         width = widths.pop()
@@ -94,8 +122,12 @@ class _Accumulator:
         self.abs_sum = torch.zeros(shape, dtype=torch.float32, device=dev)
         self.sq_sum = torch.zeros(shape, dtype=torch.float32, device=dev)
         self.sum = torch.zeros(shape, dtype=torch.float32, device=dev)
+        self.seq_sq_sum = torch.zeros(shape, dtype=torch.float32, device=dev)
         self.count = torch.zeros(2, dtype=torch.float64)
+        self.seqs = torch.zeros(2, dtype=torch.float64)
         self.weights: torch.Tensor | None = None  # (2, B*T): 1 where a token is real and in that half
+        self.seq_weights: torch.Tensor | None = None  # (B, B*T): 1/len(sequence) on that sequence's real tokens
+        self.seq_halves: torch.Tensor | None = None  # (2, B): one-hot half of each sequence
         self.handles = [self.unit.hook_module(layer).register_forward_pre_hook(self._hook(i))
                         for i, layer in enumerate(layers)]
 
@@ -104,9 +136,12 @@ class _Accumulator:
             x = args[0]
             x = x.reshape(-1, x.shape[-1]).float()  # (B*T, I)
             w = self.weights.to(x.device)
-            self.abs_sum[:, i] += w @ x.abs()
+            ax = x.abs()
+            self.abs_sum[:, i] += w @ ax
             self.sq_sum[:, i] += w @ (x * x)
             self.sum[:, i] += w @ x
+            seq_mean = self.seq_weights.to(x.device) @ ax  # (B, I) mean |x| of each sequence
+            self.seq_sq_sum[:, i] += self.seq_halves.to(x.device) @ (seq_mean * seq_mean)
 
         return hook
 
@@ -115,6 +150,11 @@ class _Accumulator:
         w = torch.stack([m * (halves == 0)[:, None], m * (halves == 1)[:, None]]).reshape(2, -1)
         self.weights = w
         self.count += w.sum(1).double().cpu()
+        B, T = m.shape
+        per_seq = m / m.sum(1, keepdim=True).clamp(min=1.0)  # (B, T)
+        self.seq_weights = (torch.eye(B)[:, :, None] * per_seq[None]).reshape(B, B * T)
+        self.seq_halves = torch.stack([(halves == 0), (halves == 1)]).float() * (m.sum(1) > 0)[None]
+        self.seqs += self.seq_halves.sum(1).double()
 
     def close(self) -> None:
         for h in self.handles:
@@ -151,7 +191,8 @@ def profile_texts(model: torch.nn.Module, tokenizer, texts: list[str], settings:
     finally:
         acc.close()
     return Stats(abs_sum=acc.abs_sum.cpu().numpy(), sq_sum=acc.sq_sum.cpu().numpy(), sum=acc.sum.cpu().numpy(),
-                 count=acc.count.numpy().astype(np.float64), meta={"shape": model_shape(model, settings.unit)})
+                 count=acc.count.numpy().astype(np.float64), meta={"shape": model_shape(model, settings.unit)},
+                 seq_sq_sum=acc.seq_sq_sum.cpu().numpy(), seqs=acc.seqs.numpy().astype(np.float64))
 
 
 def tokens_per_second(seconds: float, n_tokens: float) -> float:

@@ -34,24 +34,49 @@ def _as_index_list(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: st
     return u, layers, out
 
 
-def prune_units(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str = "mlp") -> torch.nn.Module:
+def _compensate(u, layers, idx, compensation) -> None:
+    """FLAP: add each layer's pruned units' mean contribution as a bias of the output projection (before cutting)."""
+    if compensation is None:
+        return
+    compensation = np.asarray(compensation)
+    if compensation.shape[0] != len(layers):
+        raise DietError(f"the compensation has {compensation.shape[0]} layers but the model has {len(layers)}")
+    for i, (layer, k) in enumerate(zip(layers, idx, strict=True)):
+        if compensation[i].shape[0] != u.stat_width(layer):
+            raise DietError(f"layer {i}: compensation has {compensation[i].shape[0]} channels, expected "
+                            f"{u.stat_width(layer)}")
+        u.compensate(layer, k, torch.as_tensor(compensation[i]))
+
+
+def prune_units(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str = "mlp",
+                compensation: np.ndarray | None = None) -> torch.nn.Module:
     """Slice `model` in place to the kept units (per layer: sorted indices, or one boolean (L, I) mask).
 
     Widths may differ per layer; the model runs on the same transformers code. When every layer keeps the same
     count, the config's width is updated so `save_pretrained` gives a stock, loadable config.
+    `compensation` (L, channels): the mean input of every profiled channel; when given, the output projection
+    gains the bias W[:, pruned] · mean[pruned] (FLAP), so the model then has a bias there (down_proj or o_proj).
     """
     u, layers, idx = _as_index_list(model, keep, unit)
+    _compensate(u, layers, idx, compensation)
     for layer, k in zip(layers, idx, strict=True):
         u.slice(layer, k)
     widths = {int(k.numel()) for k in idx}
     if unit == "mlp" and len(widths) == 1:
         model.config.intermediate_size = widths.pop()
+    if unit == "heads" and len(widths) == 1:
+        group = u.group_size(layers[0])
+        model.config.head_dim = u.head_dim(layers[0])  # explicit: hidden / heads no longer gives it
+        model.config.num_key_value_heads = widths.pop()
+        model.config.num_attention_heads = model.config.num_key_value_heads * group
     return model
 
 
-def zero_units(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str = "mlp") -> torch.nn.Module:
+def zero_units(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str = "mlp",
+               compensation: np.ndarray | None = None) -> torch.nn.Module:
     """Zero the pruned units in place (shapes unchanged): the masked-dense reference of `prune_units`."""
     u, layers, idx = _as_index_list(model, keep, unit)
+    _compensate(u, layers, idx, compensation)
     for layer, k in zip(layers, idx, strict=True):
         u.zero(layer, k)
     return model

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 from diet.errors import DietError
 
-CACHE_FORMAT_VERSION = 1  # bump when the layout or meaning of cached statistics changes
+CACHE_FORMAT_VERSION = 2  # bump when the layout or meaning of cached statistics changes (2: per-sequence sums)
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -51,6 +51,9 @@ class ModelSpec:
             raise DietError(f"unknown quantization {self.quantization!r}: use 8bit or 4bit (or none)")
 
 
+UNITS = ("mlp", "heads")
+
+
 @dataclass(frozen=True)
 class ProfileSettings:
     """How calibration statistics are collected for one (model, task) pair."""
@@ -59,7 +62,8 @@ class ProfileSettings:
     seed: int = 0  # seeded choice of the texts: same seed, same texts, same statistics
     max_length: int = 256  # tokens per text; longer texts are truncated (right side)
     batch_size: int = 8  # texts per forward pass; does not change the numbers beyond fp32 summation order
-    unit: str = "mlp"  # prunable unit: "mlp" = MLP intermediate channels (down_proj inputs)
+    unit: str = "mlp"  # prunable unit: "mlp" = MLP intermediate channels (down_proj inputs);
+    #                    "heads" = attention heads, whole KV groups under GQA (o_proj inputs)
 
     def __post_init__(self) -> None:
         if not 1 <= self.samples <= 100_000:
@@ -68,8 +72,8 @@ class ProfileSettings:
             raise DietError(f"max length must be between 8 and 131072 tokens, got {self.max_length}")
         if self.batch_size < 1:
             raise DietError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.unit != "mlp":
-            raise DietError(f"unknown unit {self.unit!r}: supported units: mlp")
+        if self.unit not in UNITS:
+            raise DietError(f"unknown unit {self.unit!r}: supported units: {', '.join(UNITS)}")
 
     def key_fields(self) -> dict:
         """The fields that determine the numbers (batch size does not)."""
@@ -116,6 +120,39 @@ class MaskSettings:
         if k > n_tasks:
             raise DietError(f"threshold {k} is above the number of tasks ({n_tasks}): use 1..{n_tasks}")
         return k
+
+
+FUSION_NORMS = ("rank", "zscore")
+CALIBRATIONS = ("default", "general", "tasks")
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Which scoring method turns statistics into a mask, and its own knobs (see docs/methods.md).
+
+    The method name is checked against the registry in diet/methods.py (which imports this module, not the reverse).
+    """
+
+    method: str = "diet"  # a name from diet.methods.list_methods(); "diet" = task masks merged by vote
+    calibration: str = "default"  # data of the single-score baselines: "default" = what the method's paper used
+    #                               (general text for wanda-sp, flap, minitron, task-agnostic); "general"; "tasks" =
+    #                               all task statistics pooled into one (isolates the vote from the data)
+    tau: float = 0.9  # task-fusion: a channel is task-exclusive if task/general RMS ratio is above this quantile
+    alpha: float = 0.5  # task-fusion: weight of the general score for shared channels (our default)
+    fusion_norm: str = "rank"  # task-fusion: per-layer normalisation before fusing: "rank" (our default) or "zscore"
+    single_task: str | None = None  # single-task: which task's mask (None = the only task given)
+    seed: int = 0  # random: seed of the random choice of units
+    flap_bias: bool = True  # flap: add FLAP's bias compensation (mean input of pruned units through the out proj)
+
+    def __post_init__(self) -> None:
+        if self.calibration not in CALIBRATIONS:
+            raise DietError(f"unknown calibration {self.calibration!r}: use one of {', '.join(CALIBRATIONS)}")
+        if not 0.0 <= self.tau <= 1.0:
+            raise DietError(f"tau must be in [0, 1] (a quantile), got {self.tau}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise DietError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.fusion_norm not in FUSION_NORMS:
+            raise DietError(f"unknown fusion norm {self.fusion_norm!r}: use one of {', '.join(FUSION_NORMS)}")
 
 
 def replace_fields(settings, **changes):
