@@ -119,6 +119,12 @@ class MaskResult:
     votes: np.ndarray  # (L, I) uint8
     shape: dict  # model shape: widths, params per unit, total params
     summary: dict = field(default_factory=dict)  # sparsity two ways, kept per layer, overlap statistics
+    method: str = "diet"  # the diet.methods registry name that produced the mask
+    compensation: np.ndarray | None = None  # FLAP: (L, channels) mean input; pruning adds it as an output bias
+
+    @property
+    def unit(self) -> str:
+        return self.shape.get("unit", "mlp")
 
     def keep(self) -> list[np.ndarray]:
         return M.keep_indices(self.mask)
@@ -134,7 +140,9 @@ def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings())
         raise DietError("the task statistics come from models of different shapes")
     if settings.merge == "threshold":
         settings.resolved_threshold(len(names))  # refuses k > T before any work
-    scores = np.stack([M.scores_from(stats[n], settings.score) for n in names])
+    from diet.methods import unit_scores  # per-unit scores: head statistics are pooled into KV groups
+
+    scores = np.stack([unit_scores(stats[n], settings.score) for n in names])
     task_masks, mask = M.build_masks(scores, settings)
     v = M.votes(task_masks)
     shape = stats[names[0]].meta["shape"]
@@ -150,8 +158,10 @@ def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings())
 
 def split_half_overlap(stats: Stats, settings: MaskSettings) -> float:
     """Jaccard between the masks of a task's two halves of samples: the task's own noise ceiling."""
-    a = M.task_mask(M.scores_from(stats.half(0), settings.score), settings)
-    b = M.task_mask(M.scores_from(stats.half(1), settings.score), settings)
+    from diet.methods import unit_scores
+
+    a = M.task_mask(unit_scores(stats.half(0), settings.score), settings)
+    b = M.task_mask(unit_scores(stats.half(1), settings.score), settings)
     return float(M.jaccard_matrix(np.stack([a, b]))[0, 1])
 
 
@@ -161,4 +171,4 @@ def prune_copy(lm: LoadedModel, result: MaskResult):
 
     from diet.prune import prune_units
 
-    return prune_units(copy.deepcopy(lm.model), result.keep())
+    return prune_units(copy.deepcopy(lm.model), result.keep(), result.unit, compensation=result.compensation)

@@ -1,0 +1,350 @@
+"""Pruning methods behind one interface: cached statistics in, a mask out.
+
+Why a registry: the product's claim is a comparison — DIET against the structured-pruning baselines people know —
+and a comparison is only fair when every method reads the same cached statistics and is cut by the same pruning
+code. Each method here is a small function `(MethodInputs, MaskSettings, MethodSettings) -> MethodOutput`; none
+runs a forward pass, so switching method or sparsity costs milliseconds. Weight-based terms (Wanda-sp, FLAP,
+magnitude, task fusion) read a few per-layer weight norms that `weight_stats` computes once from the model.
+
+Units: statistics are kept per *profiled channel* (MLP channels; o_proj input channels for heads). `pool` turns
+channel scores into unit scores (one per KV group for heads; identity for MLP channels).
+
+Where a paper is silent we chose, and say so in docs/methods.md ("our default"/"our adaptation").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from diet import masks as M
+from diet.errors import DietError
+from diet.profile import Stats
+from diet.settings import MaskSettings, MethodSettings
+
+EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """Everything a method may read. Methods say which parts they need (Method.needs)."""
+
+    tasks: dict[str, Stats]  # per-task statistics, in task order (task-aware methods)
+    general: Stats | None = None  # statistics on general text (task-agnostic baselines, task fusion)
+    weights: dict[str, np.ndarray] | None = None  # from weight_stats(model, unit)
+    shape: dict | None = None  # model_shape(model, unit); taken from the statistics when None
+
+
+@dataclass
+class MethodOutput:
+    mask: np.ndarray  # (L, n) bool: the final mask
+    task_masks: np.ndarray | None = None  # (T, L, n) per-task masks, for methods that vote
+    task_names: list[str] | None = None  # names of those masks
+    compensation: np.ndarray | None = None  # (L, channels) FLAP: mean input, added back as an output bias
+
+
+MethodFn = Callable[[MethodInputs, MaskSettings, MethodSettings], MethodOutput]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # "task-aware", "task-agnostic" or "reference"
+    needs: tuple[str, ...]  # parts of MethodInputs it reads: "tasks", "general", "weights"
+    description: str
+    fn: MethodFn
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def shape_of(inputs: MethodInputs) -> dict:
+    if inputs.shape is not None:
+        return inputs.shape
+    for s in [*inputs.tasks.values(), inputs.general]:
+        if s is not None and "shape" in s.meta:
+            return s.meta["shape"]
+    raise DietError("no model shape: pass MethodInputs.shape (diet.adapters.model_shape)")
+
+
+def pool(channel_scores: np.ndarray, shape: dict, how: str = "mean") -> np.ndarray:
+    """(L, channels) → (L, units): identity for MLP channels; mean (or RMS) over each KV group's channels for heads.
+
+    Group g owns the contiguous o_proj input channels [g·c, (g+1)·c) with c = query heads per group × head_dim.
+    """
+    widths = shape["widths"]
+    L, C = channel_scores.shape
+    n = widths[0]
+    if C == n:
+        return channel_scores
+    if len(set(widths)) != 1 or C % n:
+        raise DietError(f"cannot pool {C} channels into {widths} units")
+    grouped = channel_scores.reshape(L, n, C // n)
+    return np.sqrt((grouped**2).mean(-1)) if how == "rms" else grouped.mean(-1)
+
+
+def unit_scores(stats: Stats, score: str = "mean_abs") -> np.ndarray:
+    """DIET's per-unit score (mean |x| or RMS) from one task's statistics."""
+    shape = stats.meta.get("shape")
+    raw = M.scores_from(stats, score)
+    return pool(raw, shape, "rms" if score == "rms" else "mean") if shape else raw
+
+
+def pooled_stats(stats: list[Stats]) -> Stats:
+    """All tasks' statistics summed into one (as if their texts were one calibration set)."""
+    total = lambda name: sum(getattr(s, name) for s in stats)  # noqa: E731
+    seq = None if any(s.seq_sq_sum is None for s in stats) else total("seq_sq_sum")
+    return Stats(total("abs_sum"), total("sq_sum"), total("sum"), total("count"), stats[0].meta, seq,
+                 None if seq is None else total("seqs"))
+
+
+def layer_counts(L: int, n: int, keys: np.ndarray, settings: MaskSettings) -> np.ndarray:
+    """Kept units per layer: the same in each layer, or a global allocation of the same total over `keys`."""
+    k = M.keep_count(n, settings.sparsity)
+    if settings.allocation == "layer":
+        return np.full(L, k)
+    return M.allocate_global(keys, k * L, settings.min_keep)
+
+
+def top(keys: np.ndarray, settings: MaskSettings) -> np.ndarray:
+    """Keep the best units by `keys`, which must already be comparable across layers for a global allocation."""
+    L, n = keys.shape
+    return M.topk_rows(keys, layer_counts(L, n, keys, settings))
+
+
+def rank01(x: np.ndarray) -> np.ndarray:
+    """Per-layer rank scaled to [0, 1] (lowest 0, highest 1); ties broken by index."""
+    n = x.shape[-1]
+    return np.argsort(np.argsort(x, axis=-1, kind="stable"), axis=-1, kind="stable") / max(n - 1, 1)
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """Per-layer standardisation (FLAP's normalisation)."""
+    std = x.std(axis=-1, keepdims=True)
+    return (x - x.mean(axis=-1, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+
+def _need(inputs: MethodInputs, part: str, method: str):
+    value = getattr(inputs, part)
+    if not value:
+        what = {"tasks": "task statistics (profile at least one task)",
+                "general": "statistics on general text (profile diet.general.general_task())",
+                "weights": "weight norms (diet.methods.weight_stats(model, unit))"}[part]
+        raise DietError(f"method {method!r} needs {what}")
+    return value
+
+
+def _data(inputs: MethodInputs, ms: MethodSettings, method: str) -> Stats:
+    """The one calibration set of a single-score baseline: general text by default, or all tasks pooled."""
+    if ms.calibration == "tasks":
+        return pooled_stats(list(_need(inputs, "tasks", method).values()))
+    return _need(inputs, "general", method)
+
+
+# ---------------------------------------------------------------- task-aware: DIET and its variants
+
+
+def _task_scores(inputs: MethodInputs, settings: MaskSettings, method: str) -> tuple[list[str], np.ndarray]:
+    tasks = _need(inputs, "tasks", method)
+    return list(tasks), np.stack([unit_scores(s, settings.score) for s in tasks.values()])
+
+
+def diet(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    names, scores = _task_scores(inputs, settings, "diet")
+    tm, mask = M.build_masks(scores, settings)
+    return MethodOutput(mask, tm, names)
+
+
+def diet_global(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    return diet(inputs, replace(settings, allocation="global"), ms)
+
+
+def union(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    return diet(inputs, replace(settings, merge="threshold", threshold=1), ms)
+
+
+def intersection(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    return diet(inputs, replace(settings, merge="threshold", threshold=len(_need(inputs, "tasks", "intersection"))),
+                ms)
+
+
+def single_task(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    tasks = _need(inputs, "tasks", "single-task")
+    name = ms.single_task
+    if name is None:
+        if len(tasks) != 1:
+            raise DietError(f"single-task: say which of the {len(tasks)} tasks ({', '.join(tasks)}) gives the mask")
+        name = next(iter(tasks))
+    if name not in tasks:
+        raise DietError(f"single-task: {name!r} is not among the profiled tasks ({', '.join(tasks)})")
+    mask = M.task_mask(unit_scores(tasks[name], settings.score), settings)
+    return MethodOutput(mask, mask[None], [name])
+
+
+def fused_scores(task: Stats, general: Stats, out_l2: np.ndarray, shape: dict, ms: MethodSettings) -> np.ndarray:
+    """Our structured adaptation of task-aware score fusion (arXiv 2510.22489), per layer and unit:
+
+    S_G = RMS_general · ‖W_out col‖, S_T = RMS_task · ‖W_out col‖; a unit is *exclusive* when its task/general RMS
+    ratio is above the τ-quantile of its layer, else *shared*; fused = norm(S_T) for exclusive units and
+    α·norm(S_G) + (1 − α)·norm(S_T) for shared ones (norm: per-layer rank or z-score). Higher = keep.
+    """
+    g, t = general.rms(), task.rms()
+    s_g = pool(g * out_l2, shape)
+    s_t = pool(t * out_l2, shape)
+    ratio = pool(t, shape, "rms") / (pool(g, shape, "rms") + EPS)
+    exclusive = ratio > np.quantile(ratio, ms.tau, axis=-1, keepdims=True)
+    norm = rank01 if ms.fusion_norm == "rank" else zscore
+    n_g, n_t = norm(s_g), norm(s_t)
+    return np.where(exclusive, n_t, ms.alpha * n_g + (1.0 - ms.alpha) * n_t)
+
+
+def task_fusion(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    tasks = _need(inputs, "tasks", "task-fusion")
+    general = _need(inputs, "general", "task-fusion")
+    out_l2 = _need(inputs, "weights", "task-fusion")["out_l2"]
+    shape = shape_of(inputs)
+    fused = np.stack([fused_scores(s, general, out_l2, shape, ms) for s in tasks.values()])
+    tm = np.stack([top(f, settings) for f in fused])
+    tie = rank01(fused) + 1.0  # positive, per-layer comparable: what DIET's tie-breaker expects
+    return MethodOutput(M.merge(tm, tie, settings), tm, list(tasks))
+
+
+# ---------------------------------------------------------------- task-agnostic baselines
+
+
+def task_agnostic(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    data = _data(inputs, ms, "task-agnostic")
+    return MethodOutput(M.task_mask(unit_scores(data, settings.score), settings))
+
+
+def magnitude(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    return MethodOutput(M.task_mask(_need(inputs, "weights", "magnitude")["magnitude"], settings))
+
+
+def wanda_sp(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    """Wanda-sp (as in FLAP's code): mean over output rows of |W_out[:, j]| × RMS(x_j), uniform per layer."""
+    data = _data(inputs, ms, "wanda-sp")
+    w = _need(inputs, "weights", "wanda-sp")["out_l1mean"]
+    return MethodOutput(M.task_mask(pool(w * data.rms(), shape_of(inputs)), settings))
+
+
+def flap(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    """FLAP: fluctuation Var(x_j) × ‖W_out[:, j]‖², z-scored per layer, one global threshold (adaptive widths),
+    plus the bias compensation W[:, pruned] · mean(x[pruned]) on the output projection."""
+    data = _data(inputs, ms, "flap")
+    w = _need(inputs, "weights", "flap")["out_l2"]
+    keys = zscore(pool(data.variance() * w**2, shape_of(inputs)))
+    mask = top(keys, replace(settings, allocation="global"))
+    return MethodOutput(mask, compensation=data.mean() if ms.flap_bias else None)
+
+
+def minitron(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    """Minitron's activation importance: mean |x| over each sequence, then L2 over sequences; uniform widths."""
+    data = _data(inputs, ms, "minitron")
+    return MethodOutput(M.task_mask(pool(data.seq_l2(), shape_of(inputs), "rms"), settings))
+
+
+def random_mask(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    shape = shape_of(inputs)
+    L, n = len(shape["widths"]), shape["widths"][0]
+    keys = np.random.default_rng(ms.seed).random((L, n))
+    return MethodOutput(top(keys, settings))
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("diet", "task-aware", ("tasks",),
+           "DIET: one mask per task (top mean-|x| units), merged by majority vote into one mask", diet),
+    Method("diet-global", "task-aware", ("tasks",),
+           "DIET with a cross-layer allocation: units ranked across layers after per-layer normalisation",
+           diet_global),
+    Method("task-fusion", "task-aware", ("tasks", "general", "weights"),
+           "Task-aware score fusion (our structured adaptation of arXiv 2510.22489): general + task Wanda-style "
+           "scores fused per shared/exclusive unit, then merged across tasks like DIET", task_fusion),
+    Method("single-task", "task-aware", ("tasks",), "The mask of one task alone (DIET's per-task mask)", single_task),
+    Method("union", "task-aware", ("tasks",), "Keep a unit if any task keeps it (vote threshold 1; less sparse)",
+           union),
+    Method("intersection", "task-aware", ("tasks",),
+           "Keep a unit only if every task keeps it (vote threshold T; sparser)", intersection),
+    Method("task-agnostic", "task-agnostic", ("general",),
+           "DIET's score (mean |x|) on general text only: what task awareness is compared against", task_agnostic),
+    Method("wanda-sp", "task-agnostic", ("general", "weights"),
+           "Wanda-sp: mean |W_out| column × RMS of the input, same width in every layer", wanda_sp),
+    Method("flap", "task-agnostic", ("general", "weights"),
+           "FLAP: input variance × ‖W_out column‖², z-scored, global threshold, bias compensation", flap),
+    Method("minitron", "task-agnostic", ("general",),
+           "Minitron: mean |x| over each sequence, L2 over sequences, same width in every layer", minitron),
+    Method("magnitude", "reference", ("weights",), "Weight magnitude only (no data): L2 norm of each unit's weights",
+           magnitude),
+    Method("random", "reference", (), "Random units (seeded): the floor every method must beat", random_mask),
+)}
+
+
+def list_methods() -> list[dict]:
+    """Name, kind, inputs needed and a one-line description of every method (for the CLI and the app)."""
+    return [{"name": m.name, "kind": m.kind, "needs": list(m.needs), "description": m.description}
+            for m in METHODS.values()]
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise DietError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def needs_general(method: str, ms: MethodSettings | None = None) -> bool:
+    """True when the method reads general-text statistics with these settings (so the caller profiles them)."""
+    m = get_method(method)
+    if "general" not in m.needs:
+        return False
+    return m.name == "task-fusion" or ms is None or ms.calibration != "tasks"
+
+
+def weight_stats(model, unit: str = "mlp") -> dict[str, np.ndarray]:
+    """Per-layer weight norms the weight-aware methods read, computed once from the model (no forward pass).
+
+    out_l2 / out_l1mean: (L, channels) L2 norm / mean |w| of each column of the output projection (down_proj,
+    o_proj); magnitude: (L, units) L2 norm of all weights each unit owns.
+    """
+    import torch
+
+    from diet.adapters import get_unit
+
+    u = get_unit(model, unit)
+    layers = u.family.layers(model)
+    with torch.no_grad():
+        w = [u.out_proj(layer).weight.detach().float() for layer in layers]
+        return {
+            "out_l2": np.stack([x.norm(dim=0).cpu().numpy() for x in w]).astype(np.float64),
+            "out_l1mean": np.stack([x.abs().mean(dim=0).cpu().numpy() for x in w]).astype(np.float64),
+            "magnitude": np.stack([u.unit_weight_norms(layer).cpu().numpy() for layer in layers]).astype(np.float64),
+        }
+
+
+def run_method(name: str, inputs: MethodInputs, settings: MaskSettings = MaskSettings(),
+               ms: MethodSettings | None = None):
+    """Run one method and describe its mask like api.build_mask does (a MaskResult the views and export use)."""
+    from diet.api import MaskResult
+
+    method = get_method(name)
+    ms = replace(ms or MethodSettings(), method=name)
+    if settings.merge == "threshold" and method.name in ("diet", "diet-global", "task-fusion"):
+        settings.resolved_threshold(len(_need(inputs, "tasks", name)))  # refuse k > T before any work
+    shape = shape_of(inputs)
+    out = method.fn(inputs, settings, ms)
+    task_masks = out.task_masks if out.task_masks is not None else out.mask[None]
+    names = out.task_names or [name]
+    v = M.votes(task_masks)
+    summary = {
+        **M.param_summary(out.mask, shape),
+        "kept_per_layer": M.kept_per_layer(out.mask).tolist(),
+        "votes_histogram": M.votes_histogram(v, len(names)).tolist(),
+        "jaccard": M.jaccard_matrix(task_masks).round(4).tolist(),
+        **M.independence_expectations(task_masks),
+        "method": name,
+        "method_settings": asdict(ms),
+        "bias_compensation": out.compensation is not None,
+    }
+    return MaskResult(names, settings, task_masks, out.mask, v, shape, summary, method=name,
+                      compensation=out.compensation)
