@@ -21,8 +21,8 @@ Training-free index sets: the same per-task activation statistics DIET uses (mea
 non-padding tokens, cached), taken at the five positions, turned into per-task masks and merged by DIET's vote with
 `diet.masks` — so every DIET view and slider applies per position. The learned sets are in `diet/disp_learn.py`.
 
-The section marked "self-contained" uses only torch: `diet/disp_export.py` copies its source into exported folders
-so they load with `trust_remote_code=True` and no DIET installed, running the very same code.
+The layer code itself lives in `diet/modeling_disp.py` (torch + transformers only), which every DISP export folder
+carries: a reloaded folder runs the very same forward as the in-memory model.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from torch import nn
 
 from diet import masks as M
 from diet.errors import DietError
+from diet.modeling_disp import DispLayerMixin, disp_convert_layer
 from diet.settings import ALLOCATIONS, CACHE_FORMAT_VERSION, MERGES, SCORES, MaskSettings, ProfileSettings, sha256_of
 
 POSITIONS = ("attn_in", "attn_out", "mlp_in", "mlp_mid", "mlp_out")
@@ -51,100 +52,23 @@ DISP_FAMILIES = ("llama", "mistral", "qwen2", "gemma2", "gemma3")
 
 IndexSets = Mapping[str, Sequence]  # position -> per-layer sorted kept indices (np arrays, lists or tensors)
 
-# ================================================================ self-contained core (torch only; copied on export)
-
-
-def _disp_scatter_add(residual: torch.Tensor, out: torch.Tensor, index: torch.Tensor, post_norm) -> torch.Tensor:
-    """Add a block's narrow output into the residual dims `index`; Gemma's post-norm sees the full width."""
-    if post_norm is None:
-        return residual.index_add(-1, index, out.to(residual.dtype))
-    full = out.new_zeros(*out.shape[:-1], residual.shape[-1]).index_copy(-1, index, out)
-    return residual + post_norm(full)
-
-
-class DispLayerMixin:
-    """The forward of a DISP decoder layer; its index sets are the buffers `disp_attn_in` … `disp_mlp_out`.
-
-    Mixed into the layer's own class (so class-based features of transformers — recorded hidden states, gradient
-    checkpointing — keep working) by `disp_layer_class`.
-    """
-
-    def forward(self, hidden_states, **kwargs):
-        sandwich = hasattr(self, "pre_feedforward_layernorm")  # Gemma-2/3: a norm before and after each block
-        x = self.input_layernorm(hidden_states).index_select(-1, self.disp_attn_in)
-        x = self.self_attn(hidden_states=x, **kwargs)[0]
-        hidden_states = _disp_scatter_add(hidden_states, x, self.disp_attn_out,
-                                          self.post_attention_layernorm if sandwich else None)
-        norm = self.pre_feedforward_layernorm if sandwich else self.post_attention_layernorm
-        x = self.mlp(norm(hidden_states).index_select(-1, self.disp_mlp_in))
-        return _disp_scatter_add(hidden_states, x, self.disp_mlp_out,
-                                 self.post_feedforward_layernorm if sandwich else None)
-
-
-_DISP_CLASSES: dict = {}
-
-
-def disp_layer_class(base: type) -> type:
-    """`Disp<Base>`: the layer's class with DISP's forward (one class per base, registered for pickling)."""
-    if issubclass(base, DispLayerMixin):
-        return base
-    if base not in _DISP_CLASSES:
-        name = "Disp" + base.__name__
-        cls = type(name, (DispLayerMixin, base), {"__module__": __name__, "__qualname__": name})
-        _DISP_CLASSES[base] = cls
-        globals()[name] = cls
-    return _DISP_CLASSES[base]
-
-
-def _disp_linear(old: nn.Linear, rows, cols, copy_weights: bool) -> nn.Linear:
-    """A Linear keeping output rows `rows` and input columns `cols` of `old` (None = all)."""
-    w = old.weight
-    n_out = w.shape[0] if rows is None else int(rows.numel())
-    n_in = w.shape[1] if cols is None else int(cols.numel())
-    new = nn.Linear(n_in, n_out, bias=old.bias is not None, device=w.device, dtype=w.dtype)
-    if copy_weights:
-        with torch.no_grad():
-            w = w if rows is None else w.index_select(0, rows.to(w.device))
-            w = w if cols is None else w.index_select(1, cols.to(w.device))
-            new.weight.copy_(w)
-            if old.bias is not None:
-                new.bias.copy_(old.bias if rows is None else old.bias.index_select(0, rows.to(w.device)))
-    return new
-
-
-def disp_convert_layer(layer: nn.Module, sets: dict, copy_weights: bool = True) -> nn.Module:
-    """Turn one decoder layer into a DISP layer in place: narrower projections + the five index buffers.
-
-    `sets` maps each position to a sorted long tensor. copy_weights=False only builds the shapes (for loading an
-    exported folder, whose weights and index buffers then come from its safetensors).
-    """
-    if isinstance(layer, DispLayerMixin):
-        raise ValueError("this layer is already a DISP layer")
-    a, m = layer.self_attn, layer.mlp
-    s = {k: torch.as_tensor(v, dtype=torch.long) for k, v in sets.items()}
-    for name in ("q_proj", "k_proj", "v_proj"):
-        setattr(a, name, _disp_linear(getattr(a, name), None, s["attn_in"], copy_weights))
-    a.o_proj = _disp_linear(a.o_proj, s["attn_out"], None, copy_weights)
-    m.gate_proj = _disp_linear(m.gate_proj, s["mlp_mid"], s["mlp_in"], copy_weights)
-    m.up_proj = _disp_linear(m.up_proj, s["mlp_mid"], s["mlp_in"], copy_weights)
-    m.down_proj = _disp_linear(m.down_proj, s["mlp_out"], s["mlp_mid"], copy_weights)
-    device = a.o_proj.weight.device
-    for pos in ("attn_in", "attn_out", "mlp_in", "mlp_mid", "mlp_out"):
-        layer.register_buffer(f"disp_{pos}", s[pos].to(device), persistent=True)
-    layer.__class__ = disp_layer_class(type(layer))
-    return layer
-
-
 # ================================================================ structure, reference, accounting
 
 
 def _layers(model: nn.Module) -> nn.ModuleList:
     from diet.adapters import get_family
 
+    if str(getattr(model.config, "model_type", "")).startswith("disp_"):  # a reloaded DISP export
+        return model.model.layers
     fam = get_family(model)
     if fam.name not in DISP_FAMILIES:
         raise DietError(f"DISP supports {', '.join(DISP_FAMILIES)} models; {fam.name} is not supported yet")
     return fam.layers(model)
+
+
+def is_disp_layer(layer: nn.Module) -> bool:
+    """True for a DISP layer, whether built here or by a reloaded folder's own copy of the modelling file."""
+    return isinstance(layer, DispLayerMixin) or all(hasattr(layer, f"disp_{p}") for p in POSITIONS)
 
 
 @dataclass(frozen=True)
@@ -181,7 +105,7 @@ def disp_shape(model: nn.Module) -> dict:
     from diet.models import count_parameters
 
     layers = _layers(model)
-    if any(isinstance(layer, DispLayerMixin) for layer in layers):
+    if any(is_disp_layer(layer) for layer in layers):
         raise DietError("this model is already DISP-pruned: start from the dense model")
     parts = [layer_parts(layer) for layer in layers]
     hidden = model.config.hidden_size
@@ -300,7 +224,7 @@ def slice_disp(model: nn.Module, sets: IndexSets) -> nn.Module:
 def index_sets_of(model: nn.Module) -> dict[str, list[np.ndarray]]:
     """The index sets a DISP-sliced model carries (read back from its buffers)."""
     layers = _layers(model)
-    if not all(isinstance(layer, DispLayerMixin) for layer in layers):
+    if not all(is_disp_layer(layer) for layer in layers):
         raise DietError("this model is not DISP-sliced")
     return {pos: [getattr(layer, f"disp_{pos}").cpu().numpy() for layer in layers] for pos in POSITIONS}
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diet import disp as D
+from diet import modeling_disp as MD
 from diet.cache import ArtifactCache
 from diet.errors import DietError
 from diet.masks import topk_rows
@@ -72,13 +73,13 @@ def test_gemma_post_norm_sees_the_full_width():
         narrow_w = norm.weight.data[layer.disp_attn_out].clone()
         wrong = type(norm)(int(layer.disp_attn_out.numel()), eps=norm.eps)
         wrong.weight.data.copy_(narrow_w)
-        orig = D._disp_scatter_add
-        D._disp_scatter_add = lambda r, o, idx, post: (r.index_add(-1, idx, wrong(o)) if post is norm
-                                                       else orig(r, o, idx, post))
+        orig = MD._disp_scatter_add
+        MD._disp_scatter_add = lambda r, o, idx, post: (r.index_add(-1, idx, wrong(o)) if post is norm
+                                                        else orig(r, o, idx, post))
         try:
             bad = sliced(IDS).logits
         finally:
-            D._disp_scatter_add = orig
+            MD._disp_scatter_add = orig
     assert (bad - right).abs().max() > 1e-4
 
 
@@ -257,3 +258,79 @@ def test_profile_disp_caches_and_index_sets_prune_exactly(tmp_path):
         ref = D.zero_disp(copy.deepcopy(model), sets)(IDS).logits
         out = D.disp_copy(model, sets)(IDS).logits
     assert (out - ref).abs().max() <= 1e-5
+
+
+# ---------------------------------------------------------------- export (own config + modelling file)
+
+
+def _lm(model):
+    from diet.models import LoadedModel
+    from diet.settings import ModelSpec
+
+    return LoadedModel(model, tiny_tokenizer(), ModelSpec(), "tiny", "tiny-model")
+
+
+@pytest.mark.parametrize("family", ("llama", "qwen2", "gemma2"))
+def test_export_reloads_equal_to_the_in_memory_model(family, tmp_path):
+    from diet.disp_export import export_disp, load_disp
+
+    dense = tiny_model(family)
+    shape = D.disp_shape(dense)
+    sets = random_sets(shape, seed=8)
+    sliced = D.disp_copy(dense, sets)
+    folder = export_disp(_lm(dense), sliced, tmp_path / "out", D.param_summary(shape, D.counts_of(sets)))
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "modeling_disp.py", "disp.json"} <= names
+    assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in folder.rglob("*"))
+    reloaded = load_disp(folder)
+    assert type(reloaded).__module__.startswith("transformers_modules"), "must run the folder's own code"
+    got = D.index_sets_of(reloaded)
+    assert all(np.array_equal(got[p][i], sets[p][i]) for p in D.POSITIONS for i in range(shape["layers"]))
+    with torch.no_grad():
+        assert torch.equal(reloaded(IDS).logits, sliced(IDS).logits)
+    import json
+
+    record = json.loads((folder / "disp.json").read_text())
+    assert record["index_sets"]["mlp_mid"][1] == sets["mlp_mid"][1].tolist()
+
+
+def test_export_loads_where_diet_is_not_importable(tmp_path):
+    """A user without DIET: a fresh interpreter outside the repo, trust_remote_code=True, same logits."""
+    import subprocess
+    import sys
+
+    from diet.disp_export import export_disp
+
+    dense = tiny_model("gemma2")
+    shape = D.disp_shape(dense)
+    sets = random_sets(shape, seed=9)
+    sliced = D.disp_copy(dense, sets)
+    folder = export_disp(_lm(dense), sliced, tmp_path / "out", D.param_summary(shape, D.counts_of(sets)))
+    with torch.no_grad():
+        torch.save(sliced(IDS).logits, tmp_path / "expected.pt")
+    torch.save(IDS, tmp_path / "ids.pt")
+    code = ("import sys, torch\n"
+            "try:\n    import diet\n    sys.exit('diet must not be importable here')\nexcept ImportError:\n    pass\n"
+            "from transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()\n"
+            f"ids, exp = torch.load({str(tmp_path / 'ids.pt')!r}), torch.load({str(tmp_path / 'expected.pt')!r})\n"
+            "with torch.no_grad():\n    d = (m(ids).logits - exp).abs().max().item()\n"
+            "print('maxdiff', d)\nsys.exit(0 if d <= 1e-6 else 1)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_export_refuses_a_non_empty_folder_and_writes_nothing(tmp_path):
+    from diet.disp_export import export_disp
+
+    dense = tiny_model("llama")
+    shape = D.disp_shape(dense)
+    sets = random_sets(shape, seed=1)
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(DietError, match="not empty"):
+        export_disp(_lm(dense), D.disp_copy(dense, sets), out, {})
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["busy"]
