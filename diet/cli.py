@@ -58,6 +58,61 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default: 8)")
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("export")
+    g.add_argument("--export-mode", default=None, choices=["uniform", "padded", "heterogeneous"],
+                   help="uniform: same width in every layer, a smaller stock model; padded: per-layer masks padded "
+                        "with zeros to the widest layer, stock config; heterogeneous: per-layer widths, loads with "
+                        "trust_remote_code=True or after `import diet` (default: uniform when every layer keeps the "
+                        "same count, else padded)")
+    g.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
+    g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    g.add_argument("--speed-repeats", type=int, default=3,
+                   help="timed forward passes per model (dense vs pruned, batch 1 and 8, interleaved) for the model "
+                        "card; 0 skips the measurement (default: 3)")
+    g.add_argument("--eval-limit", type=int, default=None,
+                   help="also evaluate dense and pruned on the mask's tasks (first N items: a preview) for the "
+                        "model card (default: no evaluation)")
+
+
+def _export_options(a) -> dict:
+    """export_model keyword arguments from the export flags."""
+    from diet.timing import SpeedSettings
+
+    if a.speed_repeats < 0:
+        raise DietError(f"--speed-repeats must be 0 or more, got {a.speed_repeats}")
+    if a.eval_limit is not None and a.eval_limit < 1:
+        raise DietError(f"--eval-limit must be at least 1, got {a.eval_limit}")
+    eval_settings = None
+    if a.eval_limit is not None:
+        from diet.evaluate import EvalSettings
+
+        eval_settings = EvalSettings(limit=a.eval_limit)
+    return {"mode": a.export_mode, "overwrite": a.overwrite, "eval_settings": eval_settings,
+            "speed": SpeedSettings(repeats=a.speed_repeats) if a.speed_repeats else None,
+            "say": lambda m: print(m, file=sys.stderr)}
+
+
+def _disp_args(p: argparse.ArgumentParser) -> None:
+    from diet.disp import POSITIONS
+    from diet.disp_learn import LearnSettings
+
+    d = LearnSettings()
+    g = p.add_argument_group("DISP (--method disp / disp-learned)")
+    g.add_argument("--positions", default=",".join(POSITIONS),
+                   help=f"disp: index sets that are pruned, the others keep full width (default: all of "
+                        f"{','.join(POSITIONS)})")
+    g.add_argument("--lam", type=float, default=d.lam, help=f"disp-learned: λ of the budget penalty ({d.lam:g})")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"disp-learned: hypernetwork AdamW lr ({d.lr:g})")
+    g.add_argument("--steps", type=int, default=d.steps,
+                   help=f"disp-learned: training steps (paper: {d.steps}; a few hundred on CPU)")
+    g.add_argument("--tokens-per-step", type=int, default=d.tokens_per_step,
+                   help=f"disp-learned: tokens per step (paper: {d.tokens_per_step})")
+    g.add_argument("--seq-len", type=int, default=None,
+                   help="disp-learned: tokens per training sequence (default: --tokens-per-step)")
+    g.add_argument("--hn-seed", type=int, default=d.seed, help="disp-learned: seed of the hypernetwork (0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m diet", description="DIET Explorer: task-aware, training-free "
                                  "structured pruning of LLMs (profile once, vote, prune exactly).")
@@ -87,11 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocation", default="layer", choices=["layer", "global"],
                    help="layer: same kept count per layer (default); global: rank across layers")
     p.add_argument("--min-keep", type=float, default=0.05, help="global allocation: minimum kept fraction per layer")
-    p.add_argument("--export-mode", default=None, choices=["uniform", "padded"],
-                   help="uniform: smaller stock model; padded: zeroed channels, stock shapes (default: uniform when "
-                        "every layer keeps the same count, else padded)")
-    p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--method", default="diet", choices=["diet", "disp", "disp-learned"],
+                   help="diet: MLP channels voted per task (default); disp: DISP-LLM's five index sets per layer, "
+                        "chosen training-free from activations and voted like DIET (--sparsity = fraction of block "
+                        "parameters removed); disp-learned: DISP index sets learned by the paper's hypernetwork on "
+                        "the tasks' calibration texts (see docs/disp.md)")
+    _disp_args(p)
+    _export_args(p)
+
+    p = sub.add_parser("export", aliases=["apply-mask"], help="re-apply a saved mask to its base model and export",
+                       description="Apply a mask saved earlier (mask.json or mask.safetensors, e.g. from an export "
+                                   "folder: a few KB instead of a checkpoint) to --model and write a model folder. "
+                                   "The mask is checked against the model (layers, widths, identity).")
+    _model_args(p)
+    p.add_argument("--mask", required=True, help="mask.json or mask.safetensors (or a folder holding them)")
+    _export_args(p)
 
     p = sub.add_parser("eval", help="zero-shot multiple-choice accuracy (lm-eval scoring)",
                        description="Evaluate a model (embedded default, hub id or folder) on tasks; prints a table "
@@ -147,13 +212,66 @@ def cmd_profile(a) -> None:
               f"{len(s.meta['shape']['widths'])} layers x {s.meta['shape']['widths'][0]} channels")
 
 
+def _cmd_prune_disp(a) -> None:
+    from tqdm import tqdm
+
+    from diet.disp import DispSettings
+    from diet.disp_export import prune_disp
+    from diet.disp_learn import LearnSettings
+    from diet.export import check_out_dir
+    from diet.models import load_model
+    from diet.tasks import get_task
+
+    if a.export_mode is not None:
+        raise DietError("--export-mode does not apply to DISP: its folder is always the DISP export "
+                        "(per-layer index sets; loads with trust_remote_code=True)")
+    check_out_dir(Path(a.out), a.overwrite)
+    profile = ProfileSettings(samples=a.samples, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size)
+    disp = DispSettings(sparsity=a.sparsity, score=a.score, merge="threshold" if a.threshold else "budget",
+                        threshold=a.threshold, allocation=a.allocation, min_keep=a.min_keep,
+                        positions=tuple(x.strip() for x in a.positions.split(",") if x.strip()))
+    learn = LearnSettings(p=1.0 - a.sparsity, lam=a.lam, lr=a.lr, steps=a.steps, tokens_per_step=a.tokens_per_step,
+                          seq_len=a.seq_len or a.tokens_per_step, seed=a.hn_seed)
+    tasks = [get_task(t) for t in a.tasks]
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    lm = load_model(_spec(a), say=say)
+    bar = None
+
+    def progress(name, done, total):
+        nonlocal bar
+        if bar is None or bar.desc != str(name) and a.method == "disp":
+            bar = tqdm(total=total, desc=str(name) if a.method == "disp" else "hypernetwork", file=sys.stderr)
+        bar.update(done - bar.n)
+        if a.method == "disp-learned":
+            bar.set_postfix(lm_loss=f"{total['lm_loss']:.3f}", p=f"{total['ratio']:.3f}") if isinstance(
+                total, dict) else None
+
+    def learn_progress(step, steps, rec):
+        nonlocal bar
+        bar = bar or tqdm(total=steps, desc="hypernetwork", unit="step", file=sys.stderr)
+        bar.update(step - bar.n)
+        bar.set_postfix(lm_loss=f"{rec['lm_loss']:.3f}", p=f"{rec['ratio']:.3f}")
+
+    folder, s = prune_disp(lm, tasks, a.out, method=a.method, profile=profile, disp=disp, learn=learn,
+                           overwrite=a.overwrite, say=say,
+                           progress=learn_progress if a.method == "disp-learned" else progress)
+    if bar is not None:
+        bar.close()
+    print(f"{a.method}: kept {s['block_kept_fraction']:.1%} of block parameters (p) = removed "
+          f"{s['param_sparsity']:.1%} of all parameters ({s['params_total']:,} -> {s['params_after']:,}); "
+          f"wrote {folder} (DISP export: load with trust_remote_code=True)")
+
+
 def cmd_prune(a) -> None:
+    if a.method in ("disp", "disp-learned"):
+        return _cmd_prune_disp(a)
     from diet.api import build_mask
     from diet.cache import atomic_write_json
     from diet.export import check_out_dir, export_model
 
     out = Path(a.out)
     check_out_dir(out, a.overwrite)  # refuse before spending minutes on profiling
+    options = _export_options(a)
     merge = "threshold" if a.threshold is not None else "budget"
     mask_settings = MaskSettings(sparsity=a.sparsity, score=a.score, merge=merge, threshold=a.threshold,
                                  allocation=a.allocation, min_keep=a.min_keep)
@@ -168,8 +286,7 @@ def cmd_prune(a) -> None:
                "params_before": s["params_total"], "params_after": s["params_after"],
                "kept_per_layer": s["kept_per_layer"], "profile_settings": asdict(settings),
                "mask_settings": asdict(mask_settings)}
-    folder = export_model(lm, result, out, mode=a.export_mode, overwrite=a.overwrite,
-                          extra={"profile": asdict(settings)})
+    folder = export_model(lm, result, out, extra={"profile": asdict(settings)}, **options)
     summary["export_mode"] = json.loads((folder / "diet_settings.json").read_text())["mode"]
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(folder / "summary.json", summary)
@@ -195,7 +312,23 @@ def cmd_eval(a) -> None:
                                          "results": [r.to_dict() for r in results]})
 
 
-COMMANDS = {"tasks": cmd_tasks, "profile": cmd_profile, "prune": cmd_prune, "eval": cmd_eval}
+def cmd_export(a) -> None:
+    from diet.export import apply_mask, check_out_dir, read_mask
+    from diet.models import load_model
+
+    check_out_dir(Path(a.out), a.overwrite)  # refuse, and read the mask, before loading a model
+    result, _ = read_mask(a.mask)
+    options = _export_options(a)
+    lm = load_model(_spec(a), say=options["say"])
+    folder = apply_mask(lm, a.mask, a.out, **options)
+    mode = json.loads((folder / "diet_settings.json").read_text())["mode"]
+    kept, total = int(result.mask.sum()), sum(result.shape["widths"])
+    print(f"applied {a.mask} ({kept:,} of {total:,} channels kept; tasks: {', '.join(result.tasks)}) "
+          f"to {lm.spec.name}; wrote {folder} ({mode})")
+
+
+COMMANDS = {"tasks": cmd_tasks, "profile": cmd_profile, "prune": cmd_prune, "eval": cmd_eval,
+            "export": cmd_export, "apply-mask": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

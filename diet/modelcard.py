@@ -1,0 +1,209 @@
+"""The README.md model card and PNG plots written into every export folder.
+
+Why a card with measured numbers: a pruned checkpoint is only useful if its reader knows what was removed (both
+denominators: MLP channels and all parameters), what it costs on disk, how fast it really runs next to the dense
+model (measured, not inferred from the parameter count), how it scored, and how to load it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOAD_SNIPPETS = {
+    "uniform": ('from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
+                'model = AutoModelForCausalLM.from_pretrained("{dir}")\n'
+                'tokenizer = AutoTokenizer.from_pretrained("{dir}")'),
+    "padded": ('from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
+               'model = AutoModelForCausalLM.from_pretrained("{dir}")\n'
+               'tokenizer = AutoTokenizer.from_pretrained("{dir}")'),
+    "heterogeneous": ('from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
+                      '# per-layer MLP widths: the folder carries its own modelling file (modeling_diet.py)\n'
+                      'model = AutoModelForCausalLM.from_pretrained("{dir}", trust_remote_code=True)\n'
+                      '# or, where diet is installed: `import diet` first, then no trust_remote_code is needed\n'
+                      'tokenizer = AutoTokenizer.from_pretrained("{dir}")'),
+}
+
+MODE_WORDS = {
+    "uniform": "every layer keeps the same number of MLP channels: a stock config with a smaller "
+               "`intermediate_size`; loads with plain transformers, lm-eval, vLLM.",
+    "padded": "layers keep different numbers of channels; each is padded with zero rows/columns up to the widest "
+              "layer, so the config is stock and the outputs equal the masked model's (less compression).",
+    "heterogeneous": "each layer has its own MLP width (`intermediate_sizes` in config.json); loads with "
+                     "`trust_remote_code=True` (the modelling file is in this folder) or after `import diet`.",
+}
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """Everything the card states. Sizes in bytes; `None` where unknown or not measured."""
+
+    base_model: str  # what the user named: embedded name, hub id or folder
+    base_identity: str  # content fingerprint of the base model
+    mode: str  # "uniform", "padded" or "heterogeneous"
+    tasks: list[str]  # the tasks whose masks were merged
+    mask_settings: dict  # MaskSettings as a dict
+    unit_sparsity: float  # fraction of MLP channels removed
+    param_sparsity: float  # fraction of all parameters removed (by the mask)
+    params_before: int  # parameters of the dense model
+    params_stored: int  # parameters stored in this folder (zero padding included)
+    params_effective: int  # parameters the mask keeps (zero padding excluded)
+    widths: list[int]  # original MLP width per layer
+    kept_per_layer: list[int]  # MLP channels kept per layer (padding excluded)
+    votes_histogram: list[int] | None = None  # channels kept by exactly 0..T task masks
+    disk_before: int | None = None  # weight files of the base model
+    disk_before_estimated: bool = False  # True: from parameter count x dtype size, not from files
+    disk_after: int | None = None  # weight files written here
+    evaluation: dict[str, list[dict]] | None = None  # label ("dense", "pruned") -> TaskResult dicts
+    speed: dict | None = None  # diet.timing.measure_speed output
+    plots: list[str] = field(default_factory=list)  # PNG file names in the folder
+    extra: dict = field(default_factory=dict)  # profile settings and the like, shown as JSON
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+
+def write_plots(folder: Path, widths: list[int], kept: list[int], votes_histogram: list[int] | None) -> list[str]:
+    """kept_per_layer.png and votes_histogram.png; [] when matplotlib is not installed (the card says so)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    names = []
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=110)
+    layers = list(range(len(kept)))
+    ax.bar(layers, widths, color="#d9d9d9", label="original width")
+    ax.bar(layers, kept, color="#2b6cb0", label="kept")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("MLP channels")
+    ax.set_title("MLP channels kept per layer")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "kept_per_layer.png")
+    plt.close(fig)
+    names.append("kept_per_layer.png")
+    if votes_histogram:
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
+        ax.bar(range(len(votes_histogram)), votes_histogram, color="#2f855a")
+        ax.set_xticks(range(len(votes_histogram)))
+        ax.set_xlabel("number of task masks keeping the channel")
+        ax.set_ylabel("channels")
+        ax.set_title("Votes per MLP channel")
+        fig.tight_layout()
+        fig.savefig(folder / "votes_histogram.png")
+        plt.close(fig)
+        names.append("votes_histogram.png")
+    return names
+
+
+# ------------------------------------------------------------------------------------------------ card
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _evaluation_table(evaluation: dict[str, list[dict]]) -> str:
+    labels = list(evaluation)
+    by_task: dict[str, dict[str, dict]] = {}
+    for label, results in evaluation.items():
+        for r in results:
+            by_task.setdefault(r["task"], {})[label] = r
+    head = "| task | metric | items | " + " | ".join(labels) + " |"
+    lines = [head, "|" + "---|" * (3 + len(labels))]
+    for task, per in by_task.items():
+        any_r = next(iter(per.values()))
+        items = f"{any_r['n']} of {any_r['total']}" + (" (preview)" if any_r.get("preview") else "")
+        cells = [f"{100 * per[lb]['value']:.1f}" if lb in per else "–" for lb in labels]
+        lines.append(f"| {task} | {any_r['metric']} | {items} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _speed_table(speed: dict) -> str:
+    first, last = speed["names"][0], speed["names"][-1]
+    lines = [f"| batch × tokens | {first} ms | {last} ms | {first} tokens/s | {last} tokens/s | speedup |",
+             "|---|---|---|---|---|---|"]
+    for r in speed["rows"]:
+        lines.append(f"| {r['batch']} × {speed['seq_len']} | {r[first + '_ms']:.1f} | {r[last + '_ms']:.1f} | "
+                     f"{r[first + '_tokens_per_s']:.0f} | {r[last + '_tokens_per_s']:.0f} | {r['speedup']:.2f}× |")
+    return "\n".join(lines)
+
+
+def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
+    """The README.md text (Hugging Face model card layout: YAML front matter, then Markdown)."""
+    units_total, units_kept = sum(f.widths), sum(f.kept_per_layer)
+    k_min, k_max = min(f.kept_per_layer), max(f.kept_per_layer)
+    kept_words = f"{k_min} per layer" if k_min == k_max else f"{k_min}–{k_max} per layer"
+    disk_before = _size(f.disk_before) + (" (estimated from the parameter count)" if f.disk_before_estimated else "")
+    out = [
+        "---",
+        "library_name: transformers",
+        "tags: [pruned, structured-pruning, diet-explorer]",
+        "---",
+        "",
+        f"# {f.base_model}, pruned with DIET ({f.mode}, {_pct(f.unit_sparsity)} of MLP channels removed)",
+        "",
+        "Task-aware, training-free structured pruning: one mask per task from activation statistics, merged by "
+        "DIET's vote, then the pruned MLP channels are physically removed. No weights were retrained.",
+        "",
+        f"**Export mode — {f.mode}:** {MODE_WORDS[f.mode]}",
+        "",
+        "## What was removed",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+        f"| MLP channels | {units_total:,} | {units_kept:,} ({kept_words}) |",
+        f"| parameters | {f.params_before:,} | {f.params_stored:,}"
+        + (f" stored ({f.params_effective:,} without the zero padding)" if f.params_stored != f.params_effective
+           else "") + " |",
+        f"| weights on disk | {disk_before} | {_size(f.disk_after)} |",
+        "",
+        f"- Sparsity: **{_pct(f.unit_sparsity)} of MLP channels**, which is **{_pct(f.param_sparsity)} of all "
+        "parameters** (embeddings and attention are untouched).",
+        f"- Tasks ({len(f.tasks)}): {', '.join(f.tasks)}",
+        f"- Mask settings: `{json.dumps(f.mask_settings, sort_keys=True)}`",
+        f"- Base model identity (content fingerprint): `{f.base_identity}`",
+    ]
+    if f.extra:
+        out.append(f"- Other settings: `{json.dumps(f.extra, sort_keys=True, default=str)}`")
+    out += ["", "## Measured forward speed", ""]
+    if f.speed:
+        out += [f"Measured on {f.speed['device']} ({f.speed['threads']} threads), median of {f.speed['repeats']} "
+                "forward passes per model, dense and pruned interleaved in one run:", "", _speed_table(f.speed),
+                "", "Speed depends on the hardware, batch size and kernels; measure on yours."]
+    else:
+        out.append("Not measured for this export.")
+    out += ["", "## Evaluation", ""]
+    if f.evaluation:
+        out += ["Zero-shot multiple-choice accuracy (%, lm-eval scoring) of each task's primary metric:", "",
+                _evaluation_table(f.evaluation)]
+        if any(r.get("preview") for rs in f.evaluation.values() for r in rs):
+            out += ["", "Rows marked *preview* scored only the first items: not comparable with published numbers."]
+    else:
+        out.append("No evaluation was run with this export.")
+    out += ["", "## Plots", ""]
+    if f.plots:
+        out += [f"![{p[:-4].replace('_', ' ')}]({p})" for p in f.plots]
+    else:
+        out.append("Not drawn (matplotlib is not installed).")
+    out += ["", "## How to load", "", "```python", LOAD_SNIPPETS[f.mode].format(dir=folder_hint), "```", "",
+            "## Files", "",
+            "- `mask.json`: kept channel indices per layer, the tasks, settings and summary (re-apply it to the base "
+            "model with `python -m diet apply-mask --model BASE --mask mask.json --out DIR`)",
+            "- `mask.safetensors`: the merged mask, votes and per-task masks as arrays",
+            "- `diet_settings.json`: everything that produced this folder", ""]
+    return "\n".join(out)
