@@ -1,0 +1,159 @@
+"""Page 1: pick the model and the tasks, see which tasks are already profiled, profile the rest in the background."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from diet.adapters import model_shape
+from diet.api import estimate_seconds, is_profiled
+from diet.errors import DietError
+from diet.settings import DEFAULT_MODEL, ModelSpec, ProfileSettings
+from diet.tasks import get_task, list_tasks
+from pages._common import (
+    current_model,
+    defaults,
+    forget_results,
+    job_panel,
+    model_spec,
+    page_errors,
+    prologue,
+    runner,
+    start_job,
+)
+from pages._work import profile_job, save_upload
+
+DTYPES = ["float32", "bfloat16", "float16"]
+QUANT = ["none", "8bit", "4bit"]
+
+
+def seconds_text(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
+
+
+def model_section():
+    spec = model_spec()
+    with st.form("model"):
+        c1, c2, c3, c4 = st.columns([3, 1.3, 1, 1])
+        name = c1.text_input("Model", value=spec.name,
+                             help=f"'{DEFAULT_MODEL}' = SmolLM2-135M-Instruct, embedded, works offline (our default); "
+                                  "or a Hugging Face id such as google/gemma-2-2b (needs network); or a local folder")
+        revision = c2.text_input("Revision", value=spec.revision or "", placeholder="main",
+                                 help="hub branch, tag or commit (hub ids only)")
+        dtype = c3.selectbox("dtype", DTYPES, index=DTYPES.index(spec.dtype),
+                             help="weights dtype; statistics are always summed in fp32")
+        quant = c4.selectbox("8/4-bit", QUANT, index=QUANT.index(spec.quantization or "none"),
+                             help="bitsandbytes loading (needs bitsandbytes and accelerate): less memory for "
+                                  "profiling a large model; a quantized model cannot be pruned")
+        if st.form_submit_button("Load model"):
+            new = ModelSpec(name=name.strip() or DEFAULT_MODEL, revision=revision.strip() or None, dtype=dtype,
+                            quantization=None if quant == "none" else quant)
+            if new != spec:
+                st.session_state["spec"] = new
+                forget_results()
+    lm = current_model()
+    shape = model_shape(lm.model)
+    st.success(f"**{lm.spec.name}** is loaded: {shape['family']} family, {shape['layers']} layers × "
+               f"{shape['widths'][0]} MLP channels, {shape['total_params'] / 1e6:.0f} M parameters ({lm.spec.dtype}).")
+    return lm
+
+
+def resolve(ref: str):
+    """get_task, remembered per session (a Hub task that failed offline is not retried on every rerun)."""
+    memo = st.session_state.setdefault("task_memo", {})
+    if ref not in memo:
+        try:
+            memo[ref] = get_task(ref)
+        except DietError as e:
+            memo[ref] = str(e)
+    return memo[ref]
+
+
+def chosen_tasks() -> list:
+    infos = list_tasks()
+    offline = {i.name: i for i in infos if i.source == "offline"}
+    hub = {i.name: i for i in infos if i.source != "offline"}
+    defaults(p_offline=[], p_hub=[], p_samples=100, p_max_length=256, p_seed=0, p_batch=8)
+    c1, c2 = st.columns(2)
+    c1.multiselect("Offline task suite (no network needed)", list(offline), key="p_offline",
+                   format_func=lambda n: f"{n} — {offline[n].skill or offline[n].description}",
+                   placeholder="choose tasks")
+    c2.multiselect("Hub benchmarks of the DIET paper (need network and `datasets`)", list(hub), key="p_hub",
+                   placeholder="choose benchmarks")
+    files = st.file_uploader("Your own task files (.jsonl or .csv, one item per line; see docs/tasks.md)",
+                             type=["jsonl", "csv"], accept_multiple_files=True, key="uploads")
+    refs = list(st.session_state["p_offline"]) + list(st.session_state["p_hub"])
+    refs += [str(save_upload(f.name, f.getvalue())) for f in files or []]
+    tasks = []
+    for ref in refs:
+        t = resolve(ref)
+        if isinstance(t, str):
+            st.error(t)
+        else:
+            tasks.append(t)
+    names = [t.name for t in tasks]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        st.error(f"two tasks are named {', '.join(dup)}: rename the uploaded file(s)")
+        tasks = list({t.name: t for t in tasks}.values())
+    return tasks
+
+
+def settings_section() -> ProfileSettings:
+    c1, c2 = st.columns([1, 3])
+    c1.number_input("Calibration samples per task", min_value=1, max_value=100_000, step=1, key="p_samples",
+                    help="the DIET paper uses 100; fewer is faster and noisier (see the split-half overlap on the "
+                         "Masks page)")
+    with c2.expander("Advanced profiling settings"):
+        a, b, c = st.columns(3)
+        a.number_input("Max tokens per text", min_value=8, max_value=131_072, step=8, key="p_max_length")
+        b.number_input("Seed (which calibration texts)", min_value=0, step=1, key="p_seed")
+        c.number_input("Batch size", min_value=1, max_value=1024, step=1, key="p_batch",
+                       help="texts per forward pass; does not change the statistics")
+    ss = st.session_state
+    settings = ProfileSettings(samples=int(ss["p_samples"]), seed=int(ss["p_seed"]),
+                               max_length=int(ss["p_max_length"]), batch_size=int(ss["p_batch"]))
+    ss["profile_settings"] = settings
+    return settings
+
+
+def profile_section(lm, tasks: list, settings: ProfileSettings) -> None:
+    if not tasks:
+        st.info("Pick at least one task above (two or more to see how their masks overlap).")
+    else:
+        cached = {t.name: is_profiled(lm, t, settings) for t in tasks}
+        rows = [{"task": t.name, "source": t.source.split(":")[0], "description": t.description,
+                 "calibration texts": min(settings.samples, len(t.calibration)), "evaluation items": len(t.evaluation),
+                 "metric": t.metric, "status": "cached ✓" if cached[t.name] else "to profile"} for t in tasks]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        missing = [t for t in tasks if not cached[t.name]]
+        if missing:
+            eta = estimate_seconds(lm, missing, settings)
+            label = f"Profile {len(missing)} task(s) — about {seconds_text(eta)}"
+            st.caption(f"Estimated from the calibration texts' token counts and this machine's measured speed: about "
+                       f"{seconds_text(eta)} for {', '.join(t.name for t in missing)}"
+                       + (f"; {len(tasks) - len(missing)} cached task(s) load instantly." if len(missing) < len(tasks)
+                          else "."))
+        else:
+            label = "Load the cached statistics (no forward pass)"
+        busy = runner().active() is not None
+        if st.button(label, type="primary", disabled=busy, key="btn_profile"):
+            start_job("profile", f"Profiling {len(tasks)} task(s)", profile_job(lm, tasks, settings))
+            st.rerun()
+    job_panel(("profile",), key="main")
+    stats = st.session_state.get("stats")
+    if stats:
+        n = int(next(iter(stats.values())).meta.get("texts", 0))
+        st.markdown(f"Statistics in this session: **{', '.join(stats)}** ({n} texts each).")
+        st.page_link("pages/2_masks.py", label="Explore the masks", icon="➡️")
+
+
+prologue(("profile",))
+st.title("1 · Model and tasks")
+with page_errors():
+    st.subheader("Model")
+    lm = model_section()
+    st.subheader("Tasks")
+    tasks = chosen_tasks()
+    settings = settings_section()
+    profile_section(lm, tasks, settings)

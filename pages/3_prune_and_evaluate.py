@@ -1,0 +1,127 @@
+"""Page 3: prune for real and measure, on demand: dense vs pruned side by side, and optionally a sparsity sweep.
+
+Evaluation runs as a background job (progress, cancel) and every number is cached per model, task, limit and
+mask, in the session and on disk, so going back and forth costs nothing."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from diet import viz
+from diet.evaluate import EvalSettings, average
+from pages._common import (
+    current_mask,
+    current_model,
+    defaults,
+    job_panel,
+    need_stats,
+    page_errors,
+    prologue,
+    runner,
+    start_job,
+)
+from pages._work import compare_job, comparison_table, mask_digest, sweep_job, tasks_of
+
+SWEEP_CHOICES = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def eval_settings_section(tasks: list) -> tuple[EvalSettings, list]:
+    ss = st.session_state
+    names = [t.name for t in tasks if t.evaluation]
+    defaults(p_eval_tasks=names, p_limit=50, p_eval_batch=16)
+    if not set(ss["p_eval_tasks"]) <= set(names):
+        ss["p_eval_tasks"] = names
+    c1, c2, c3 = st.columns([3, 1, 1])
+    c1.multiselect("Tasks to evaluate", names, key="p_eval_tasks")
+    c2.number_input("Items per task (0 = all)", min_value=0, step=10, key="p_limit",
+                    help="a limit gives a quick PREVIEW on the first items; it is marked as such everywhere")
+    c3.number_input("Batch size", min_value=1, max_value=512, step=1, key="p_eval_batch")
+    limit = int(ss["p_limit"]) or None
+    chosen = [t for t in tasks if t.name in ss["p_eval_tasks"]]
+    return EvalSettings(limit=limit, batch_size=int(ss["p_eval_batch"])), chosen
+
+
+def comparison_section(comp: dict, digest: str) -> None:
+    if comp["digest"] != digest:
+        st.warning(f"These results are for an earlier mask ({comp['sparsity']:.0%} of MLP channels removed, "
+                   f"{comp['settings']['merge']} merge). Run again to measure the current one.")
+    previews = [r for r in comp["dense"] if r.preview]
+    if previews:
+        st.info("Preview: " + ", ".join(f"{r.task} first {r.n} of {r.total} items" for r in previews)
+                + ". Preview numbers are noisy and not comparable with published ones; set items to 0 for all.")
+    size, speed = comp["size"], comp["speed"]
+    dense_avg, pruned_avg = average(comp["dense"]), average(comp["pruned"])
+    p_dense, p_pruned = size["dense"]["params"], size["pruned"]["params"]
+    c = st.columns(4)
+    c[0].metric("Average accuracy (primary metric)", f"{pruned_avg:.1%}",
+                f"{(pruned_avg - dense_avg) * 100:+.1f} points vs dense {dense_avg:.1%}")
+    c[1].metric("Parameters", f"{p_pruned / 1e6:.1f} M", f"{p_pruned / p_dense - 1:+.1%} vs {p_dense / 1e6:.1f} M",
+                delta_color="inverse")
+    c[2].metric("Size in memory", f"{size['pruned']['mb']:.0f} MB",
+                f"{size['pruned']['mb'] / size['dense']['mb'] - 1:+.1%} vs {size['dense']['mb']:.0f} MB",
+                delta_color="inverse")
+    c[3].metric("Forward speed (measured)", f"{speed['pruned']:,.0f} tok/s",
+                f"×{speed['pruned'] / speed['dense']:.2f} vs dense {speed['dense']:,.0f} tok/s",
+                help="the same batch through both models, timed alternately; median of 3 after a warm-up")
+    tasks = comp["tasks"]
+    st.plotly_chart(viz.accuracy_bars(tasks + ["average"], [r.value for r in comp["dense"]] + [average(comp["dense"])],
+                                      [r.value for r in comp["pruned"]] + [average(comp["pruned"])]), key="accuracy")
+    st.caption(viz.CAPTIONS["accuracy"])
+    table = pd.DataFrame(comparison_table(comp))
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="percent") for c in table.columns
+                                if "acc" in c or c.startswith("Δ")})
+    st.caption("acc: the highest log-likelihood choice is right; acc_norm: the same, length-normalised (lm-eval "
+               "conventions). The average uses each task's primary metric.")
+
+
+def sweep_section(lm, stats, result, settings: EvalSettings, tasks: list, busy: bool) -> None:
+    st.subheader("Sparsity sweep")
+    defaults(p_sweep=[0.1, 0.2, 0.3, 0.5])
+    st.multiselect("Sparsities to measure (mask settings otherwise as on the Masks page)", SWEEP_CHOICES,
+                   key="p_sweep", format_func=lambda s: f"{s:.0%}")
+    points = sorted(st.session_state["p_sweep"])
+    if st.button(f"Run the sweep ({len(points)} pruned models + dense)", disabled=busy or not points or not tasks,
+                 key="btn_sweep"):
+        memo = st.session_state.setdefault("eval_memo", {})
+        sub = {n: stats[n] for n in result.tasks}
+        start_job("sweep", f"Sweep over {len(points)} sparsities",
+                  sweep_job(lm, sub, result.settings, points, tasks, settings, memo))
+        st.rerun()
+    sweep = st.session_state.get("sweep")
+    if sweep:
+        st.plotly_chart(viz.sweep_curves(sweep["sparsities"], sweep["values"], sweep["dense"]), key="sweep_fig")
+        lim = sweep["eval"]["limit"]
+        st.caption(viz.CAPTIONS["sweep"] + (f" Preview: first {lim} items per task." if lim else ""))
+
+
+def page(lm, stats: dict) -> None:
+    result = current_mask(stats)
+    s = result.summary
+    st.markdown(f"Current mask: tasks **{', '.join(result.tasks)}**, **{s['unit_sparsity']:.1%}** of MLP channels "
+                f"removed = **{s['param_sparsity']:.1%}** of all parameters ({result.settings.merge} merge, "
+                f"{result.settings.score} score, {result.settings.allocation} allocation).")
+    st.page_link("pages/2_masks.py", label="Change the mask", icon="⬅️")
+    tasks = tasks_of(stats)
+    settings, chosen = eval_settings_section(tasks)
+    busy = runner().active() is not None
+    n_req = sum(len(it.requests()) for t in chosen for it in t.evaluation[: settings.limit])
+    if st.button(f"Prune and evaluate, dense vs pruned ({n_req:,} scored choices per model)", type="primary",
+                 disabled=busy or not chosen, key="btn_evaluate"):
+        memo = st.session_state.setdefault("eval_memo", {})
+        start_job("compare", "Evaluating dense vs pruned", compare_job(lm, result, chosen, settings, memo))
+        st.rerun()
+    job_panel(("compare", "sweep"), key="main")
+    comp = st.session_state.get("comparison")
+    if comp:
+        comparison_section(comp, mask_digest(result.mask))
+    sweep_section(lm, stats, result, settings, chosen, busy)
+
+
+prologue(("compare", "sweep"))
+st.title("3 · Prune and evaluate")
+with page_errors():
+    stats = need_stats()
+    if stats:
+        page(current_model(), stats)

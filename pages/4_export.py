@@ -1,0 +1,88 @@
+"""Page 4: export — a model folder (through diet.export.export_model, whatever modes it offers), the mask as JSON,
+and an HTML report with every figure."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import streamlit as st
+
+from diet.export import mask_json
+from pages._common import current_mask, current_model, job_panel, need_stats, page_errors, prologue, runner, start_job
+from pages._work import export_job, export_options, mask_digest, report
+
+MODE_HELP = {
+    "auto": "auto: uniform when every layer keeps the same count, else padded (our default)",
+    "uniform": "uniform: same kept count per layer, a smaller stock model that loads anywhere",
+    "padded": "padded: per-layer masks, pruned channels zeroed, stock shapes (identical outputs, no size gain)",
+    "heterogeneous": "heterogeneous: per-layer widths, smallest model; loads with trust_remote_code=True",
+}
+
+
+def default_folder(lm, result) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(lm.spec.name).name)
+    return str(Path.home() / "diet-exports" / f"{name}-diet-s{round(result.summary['unit_sparsity'] * 100)}")
+
+
+def model_folder_section(lm, result) -> None:
+    modes, params = export_options()
+    c1, c2 = st.columns([3, 2])
+    out = c1.text_input("Output folder", value=default_folder(lm, result), key="out_dir",
+                        help="must be new or empty (or tick overwrite); written atomically")
+    mode = c2.selectbox("Export mode", ["auto", *modes], key="export_mode",
+                        format_func=lambda m: MODE_HELP.get(m, m))
+    overwrite = st.checkbox("Overwrite a non-empty folder", key="overwrite")
+    extra = {}
+    comp = st.session_state.get("comparison")
+    if comp and comp["digest"] == mask_digest(result.mask):  # measured results of exactly this mask
+        evaluation = {"dense": [r.to_dict() for r in comp["dense"]], "pruned": [r.to_dict() for r in comp["pruned"]],
+                      "speed_tokens_per_second": comp["speed"], "size": comp["size"]}
+        extra = {"extra": {"evaluation": evaluation}, "evaluation": evaluation}
+        st.caption("The measured dense-vs-pruned results of this mask go into the folder too.")
+    if st.button("Export the pruned model", type="primary", disabled=runner().active() is not None, key="btn_export"):
+        start_job("export", f"Exporting to {out}",
+                  export_job(lm, result, out.strip(), None if mode == "auto" else mode, overwrite, extra))
+        st.rerun()
+    job_panel(("export",), key="main")
+    path = st.session_state.get("exported")
+    if path:
+        remote = (Path(path) / "diet_settings.json").is_file() and "heterogeneous" in (
+            Path(path) / "diet_settings.json").read_text()
+        arg = ", trust_remote_code=True" if remote else ""
+        st.markdown(f"Written to `{path}`. Load it anywhere:")
+        st.code(f'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("{path}"'
+                f'{arg})', language="python")
+
+
+def downloads_section(lm, stats, result) -> None:
+    c1, c2 = st.columns(2)
+    c1.download_button("Download the mask (JSON)", data=json.dumps(mask_json(result), indent=1),
+                       file_name="diet-mask.json", mime="application/json", on_click="ignore", key="dl_mask",
+                       help="kept channel indices per layer, tasks, settings and the summary")
+    c2.download_button("Download the report (HTML with every figure)",
+                       data=lambda: report(lm.spec.name, result, stats, st.session_state.get("comparison"),
+                                           st.session_state.get("sweep")),
+                       file_name="diet-report.html", mime="text/html", on_click="ignore", key="dl_report",
+                       help="opens offline in any browser (plotly.js is inside); each chart also has a PNG button")
+
+
+def page(lm, stats) -> None:
+    result = current_mask(stats)
+    s = result.summary
+    st.markdown(f"Current mask: tasks **{', '.join(result.tasks)}**, **{s['unit_sparsity']:.1%}** of MLP channels "
+                f"removed = **{s['param_sparsity']:.1%}** of all parameters; layer widths "
+                f"{'uniform' if s['uniform'] else 'differ per layer'}.")
+    st.subheader("Model folder")
+    model_folder_section(lm, result)
+    st.subheader("Downloads")
+    downloads_section(lm, {n: stats[n] for n in result.tasks}, result)
+
+
+prologue(("export",))
+st.title("4 · Export")
+with page_errors():
+    stats = need_stats()
+    if stats:
+        page(current_model(), stats)

@@ -1,0 +1,190 @@
+"""Streamlit helpers shared by every page: errors as messages, settings that survive page switches, the cached
+model, and the job panel that polls background work.
+
+Why here and not in diet/: this is the only UI glue that needs `st`; the engine never imports streamlit.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from contextlib import contextmanager
+
+import streamlit as st
+
+from diet.errors import DietError
+from diet.jobs import CANCELLED, DONE, JobRunner
+from diet.settings import ModelSpec, ProfileSettings
+
+TEST_MODEL = "_test_model"  # session-state seed: tests put a LoadedModel (a tiny random model) here
+PERSIST = "p_"  # widget keys starting with this keep their value when the user switches pages (see app.py)
+RESULT_KEYS = {"profile": "stats", "compare": "comparison", "sweep": "sweep", "export": "exported"}
+POLL_SECONDS = 0.5  # how often a running job's progress is redrawn
+
+
+@contextmanager
+def page_errors():
+    """Every problem becomes a message in the page, never a traceback: DietError as it is, anything else as one
+    line (the traceback goes to the server log). st.rerun/st.stop are BaseExceptions and pass through."""
+    try:
+        yield
+    except DietError as e:
+        st.error(str(e))
+    except Exception as e:  # a bug: say so plainly, keep the details for the log
+        traceback.print_exc(file=sys.stderr)
+        st.error(f"Unexpected problem ({type(e).__name__}: {e}). The details are in the server log.")
+
+
+def defaults(**values) -> None:
+    """Initial values of persistent widgets (set through session state, so widgets take no `value=`)."""
+    for k, v in values.items():
+        st.session_state.setdefault(k, v)
+
+
+def keep_widget_state() -> None:
+    """Re-assign persistent widget values so Streamlit does not drop them while their page is not shown."""
+    for k in list(st.session_state):
+        if isinstance(k, str) and k.startswith(PERSIST):
+            st.session_state[k] = st.session_state[k]
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+@st.cache_resource(max_entries=1, show_spinner=False)
+def _load(name: str, revision: str | None, dtype: str, quantization: str | None, device: str):
+    """One model in memory at a time, keyed by the strings that define it (never by hashing a module)."""
+    from diet.models import load_model
+
+    spec = ModelSpec(name=name, revision=revision, dtype=dtype, quantization=quantization, device=device)
+    return load_model(spec, say=lambda m: print(m, file=sys.stderr))
+
+
+def model_spec() -> ModelSpec:
+    return st.session_state.get("spec") or ModelSpec()
+
+
+def current_model():
+    """The loaded model of the chosen spec (the embedded default unless the user picked another)."""
+    if TEST_MODEL in st.session_state:
+        return st.session_state[TEST_MODEL]
+    s = model_spec()
+    with st.spinner(f"Loading {s.name} (the first use of the embedded default converts it once, about 30 s)…"):
+        return _load(s.name, s.revision, s.dtype, s.quantization, s.device)
+
+
+def profile_settings() -> ProfileSettings:
+    return st.session_state.get("profile_settings") or ProfileSettings()
+
+
+def forget_results() -> None:
+    """A different model or different profiling settings: earlier statistics and results no longer apply."""
+    for k in ("stats", "mask_result", "comparison", "sweep", "exported", "mask_memo"):
+        st.session_state.pop(k, None)
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+
+
+def runner() -> JobRunner:
+    if "runner" not in st.session_state:
+        st.session_state["runner"] = JobRunner()
+    return st.session_state["runner"]
+
+
+def collect_jobs() -> None:
+    """Take the results of finished jobs into the session, once, in the script thread (workers never touch st)."""
+    outcomes = st.session_state.setdefault("job_outcomes", {})
+    for job in runner().finished():
+        snap = job.snapshot()
+        job.collected = True
+        if snap.status == DONE and job.kind in RESULT_KEYS:
+            if job.kind == "profile":  # new statistics: masks and results built on the old ones no longer apply
+                forget_results()
+            st.session_state[RESULT_KEYS[job.kind]] = job.result
+        outcomes[job.kind] = (snap.status, snap.title, snap.message, snap.elapsed)
+
+
+def start_job(kind: str, title: str, fn) -> None:
+    runner().start(kind, title, fn)
+    st.session_state.setdefault("job_outcomes", {}).pop(kind, None)
+
+
+def job_panel(kinds: tuple[str, ...], key: str) -> None:
+    """Live progress of a running job of these kinds (polled), or how the last one ended."""
+    job = runner().active()
+    if job is not None and job.kind in kinds:
+        _progress(key)
+        return
+    for kind in kinds:
+        outcome = st.session_state.get("job_outcomes", {}).get(kind)
+        if outcome is None:
+            continue
+        status, title, message, seconds = outcome
+        if status == DONE:
+            st.success(f"{title}: done in {seconds:.0f} s.")
+        elif status == CANCELLED:
+            st.warning(f"{title}: cancelled after {seconds:.0f} s — nothing was written.")
+        else:
+            st.error(f"{title}: {message}")
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _progress(key: str) -> None:
+    job = runner().active()
+    if job is None:  # it has just ended: rerun the whole page so it shows the result
+        st.rerun()
+    snap = job.snapshot()
+    st.markdown(f"**{snap.title}** · {snap.elapsed:.0f} s")
+    for line in snap.lines:
+        st.progress(line.fraction, text=f"{line.label}: {line.done} / {line.total}")
+    if snap.message:
+        st.caption(snap.message)
+    if snap.stop_requested:
+        st.caption("Stopping after the current batch…")
+    elif st.button("Cancel", key=f"cancel-{key}", help="stops after the current batch; nothing is written"):
+        job.cancel()
+        st.rerun(scope="fragment")
+
+
+def current_mask(stats: dict):
+    """The mask chosen on the Masks page, or DIET's defaults when that page has not been visited."""
+    result = st.session_state.get("mask_result")
+    if result is None or not set(result.tasks) <= set(stats):
+        from diet.api import build_mask
+        from diet.settings import MaskSettings
+
+        result = build_mask(stats, MaskSettings())
+        st.session_state["mask_result"] = result
+    return result
+
+
+def prologue(own_kinds: tuple[str, ...] = ()) -> None:
+    """What every page does first: keep settings across page switches, take in finished jobs, draw the sidebar.
+
+    Why each page calls it (not app.py): with a pages/ folder Streamlit may run a page file directly (its v1
+    multipage mode, which AppTest uses), so a page must not rely on app.py having run before it.
+    `own_kinds`: the jobs whose progress this page shows in its body; others show in the sidebar."""
+    keep_widget_state()
+    collect_jobs()
+    with st.sidebar:
+        st.caption("Session")
+        stats = st.session_state.get("stats") or {}
+        st.markdown(f"Model: **{model_spec().name}**  \nTasks profiled: **{len(stats)}**")
+        result = st.session_state.get("mask_result")
+        if result is not None:
+            st.markdown(f"Mask: **{result.summary['unit_sparsity']:.0%}** of MLP channels, "
+                        f"**{result.summary['param_sparsity']:.1%}** of parameters removed")
+        job = runner().active()
+        if job is not None and job.kind not in own_kinds:
+            job_panel((job.kind,), key="sidebar")
+
+
+def need_stats() -> dict | None:
+    """The profiled statistics, or a pointer to the page that makes them."""
+    stats = st.session_state.get("stats")
+    if not stats:
+        st.info("No task statistics yet: pick tasks and profile them first (cached tasks load instantly).")
+        st.page_link("pages/1_model_and_tasks.py", label="Go to Model and tasks", icon="➡️")
+        return None
+    return stats

@@ -1,0 +1,355 @@
+"""The app's background work and pure helpers — no Streamlit import, so it runs in worker threads and in tests.
+
+Why a separate module: every function here is called either from a worker thread (`diet.jobs.Job`), where calling
+`st.*` is not allowed, or from tests without a running app. The pages only wire widgets to these functions.
+Everything goes through the engine's public API (diet.api, diet.evaluate, diet.export, diet.tasks, diet.viz).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import inspect
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from diet import masks as M
+from diet import viz
+from diet.api import MaskResult, build_mask, profile_tasks, prune_copy, split_half_overlap
+from diet.cache import ArtifactCache
+from diet.errors import DietError
+from diet.evaluate import EvalSettings, TaskResult, average, evaluate_task
+from diet.jobs import JobContext
+from diet.profile import Cancelled
+from diet.settings import MaskSettings, ProfileSettings, sha256_of
+
+# ----------------------------------------------------------------------------------------------- uploads
+
+
+def save_upload(name: str, data: bytes, root: Path | None = None) -> Path:
+    """Write an uploaded task file to a temp folder named by its content hash (same file, same path), keeping its
+    base name so the task is named after it. Returns the path to hand to `diet.tasks.get_task`."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name).strip("._") or "task.jsonl"
+    folder = (root or Path(tempfile.gettempdir()) / "diet-uploads") / hashlib.sha256(data).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / stem
+    if not path.is_file() or path.read_bytes() != data:
+        path.write_bytes(data)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- profiling
+
+
+def profile_job(lm, tasks: list, settings: ProfileSettings):
+    """Job body: statistics per task (cached ones load without a forward pass); progress per task, per batch."""
+
+    def run(ctx: JobContext) -> dict:
+        for t in tasks:
+            ctx.report(t.name, 0, min(settings.samples, len(t.calibration)))
+        return profile_tasks(lm, tasks, settings, progress=ctx.report, should_stop=ctx.should_stop)
+
+    return run
+
+
+def tasks_of(stats: dict) -> list:
+    """The Task objects behind profiled statistics (their meta records where each task came from)."""
+    from diet.tasks import get_task
+
+    out = []
+    for name, st_ in stats.items():
+        source = str(st_.meta.get("task_source", ""))
+        out.append(get_task(source.removeprefix("file:") if source.startswith("file:") else name))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- masks
+
+
+def mask_digest(mask: np.ndarray) -> str:
+    """Short content hash of a boolean mask: the evaluation cache key of a pruned model."""
+    return hashlib.sha256(np.packbits(np.asarray(mask, dtype=bool)).tobytes() + str(mask.shape).encode()
+                          ).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class OverlapRefs:
+    """The references every overlap figure is read against (PRODUCT.md, "Is an overlap meaningful?")."""
+
+    chance: float  # mean over pairs of the expected Jaccard of independent masks with the same sizes
+    split_half: dict  # task -> Jaccard of the task's masks from its two halves of samples (its noise ceiling)
+    mean_jaccard: list  # per task: mean Jaccard with the other tasks
+    kept_by_all: int
+    kept_by_all_expected: float
+    kept_by_one: int
+    kept_by_one_expected: float
+
+
+def split_halves(result: MaskResult, stats: dict) -> dict:
+    """Each task's split-half self-overlap at the current mask settings."""
+    return {n: split_half_overlap(stats[n], result.settings) for n in result.tasks}
+
+
+def overlap_refs(result: MaskResult, stats: dict, split: dict | None = None) -> OverlapRefs:
+    T = len(result.tasks)
+    J = np.asarray(result.summary["jaccard"], dtype=np.float64)
+    C = viz.chance_matrix(result.task_masks)
+    off = ~np.eye(T, dtype=bool)
+    split = split if split is not None else split_halves(result, stats)
+    mean_j = [float(J[i][off[i]].mean()) if T > 1 else float("nan") for i in range(T)]
+    s = result.summary
+    return OverlapRefs(float(C[off].mean()) if T > 1 else float("nan"), split, mean_j, int(s["kept_by_all"]),
+                       float(s["kept_by_all_expected"]), int(s["kept_by_one"]), float(s["kept_by_one_expected"]))
+
+
+def task_scores(stats: dict, names: list[str], score: str) -> np.ndarray:
+    """(T, L, I) per-layer-normalised scores: what the per-task masks rank by."""
+    return np.stack([M.normalise(M.scores_from(stats[n], score)) for n in names])
+
+
+def mask_figures(result: MaskResult, stats: dict, refs: OverlapRefs | None = None) -> list[tuple]:
+    """(title, caption, figure) for every mask view, in the order the report shows them."""
+    names = result.tasks
+    scores = task_scores(stats, names, result.settings.score).mean(0)
+    out = [("Kept channels (merged mask, sorted by score)", viz.CAPTIONS["kept_overview"],
+            viz.kept_overview(result.mask, "Merged mask: kept channels, sorted by score", viz.order_by(scores))),
+           ("Votes", viz.CAPTIONS["votes_map"], viz.votes_map(result.votes, len(names), sort=True)),
+           ("Kept channels per layer", viz.CAPTIONS["kept_per_layer"],
+            viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape["widths"],
+                               result.task_masks.sum(-1), names)),
+           ("Parameters", viz.CAPTIONS["params"], viz.params_breakdown(result.summary))]
+    if len(names) > 1:
+        refs = refs or overlap_refs(result, stats)
+        out += [("Overlap between task masks", viz.CAPTIONS["jaccard_matrix"],
+                 viz.jaccard_matrix(np.asarray(result.summary["jaccard"]), names,
+                                    viz.chance_matrix(result.task_masks))),
+                ("Is the overlap meaningful?", viz.CAPTIONS["references"],
+                 viz.references(names, refs.split_half, refs.mean_jaccard, refs.chance)),
+                ("Overlap per layer", viz.CAPTIONS["jaccard_layers"],
+                 viz.jaccard_layers(result.task_masks, names, float(np.mean(list(refs.split_half.values()))))),
+                ("Intersections", viz.CAPTIONS["upset"], upset_figure(result))]
+    return out
+
+
+def upset_figure(result: MaskResult):
+    inter = M.intersections(result.task_masks)
+    combos = sorted(inter, key=lambda c: (-inter[c], len(c), c))[: viz.MAX_UPSET_BARS]
+    return viz.upset(inter, result.tasks, viz.expected_intersections(result.task_masks, combos))
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+def eval_key(lm, task, settings: EvalSettings, digest: str) -> str:
+    """Everything that determines a task's score: model content and dtype, task data, limit, length, mask."""
+    return sha256_of({"model": lm.identity, "dtype": lm.spec.dtype, "task": task.fingerprint(),
+                      "limit": settings.limit, "max_length": settings.max_length, "mask": digest})[:24]
+
+
+def cached_evaluate(lm, model, task, settings: EvalSettings, digest: str, memo: dict, progress=None) -> TaskResult:
+    """evaluate_task, remembered in `memo` (this session) and on disk (kind "eval"): a number is computed once."""
+    key = eval_key(lm, task, settings, digest)
+    if key in memo:
+        return memo[key]
+    cache = ArtifactCache()
+    hit = cache.load_json("eval", key)
+    if hit is not None:
+        res = TaskResult(**hit)
+    else:
+        res = evaluate_task(model, lm.tokenizer, task, settings, progress)
+        cache.save_json("eval", key, res.to_dict())
+    memo[key] = res
+    return res
+
+
+def model_size(model) -> dict:
+    """Parameters (tied weights once) and bytes of the weights as stored in memory."""
+    from diet.models import count_parameters
+
+    seen, nbytes = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            nbytes += p.numel() * p.element_size()
+    return {"params": count_parameters(model), "mb": nbytes / 2**20}
+
+
+def forward_speed(models: dict, tokenizer, texts: list[str], repeats: int = 3, max_length: int = 128) -> dict:
+    """Tokens per second of a plain forward pass for each model on the same batch, timed alternately (so machine
+    load hits every model alike); median of `repeats` after one warm-up pass each."""
+    import torch
+
+    enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    n_tokens = int(enc["attention_mask"].sum())
+    times: dict = {k: [] for k in models}
+    with torch.inference_mode():
+        for r in range(repeats + 1):
+            for name, m in models.items():
+                dev = next(m.parameters()).device
+                t0 = time.perf_counter()
+                m(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev))
+                if r:
+                    times[name].append(time.perf_counter() - t0)
+    return {k: n_tokens / statistics.median(v) for k, v in times.items()}
+
+
+def _eval_tasks(tasks: list) -> list:
+    usable = [t for t in tasks if t.evaluation]
+    if not usable:
+        raise DietError("none of the chosen tasks has evaluation items (text-only task files can only calibrate)")
+    return usable
+
+
+def _requests(tasks, settings: EvalSettings) -> int:
+    return sum(len(it.requests()) for t in tasks for it in t.evaluation[: settings.limit])
+
+
+def compare_job(lm, result: MaskResult, tasks: list, settings: EvalSettings, memo: dict):
+    """Job body: dense vs pruned on the same tasks, parameters, size and measured forward speed."""
+
+    def run(ctx: JobContext) -> dict:
+        usable = _eval_tasks(tasks)
+        digest = mask_digest(result.mask)
+        out = {"tasks": [t.name for t in usable], "digest": digest, "settings": asdict(result.settings),
+               "eval": asdict(settings), "sparsity": result.summary["unit_sparsity"]}
+        counts = [_requests([t], settings) for t in usable]
+        per = sum(counts)
+        for label, model_fn in (("dense", lambda: lm.model), ("pruned", lambda: prune_copy(lm, result))):
+            ctx.note(f"evaluating the {label} model")
+            model = model_fn()
+            rows, offset = [], 0
+            for t, n in zip(usable, counts):
+                if ctx.should_stop():
+                    raise Cancelled("evaluation cancelled")
+                cb = lambda d, _n, o=offset, lab=label: ctx.report(lab, o + d, per)  # noqa: E731
+                rows.append(cached_evaluate(lm, model, t, settings, "dense" if label == "dense" else digest, memo, cb))
+                offset += n
+                ctx.report(label, offset, per)
+            out[label] = rows
+            out[f"{label}_model"] = model
+        ctx.note("measuring forward speed")
+        texts = [c for t in usable for c in t.calibration[:4]][:8]
+        speed = forward_speed({"dense": lm.model, "pruned": out["pruned_model"]}, lm.tokenizer, texts)
+        out["speed"] = speed
+        out["size"] = {k: model_size(out[f"{k}_model"]) for k in ("dense", "pruned")}
+        del out["dense_model"], out["pruned_model"]
+        return out
+
+    return run
+
+
+def sweep_job(lm, stats: dict, base: MaskSettings, sparsities: list[float], tasks: list, settings: EvalSettings,
+              memo: dict):
+    """Job body: for each sparsity, build the mask (same settings otherwise), prune, evaluate; dense once."""
+
+    def run(ctx: JobContext) -> dict:
+        usable = _eval_tasks(tasks)
+        names = [t.name for t in usable]
+        points = ["dense"] + [f"sparsity {s:.0%}" for s in sparsities]
+        for p in points:
+            ctx.report(p, 0, len(usable))
+        dense = {t.name: cached_evaluate(lm, lm.model, t, settings, "dense", memo).value for t in usable}
+        ctx.report("dense", len(usable), len(usable))
+        values: dict = {n: [] for n in names}
+        for s, label in zip(sparsities, points[1:]):
+            if ctx.should_stop():
+                raise Cancelled("sweep cancelled")
+            r = build_mask(stats, replace(base, sparsity=s))
+            model = prune_copy(lm, r)
+            digest = mask_digest(r.mask)
+            for i, t in enumerate(usable):
+                values[t.name].append(cached_evaluate(lm, model, t, settings, digest, memo).value)
+                ctx.report(label, i + 1, len(usable))
+        values["average"] = [float(np.mean([values[n][i] for n in names])) for i in range(len(sparsities))]
+        dense["average"] = float(np.mean([dense[n] for n in names]))
+        return {"sparsities": list(sparsities), "values": values, "dense": dense, "eval": asdict(settings),
+                "settings": asdict(base)}
+
+    return run
+
+
+def comparison_table(comp: dict) -> list[dict]:
+    """Rows for the dense-vs-pruned table (fractions; the page formats them)."""
+    rows = []
+    for d, p in zip(comp["dense"], comp["pruned"]):
+        rows.append({"task": d.task, "metric": d.metric, "items": f"{d.n} of {d.total}" + (" (preview)" if d.preview
+                                                                                           else ""),
+                     "dense acc": d.acc, "pruned acc": p.acc, "dense acc_norm": d.acc_norm,
+                     "pruned acc_norm": p.acc_norm, "Δ primary": p.value - d.value})
+    rows.append({"task": "average (primary metric)", "metric": "", "items": "",
+                 "dense acc": None, "pruned acc": None, "dense acc_norm": None, "pruned acc_norm": None,
+                 "Δ primary": average(comp["pruned"]) - average(comp["dense"])})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def export_options() -> tuple[list[str], set[str]]:
+    """The export modes and keyword arguments that diet.export.export_model offers right now (it is growing)."""
+    from diet import export
+
+    modes = list(getattr(export, "MODES", ("uniform", "padded")))
+    params = set(inspect.signature(export.export_model).parameters)
+    return modes, params
+
+
+def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bool, extra: dict):
+    """Job body: export_model with whatever optional arguments it accepts (e.g. an evaluation table)."""
+
+    def run(ctx: JobContext) -> str:
+        from diet.export import export_model
+
+        ctx.report("export", 0, 1)
+        ctx.note(f"writing {out}")
+        _, params = export_options()
+        kwargs = {k: v for k, v in extra.items() if k in params}
+        path = export_model(lm, result, out, mode=mode, overwrite=overwrite, **kwargs)
+        ctx.report("export", 1, 1)
+        return str(path)
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def _table_html(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = ""
+    for r in rows:
+        cells = "".join(f"<td>{'' if v is None else (f'{v:.4f}' if isinstance(v, float) else html.escape(str(v)))}"
+                        "</td>" for v in r.values())
+        body += f"<tr>{cells}</tr>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def report(model_name: str, result: MaskResult, stats: dict, comparison: dict | None = None,
+           sweep: dict | None = None) -> str:
+    """The downloadable HTML report: settings, every mask figure with its caption, measured results if any."""
+    s = result.summary
+    notes = [f"Model: {model_name}. Tasks: {', '.join(result.tasks)}.",
+             f"Mask settings: {asdict(result.settings)} (our defaults: exact budget, mean |x|, per-layer).",
+             f"Removed {s['unit_sparsity']:.1%} of MLP channels = {s['params_removed']:,} parameters "
+             f"({s['param_sparsity']:.1%} of the model).",
+             "The voted mask is not claimed to be better than any other: the measured results below are what counts."]
+    sections = [(t, c, f) for t, c, f in mask_figures(result, stats)]
+    if comparison:
+        tasks = comparison["tasks"]
+        sections.append(("Dense vs pruned (measured)", viz.CAPTIONS["accuracy"],
+                         viz.accuracy_bars(tasks + ["average"],
+                                           [r.value for r in comparison["dense"]] + [average(comparison["dense"])],
+                                           [r.value for r in comparison["pruned"]] + [average(comparison["pruned"])])))
+        sections.append(("Results table", "", _table_html(comparison_table(comparison))))
+    if sweep:
+        sections.append(("Accuracy vs sparsity (measured)", viz.CAPTIONS["sweep"],
+                         viz.sweep_curves(sweep["sparsities"], sweep["values"], sweep["dense"])))
+    return viz.report_html(f"DIET Explorer report — {model_name}", sections, notes)

@@ -1,0 +1,187 @@
+"""diet.viz: every figure is checked on its data (what the browser receives), on small hand-made masks."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from diet import masks as M
+from diet import viz
+from diet.settings import MaskSettings
+
+
+def arr(x) -> np.ndarray:
+    """Decode a Plotly JSON array: base64 {"dtype", "bdata", "shape"} (numpy input) or a plain list."""
+    if isinstance(x, dict) and "bdata" in x:
+        a = np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"]))
+        if "shape" in x:
+            a = a.reshape([int(s) for s in str(x["shape"]).split(",")])
+        return a
+    return np.asarray(x)
+
+
+def spec(fig) -> dict:
+    return json.loads(fig.to_json())
+
+
+@pytest.fixture
+def masks3():
+    """Three task masks on 4 layers × 40 channels from random scores, plus the merged mask."""
+    rng = np.random.default_rng(0)
+    scores = rng.random((3, 4, 40)) + rng.random((1, 4, 40))
+    tm, mask = M.build_masks(scores, MaskSettings(sparsity=0.3))
+    return scores, tm, mask
+
+
+def test_bin_mean_matches_a_loop():
+    rng = np.random.default_rng(1)
+    a = rng.random((3, 1000)) < 0.4
+    edges = viz.bin_edges(1000, 300)
+    assert len(edges) == 301 and edges[0] == 0 and edges[-1] == 1000
+    expected = np.stack([[a[r, edges[b]:edges[b + 1]].mean() for b in range(300)] for r in range(3)])
+    np.testing.assert_allclose(viz.bin_mean(a, edges), expected, rtol=1e-6)
+    assert len(viz.bin_edges(50, 300)) == 51  # narrower than the limit: one column per channel
+
+
+def test_kept_overview_full_resolution_and_binned(masks3):
+    scores, _, mask = masks3
+    d = spec(viz.kept_overview(mask))["data"][0]
+    assert isinstance(d["z"], dict) and "bdata" in d["z"]  # numpy arrives as base64, not as a list
+    np.testing.assert_array_equal(arr(d["z"]), mask.astype(np.float32))
+    assert (d["zmin"], d["zmax"]) == (0.0, 1.0)
+    d = spec(viz.kept_overview(mask, max_columns=8))["data"][0]
+    z = arr(d["z"])
+    assert z.shape == (4, 8)
+    np.testing.assert_allclose(z, mask.reshape(4, 8, 5).mean(-1), rtol=1e-6)
+    np.testing.assert_array_equal(arr(d["customdata"])[0], np.arange(8) * 5 + 4)  # last channel of each bin
+
+
+def test_kept_overview_sorted_by_score_puts_the_kept_channels_first(masks3):
+    scores, tm, _ = masks3
+    norm = M.normalise(scores[0])
+    z = arr(spec(viz.kept_overview(tm[0], order=viz.order_by(norm)))["data"][0]["z"])
+    k = int(tm[0][0].sum())  # a task mask is its own top-k: sorted by its score, the first k are kept
+    assert (z[:, :k] == 1).all() and (z[:, k:] == 0).all()
+
+
+def test_layer_strip_rows_order_and_channel_index(masks3):
+    scores, tm, mask = masks3
+    rows = {"merged": mask[2], "a": tm[0, 2], "b": tm[1, 2]}
+    sc = scores.mean(0)[2]
+    data = spec(viz.layer_strip(2, rows, sc, sort=True))["data"]
+    line, heat = data
+    order = np.argsort(-sc, kind="stable")
+    np.testing.assert_allclose(arr(line["y"]), sc[order].astype(np.float32))
+    assert heat["y"] == ["merged", "a", "b"]
+    np.testing.assert_array_equal(arr(heat["z"]), np.stack([r[order] for r in rows.values()]).astype(np.uint8))
+    np.testing.assert_array_equal(arr(heat["customdata"])[1], order)  # hover names the real channel
+    unsorted = spec(viz.layer_strip(2, rows, sc))["data"][1]
+    np.testing.assert_array_equal(arr(unsorted["z"])[0], mask[2].astype(np.uint8))
+
+
+def test_votes_map_discrete_fixed_range_and_sorting(masks3):
+    _, tm, _ = masks3
+    v = M.votes(tm)
+    d = spec(viz.votes_map(v, 3))["data"][0]
+    np.testing.assert_array_equal(arr(d["z"]), v)
+    assert (d["zmin"], d["zmax"]) == (-0.5, 3.5)
+    scale = d["colorscale"]
+    assert len(scale) == 8 and scale[0][1] == scale[1][1] and scale[1][1] != scale[2][1]  # 4 flat colour steps
+    np.testing.assert_array_equal(viz.sort_votes(v, 3), -np.sort(-v.astype(int), axis=1))
+    zs = arr(spec(viz.votes_map(v, 3, sort=True))["data"][0]["z"])
+    assert (np.diff(zs.astype(int), axis=1) <= 0).all()
+    zb = arr(spec(viz.votes_map(v, 3, max_columns=8))["data"][0]["z"])
+    np.testing.assert_array_equal(zb, np.rint(v.reshape(4, 8, 5).mean(-1)).astype(np.uint8))
+
+
+def test_chance_and_pairwise_layer_jaccard_agree_with_masks_module(masks3):
+    _, tm, _ = masks3
+    C = viz.chance_matrix(tm)
+    for a, b in itertools.combinations(range(3), 2):
+        assert C[a, b] == pytest.approx(M.chance_jaccard(tm[a], tm[b]))
+    k, n = tm[0].sum(-1)[0], tm.shape[-1]  # k-of-n masks: E[J] ≈ k / (2n − k)
+    assert C[0, 1] == pytest.approx(k / (2 * n - k))
+    pairs, J, Cl = viz.pairwise_layer_jaccard(tm)
+    assert pairs == [(0, 1), (0, 2), (1, 2)]
+    for p, (a, b) in enumerate(pairs):
+        np.testing.assert_allclose(J[p], M.jaccard_per_layer(tm[a], tm[b]), rtol=1e-6)
+    np.testing.assert_allclose(Cl[0], k / (2 * n - k), rtol=1e-6)
+
+
+def test_jaccard_figures_carry_their_references(masks3):
+    _, tm, _ = masks3
+    J = M.jaccard_matrix(tm)
+    d = spec(viz.jaccard_matrix(J, ["a", "b", "c"], viz.chance_matrix(tm)))["data"][0]
+    np.testing.assert_allclose(arr(d["z"]), J, rtol=1e-6)
+    np.testing.assert_allclose(arr(d["customdata"]), viz.chance_matrix(tm), rtol=1e-6)
+    names = [t["name"] for t in spec(viz.jaccard_layers(tm, ["a", "b", "c"], 0.9))["data"]]
+    assert names[:3] == ["a vs b", "a vs c", "b vs c"]
+    assert {"mean of pairs", "chance (independent masks)", "split-half self-overlap (mean)"} <= set(names)
+    refs = spec(viz.references(["a", "b"], {"a": 0.9, "b": 0.8}, [0.5, 0.6], 0.4))["data"]
+    np.testing.assert_allclose(arr(refs[0]["y"]), [0.9, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(arr(refs[2]["y"]), [0.4, 0.4], rtol=1e-6)
+
+
+def test_expected_intersections_by_hand():
+    # layer 0: p = (0.5, 0.25) of n = 4; layer 1: p = (1.0, 0.5)
+    tm = np.zeros((2, 2, 4), dtype=bool)
+    tm[0, 0, :2] = True
+    tm[1, 0, :1] = True
+    tm[0, 1, :] = True
+    tm[1, 1, :2] = True
+    exp = viz.expected_intersections(tm, [(0,), (1,), (0, 1), ()])
+    np.testing.assert_allclose(exp, [4 * 0.5 * 0.75 + 4 * 1.0 * 0.5, 4 * 0.5 * 0.25 + 0,
+                                     4 * 0.5 * 0.25 + 4 * 1.0 * 0.5, 4 * 0.5 * 0.75 + 0])
+    assert exp.sum() == pytest.approx(8)  # every channel falls in exactly one combination
+
+
+def test_upset_bars_and_dot_matrix(masks3):
+    _, tm, _ = masks3
+    inter = M.intersections(tm)
+    data = spec(viz.upset(inter, ["a", "b", "c"], max_bars=4))["data"]
+    bars = data[0]
+    combos = sorted(inter, key=lambda c: (-inter[c], len(c), c))[:4]
+    np.testing.assert_array_equal(arr(bars["y"]), [inter[c] for c in combos])
+    assert bars["customdata"] == [" & ".join("abc"[t] for t in c) for c in combos]
+    dots = data[-1]  # filled dots: (column, task) for each member of each combination
+    got = sorted(zip(arr(dots["x"]).tolist(), arr(dots["y"]).tolist()))
+    assert got == sorted((i, t) for i, c in enumerate(combos) for t in c)
+
+
+def test_kept_per_layer_params_and_results():
+    kept = np.array([3, 4, 5])
+    d = spec(viz.kept_per_layer(kept, [8, 8, 8]))["data"]
+    np.testing.assert_array_equal(arr(d[0]["y"]), kept)
+    assert len(d) == 2  # bars + width line; task lines only when given and different
+    d = spec(viz.kept_per_layer(kept, [8, 8, 8], np.array([[3, 4, 5], [4, 4, 4]]), ["a", "b"]))["data"]
+    assert [t["name"] for t in d[2:]] == ["a", "b"]
+    np.testing.assert_array_equal(arr(d[3]["y"]), [4, 4, 4])
+    acc = spec(viz.accuracy_bars(["t1", "t2"], [0.5, 0.75], [0.25, 0.5]))["data"]
+    np.testing.assert_allclose(arr(acc[0]["y"]), [0.5, 0.75])
+    np.testing.assert_allclose(arr(acc[1]["y"]), [0.25, 0.5])
+    sw = spec(viz.sweep_curves([0.1, 0.5], {"t1": [0.6, 0.4], "average": [0.6, 0.4]}, {"t1": 0.7}))["data"]
+    np.testing.assert_allclose(arr(sw[0]["y"]), [0.6, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(arr(sw[1]["y"]), [0.7, 0.7], rtol=1e-6)  # the dense reference line
+
+
+def test_params_breakdown_parts_add_up():
+    summary = {"params_removed": 250, "params_total": 1000, "unit_sparsity": 0.25}  # unit = 1000 params
+    bars = spec(viz.params_breakdown(summary))["data"]
+    values = [arr(b["x"])[0] if isinstance(b["x"], dict) else b["x"][0] for b in bars]
+    assert values == [750, 250, 0]
+
+
+def test_report_html_inlines_plotly_once_and_keeps_captions(masks3):
+    _, tm, mask = masks3
+    sections = [("Overview", viz.CAPTIONS["kept_overview"], viz.kept_overview(mask)),
+                ("Votes", viz.CAPTIONS["votes_map"], viz.votes_map(M.votes(tm), 3)),
+                ("Table", "", "<table><tr><td>1</td></tr></table>")]
+    page = viz.report_html("Report <x>", sections, ["note & more"])
+    assert page.count("<h2>") == 3 and "Report &lt;x&gt;" in page and "note &amp; more" in page
+    assert page.count("plotly.js v") == 1  # the library is inlined once, for the first figure
+    assert "Each row is a layer" in page and "<table>" in page
+    assert len(page) > 1_000_000  # plotly.js itself is inside: the report opens offline
