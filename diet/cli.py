@@ -14,7 +14,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from diet.errors import DietError
+from diet.methods import METHODS
 from diet.settings import DEFAULT_MODEL, MaskSettings, ModelSpec, ProfileSettings
+
+METHOD_NAMES = tuple(METHODS)  # the registry's methods; DISP has its own subcommand flow
 
 
 def _tasks_arg(s: str) -> list[str]:
@@ -56,6 +59,34 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the choice of calibration texts (default: 0)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per text, longer ones truncated (default 256)")
     p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default: 8)")
+    p.add_argument("--unit", default="mlp", choices=["mlp", "heads"],
+                   help="prunable unit: mlp = MLP intermediate channels (default); heads = attention heads, whole "
+                        "KV groups under GQA")
+
+
+def _method_args(p: argparse.ArgumentParser) -> None:
+    """Knobs of the registry methods (diet.methods; see docs/methods.md)."""
+    g = p.add_argument_group("method options (see `python -m diet methods` and docs/methods.md)")
+    g.add_argument("--general", default="auto",
+                   help="general text for task-agnostic baselines and task-fusion: auto (WikiText-2 when the Hub "
+                        "answers, else the shipped self-generated corpus), wikitext2, c4, generated, or a text file")
+    g.add_argument("--calibration", default="default", choices=["default", "general", "tasks"],
+                   help="data of wanda-sp/flap/minitron/task-agnostic: default = general text as their papers; "
+                        "tasks = all task statistics pooled")
+    g.add_argument("--tau", type=float, default=0.9, help="task-fusion: exclusive-unit quantile (default 0.9)")
+    g.add_argument("--alpha", type=float, default=0.5, help="task-fusion: general-score weight (default 0.5)")
+    g.add_argument("--fusion-norm", default="rank", choices=["rank", "zscore"], help="task-fusion normalisation")
+    g.add_argument("--single-task", default=None, help="single-task: the task whose mask is used")
+    g.add_argument("--random-seed", type=int, default=0, help="random: seed of the random mask (default 0)")
+    g.add_argument("--no-flap-bias", action="store_true", help="flap: skip its bias compensation")
+
+
+def _method_settings(a):
+    from diet.settings import MethodSettings
+
+    return MethodSettings(method=a.method, calibration=a.calibration, tau=a.tau, alpha=a.alpha,
+                          fusion_norm=a.fusion_norm, single_task=a.single_task, seed=a.random_seed,
+                          flap_bias=not a.no_flap_bias)
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -119,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("tasks", help="list the available tasks", description="List the offline suite and hub tasks.")
+    sub.add_parser("methods", help="list the pruning methods", description="List the methods `prune --method` "
+                   "and `sweep` accept: DIET, its variants and the baselines (see docs/methods.md).")
 
     p = sub.add_parser("profile", help="profile tasks (cached: a second run does no forward pass)",
                        description="Record per-channel activation statistics of every MLP layer for each task, "
@@ -142,11 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocation", default="layer", choices=["layer", "global"],
                    help="layer: same kept count per layer (default); global: rank across layers")
     p.add_argument("--min-keep", type=float, default=0.05, help="global allocation: minimum kept fraction per layer")
-    p.add_argument("--method", default="diet", choices=["diet", "disp", "disp-learned"],
-                   help="diet: MLP channels voted per task (default); disp: DISP-LLM's five index sets per layer, "
+    p.add_argument("--method", default="diet", choices=[*METHOD_NAMES, "disp", "disp-learned"],
+                   help="diet: MLP channels voted per task (default); the registry's baselines and variants "
+                        "(`python -m diet methods` lists them); disp: DISP-LLM's five index sets per layer, "
                         "chosen training-free from activations and voted like DIET (--sparsity = fraction of block "
                         "parameters removed); disp-learned: DISP index sets learned by the paper's hypernetwork on "
                         "the tasks' calibration texts (see docs/disp.md)")
+    _method_args(p)
     _disp_args(p)
     _export_args(p)
 
@@ -181,7 +216,8 @@ def _profile(a):
     from diet.models import load_model
     from diet.tasks import get_task
 
-    settings = ProfileSettings(samples=a.samples, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size)
+    settings = ProfileSettings(samples=a.samples, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size,
+                               unit=a.unit)
     tasks = [get_task(t) for t in a.tasks]  # validate every task before loading a model
     lm = load_model(_spec(a), say=lambda m: print(m, file=sys.stderr))
     eta = estimate_seconds(lm, tasks, settings)
@@ -203,6 +239,13 @@ def cmd_tasks(a) -> None:
 
     for t in list_tasks():
         print(f"{t.name:16s} {t.source:8s} {t.description}")
+
+
+def cmd_methods(a) -> None:
+    from diet.methods import list_methods
+
+    for m in list_methods():
+        print(f"{m['name']:14s} {m['kind']:13s} {m['description']}")
 
 
 def cmd_profile(a) -> None:
@@ -277,20 +320,32 @@ def cmd_prune(a) -> None:
                                  allocation=a.allocation, min_keep=a.min_keep)
     if a.threshold is not None:
         mask_settings.resolved_threshold(len(a.tasks))
+    method_settings = _method_settings(a)
     t0 = time.perf_counter()
     lm, stats, settings = _profile(a)
-    result = build_mask(stats, mask_settings)
+    if a.method == "diet" and a.unit == "mlp":
+        result = build_mask(stats, mask_settings)
+    else:
+        from diet.methods import method_mask
+
+        result = method_mask(lm, stats, mask_settings, method_settings, settings, general=a.general,
+                             say=lambda m: print(m, file=sys.stderr))
+    if result.compensation is not None:
+        raise DietError("exporting FLAP's bias compensation is not supported yet (the saved config has no "
+                        "down_proj bias); pass --no-flap-bias, or use diet.api.prune_copy in Python")
     s = result.summary
     summary = {"model": lm.spec.name, "model_identity": lm.identity, "tasks": result.tasks,
                "unit_sparsity": s["unit_sparsity"], "param_sparsity": s["param_sparsity"],
                "params_before": s["params_total"], "params_after": s["params_after"],
                "kept_per_layer": s["kept_per_layer"], "profile_settings": asdict(settings),
-               "mask_settings": asdict(mask_settings)}
+               "mask_settings": asdict(mask_settings), "method": result.method,
+               "method_settings": asdict(method_settings)}
     folder = export_model(lm, result, out, extra={"profile": asdict(settings)}, **options)
     summary["export_mode"] = json.loads((folder / "diet_settings.json").read_text())["mode"]
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(folder / "summary.json", summary)
-    print(f"pruned {s['unit_sparsity']:.1%} of MLP channels = {s['param_sparsity']:.1%} of all parameters "
+    what = "MLP channels" if a.unit == "mlp" else "attention KV groups"
+    print(f"{result.method}: pruned {s['unit_sparsity']:.1%} of {what} = {s['param_sparsity']:.1%} of all params "
           f"({s['params_total']:,} -> {s['params_after']:,}); wrote {folder} ({summary['export_mode']})")
 
 
@@ -327,7 +382,7 @@ def cmd_export(a) -> None:
           f"to {lm.spec.name}; wrote {folder} ({mode})")
 
 
-COMMANDS = {"tasks": cmd_tasks, "profile": cmd_profile, "prune": cmd_prune, "eval": cmd_eval,
+COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "profile": cmd_profile, "prune": cmd_prune, "eval": cmd_eval,
             "export": cmd_export, "apply-mask": cmd_export}
 
 

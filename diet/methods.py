@@ -16,13 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from diet import masks as M
 from diet.errors import DietError
-from diet.profile import Stats
 from diet.settings import MaskSettings, MethodSettings
+
+if TYPE_CHECKING:  # diet.profile imports torch; the registry itself stays numpy-only (fast CLI start)
+    from diet.profile import Stats
 
 EPS = 1e-8
 
@@ -94,6 +97,8 @@ def unit_scores(stats: Stats, score: str = "mean_abs") -> np.ndarray:
 
 def pooled_stats(stats: list[Stats]) -> Stats:
     """All tasks' statistics summed into one (as if their texts were one calibration set)."""
+    from diet.profile import Stats
+
     total = lambda name: sum(getattr(s, name) for s in stats)  # noqa: E731
     seq = None if any(s.seq_sq_sum is None for s in stats) else total("seq_sq_sum")
     return Stats(total("abs_sum"), total("sq_sum"), total("sum"), total("count"), stats[0].meta, seq,
@@ -348,3 +353,24 @@ def run_method(name: str, inputs: MethodInputs, settings: MaskSettings = MaskSet
     }
     return MaskResult(names, settings, task_masks, out.mask, v, shape, summary, method=name,
                       compensation=out.compensation)
+
+
+def method_mask(lm, task_stats: dict, settings: MaskSettings, ms: MethodSettings, profile_settings,
+                general: str = "auto", cache=None, progress=None, say=None):
+    """Run `ms.method` for a loaded model: profiles general text (cached) and reads weight norms only if needed.
+
+    `task_stats` are the cached per-task statistics (api.profile_tasks) for the unit in `profile_settings`.
+    """
+    from diet.adapters import model_shape
+    from diet.api import profile_tasks
+
+    method = get_method(ms.method)
+    general_stats = None
+    if needs_general(method.name, ms):
+        from diet.general import general_task
+
+        general_stats = profile_tasks(lm, [general_task(general, say)], profile_settings, progress=progress,
+                                      cache=cache)["general"]
+    weights = weight_stats(lm.model, profile_settings.unit) if "weights" in method.needs else None
+    inputs = MethodInputs(task_stats, general_stats, weights, model_shape(lm.model, profile_settings.unit))
+    return run_method(method.name, inputs, settings, ms)

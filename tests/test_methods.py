@@ -221,3 +221,56 @@ def test_per_sequence_sums_match_a_direct_computation():
         want[i % 2] += np.stack([s.numpy() for s in seen]) ** 2
     assert np.allclose(stats.seq_sq_sum, want, rtol=1e-4, atol=1e-7)
     assert stats.seqs.tolist() == [2.0, 2.0]
+
+
+# ---------------------------------------------------------------- general calibration text
+
+WIKITEXT_ROWS = [  # the schema of Salesforce/wikitext (wikitext-2-raw-v1): one "text" line per row
+    {"text": ""}, {"text": " = Valkyria Chronicles III = \n"}, {"text": ""},
+    {"text": " Senjō no Valkyria 3 : Unrecorded Chronicles is a tactical role @-@ playing video game developed by "
+             "Sega and Media.Vision for the PlayStation Portable . Released in January 2011 in Japan , it is the "
+             "third game in the Valkyria series . \n"},
+    {"text": " Short line . \n"},
+    {"text": " The game began development in 2010 , carrying over a large portion of the work done on Valkyria "
+             "Chronicles II . While it retained the standard features of the series , it also underwent multiple "
+             "adjustments , such as making the game more forgiving for series newcomers . \n"},
+]
+
+
+def test_general_text_from_wikitext_fixture(monkeypatch):
+    from diet import general
+
+    calls = []
+    monkeypatch.setattr(general, "_load_dataset", lambda *a: calls.append(a) or WIKITEXT_ROWS)
+    task = general.general_task("wikitext2")
+    assert calls[0][:3] == ("Salesforce/wikitext", "wikitext-2-raw-v1", "train")
+    assert task.source == "general:wikitext2" and len(task.calibration) == 2  # heading and short line dropped
+    assert task.calibration[0].startswith("Senjō no Valkyria 3 : Unrecorded") and "  " not in task.calibration[0]
+    assert general.general_texts("auto")[0] == "wikitext2"
+
+
+def test_general_text_falls_back_offline_and_reads_files(monkeypatch, tmp_path):
+    from diet import general
+
+    def offline(*a):
+        raise ConnectionError("cannot connect to huggingface.co:443")
+
+    monkeypatch.setattr(general, "_load_dataset", offline)
+    said = []
+    used, texts = general.general_texts("auto", say=said.append)
+    assert used == "generated" and len(texts) >= 100 and "unavailable" in said[0]
+    with pytest.raises(DietError, match="needs the Hugging Face Hub"):
+        general.general_texts("c4")
+    f = tmp_path / "mine.txt"
+    f.write_text("First paragraph\nstill first.\n\nSecond one.\n\n\n", encoding="utf-8")
+    used, texts = general.general_texts(str(f))
+    assert used.startswith("file:") and texts == ["First paragraph still first.", "Second one."]
+    with pytest.raises(DietError, match="unknown general text source"):
+        general.general_texts("wikitext-103")
+
+
+def test_shipped_generated_corpus_is_varied():
+    from diet.general import generated_texts
+
+    texts = generated_texts()
+    assert len(texts) >= 100 and len(set(texts)) == len(texts) and min(map(len, texts)) >= 100

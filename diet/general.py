@@ -1,0 +1,163 @@
+"""General (task-independent) calibration text: what the task-agnostic baselines calibrate on and task fusion
+compares each task against.
+
+Sources (`general_task(source)`):
+- `wikitext2`: paragraphs of WikiText-2's raw train split (Salesforce/wikitext, wikitext-2-raw-v1), what FLAP and
+  Wanda calibrate on;
+- `c4`: the first shard of C4's English validation split (allenai/c4), what Wanda's and SparseGPT's code reads;
+- `generated`: assets/general/generated.jsonl — text the embedded SmolLM2-135M-Instruct wrote itself from varied
+  short prompts (`generate_corpus`, run once by assets/general/build.py); works offline;
+- a path to a UTF-8 text file: one text per paragraph (blank-line separated);
+- `auto` (default): WikiText-2 when the Hub answers, else the generated corpus.
+
+Why a Task: profiling, caching and the speed estimate already work on tasks; general text is a task with a
+calibration pool and no evaluation items. Its cache key hashes the texts, so each source is its own entry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from diet.errors import DietError
+
+SOURCES = ("auto", "wikitext2", "c4", "generated")
+ASSET = Path(__file__).resolve().parent.parent / "assets" / "general" / "generated.jsonl"
+HUB = {  # source -> (dataset path, config, split, data_files)
+    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "train", None),
+    "c4": ("allenai/c4", None, "validation", {"validation": "en/c4-validation.00000-of-00008.json.gz"}),
+}
+POOL = 2000  # texts kept from a Hub corpus; profiling picks `samples` of them with its seed
+MIN_CHARS = 200  # shorter paragraphs (headings, captions) say little about general text
+
+
+def _load_dataset(path: str, config: str | None, split: str, data_files: dict | None) -> Iterable[dict]:
+    """The only place that touches the network; tests replace it with fixture rows in the dataset's schema."""
+    from diet.hub_tasks import _probe_hub
+
+    _probe_hub()
+    import datasets  # late: heavy, and only needed for Hub text
+
+    return datasets.load_dataset(path, config, split=split, data_files=data_files)
+
+
+def hub_texts(source: str) -> list[str]:
+    """Paragraphs of a Hub corpus (at least MIN_CHARS characters, in corpus order, at most POOL)."""
+    path, config, split, files = HUB[source]
+    try:
+        rows = _load_dataset(path, config, split, files)
+    except ImportError as exc:
+        raise DietError(f"general text from {source} needs the `datasets` package (pip install datasets): {exc}") \
+            from None
+    except Exception as exc:  # no network, offline mode, DNS, HTTP errors
+        raise DietError(f"general text from {source} needs the Hugging Face Hub ({type(exc).__name__}); "
+                        "use --general generated (offline) or a text file") from exc
+    texts = []
+    for row in rows:
+        text = " ".join(str(row.get("text", "")).split())
+        if len(text) >= MIN_CHARS and not text.startswith("="):  # WikiText headings look like " = Title = "
+            texts.append(text)
+            if len(texts) >= POOL:
+                break
+    if not texts:
+        raise DietError(f"{source}: no paragraph of at least {MIN_CHARS} characters found")
+    return texts
+
+
+def generated_texts(path: Path = ASSET) -> list[str]:
+    """The shipped, self-generated corpus (one JSON object per line with a "text" field)."""
+    if not path.is_file():
+        raise DietError(f"the generated general corpus is missing ({path}); run assets/general/build.py")
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def file_texts(path: str | Path) -> list[str]:
+    """A user's text file: one text per paragraph (blank lines separate paragraphs)."""
+    p = Path(path)
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DietError(f"cannot read general text file {p}: {exc}") from None
+    paragraphs = [" ".join(block.split()) for block in raw.replace("\r\n", "\n").split("\n\n")]
+    texts = [t for t in paragraphs if t]
+    if not texts:
+        raise DietError(f"general text file {p} holds no text")
+    return texts
+
+
+def general_texts(source: str = "auto", say: Callable[[str], None] | None = None) -> tuple[str, list[str]]:
+    """(the source actually used, its texts). `auto` falls back to the generated corpus when the Hub fails."""
+    if source == "auto":
+        try:
+            return "wikitext2", hub_texts("wikitext2")
+        except DietError as exc:
+            if say:
+                say(f"WikiText-2 unavailable ({str(exc).split(';')[0]}); using the generated general corpus")
+            return "generated", generated_texts()
+    if source in HUB:
+        return source, hub_texts(source)
+    if source == "generated":
+        return source, generated_texts()
+    if Path(source).is_file():
+        return f"file:{Path(source).resolve()}", file_texts(source)
+    raise DietError(f"unknown general text source {source!r}: use {', '.join(SOURCES)} or a text file path")
+
+
+def general_task(source: str = "auto", say: Callable[[str], None] | None = None):
+    """General text as a Task (calibration pool only) that api.profile_tasks profiles and caches like any task."""
+    from diet.tasks import Task
+
+    used, texts = general_texts(source, say)
+    return Task(name="general", description=f"general text ({used})", source=f"general:{used}", metric="acc",
+                calibration=tuple(texts), evaluation=())
+
+
+# ---------------------------------------------------------------- the offline corpus (generated once)
+
+TOPICS = (
+    "the history of bread", "how bicycles work", "a rainy afternoon in a small town", "the life of a butterfly",
+    "why the sky is blue", "moving to a new house", "growing tomatoes", "the printing press", "a day at the beach",
+    "the game of chess", "volcanoes", "ocean tides", "saving money", "learning a new language", "a long train journey",
+    "the water cycle", "honey bees", "the first moon landing", "making pancakes", "a busy market",
+    "winter in the mountains", "the importance of sleep", "how computers store data", "a lost cat",
+    "the first day of school", "recycling", "the Roman Empire", "jazz music", "a thunderstorm", "photosynthesis",
+    "a birthday party", "how airplanes fly", "the desert at night", "a friendly robot", "gardening in spring",
+    "the human heart", "an old lighthouse", "public libraries", "coffee", "a football match",
+)
+FORMS = (
+    "Write a short paragraph about {}.",
+    "Tell a short story about {}.",
+    "Explain {} to a curious child.",
+    "Write a short news report about {}.",
+)
+
+
+def corpus_prompts() -> list[str]:
+    """Topics × forms: 160 varied short prompts (no task of the offline suite is asked about)."""
+    return [form.format(topic) for topic in TOPICS for form in FORMS]
+
+
+def generate_corpus(model, tokenizer, prompts: list[str], seed: int = 0, max_new_tokens: int = 160,
+                    batch_size: int = 16, temperature: float = 0.7, top_p: float = 0.9) -> list[dict]:
+    """Sample one answer per prompt with the chat template (seeded); records keep prompt, text and settings."""
+    import torch
+
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    settings = {"seed": seed, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                "repetition_penalty": 1.1}
+    records = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in batch]
+        enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
+                                 repetition_penalty=1.1, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+        for prompt, ids in zip(batch, out[:, enc["input_ids"].shape[1]:], strict=True):
+            text = " ".join(tokenizer.decode(ids, skip_special_tokens=True).split())
+            records.append({"prompt": prompt, "text": text, **settings})
+    return records
