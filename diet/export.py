@@ -72,6 +72,7 @@ def mask_json(result, source: dict | None = None) -> dict:
         "model_identity": (source or {}).get("model_identity"),
         "family": shape.get("family"),
         "tasks": list(result.tasks),
+        "method": getattr(result, "method", "diet"),
         "settings": asdict(result.settings),
         "widths": [int(w) for w in shape["widths"]],
         "params_per_unit": [int(p) for p in shape["params_per_unit"]],
@@ -163,6 +164,8 @@ def read_mask(path: str | Path):
     task_masks = tm.astype(bool) if tm is not None else np.zeros((0, *mask.shape), dtype=bool)
     votes = arrays.get("votes")
     result = MaskResult(list(d.get("tasks", [])), settings, task_masks, mask, votes, shape, dict(d.get("summary", {})))
+    if "method" in d and hasattr(result, "method"):
+        result.method = str(d["method"])
     return result, {"model": d.get("model"), "model_identity": d.get("model_identity")}
 
 
@@ -319,6 +322,9 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     check_out_dir(out, overwrite)
     if Path(lm.path).exists() and out.resolve() == Path(lm.path).resolve():
         raise DietError(f"{out} is the base model's own folder: export somewhere else")
+    if getattr(result, "compensation", None) is not None:
+        raise DietError("this mask carries FLAP bias compensation, which export does not support yet: stock "
+                        "configs have no MLP output bias, so transformers would silently drop it on load")
     mode = resolve_mode(result, mode)
     keep = result.keep()
     model = build_export_model(lm.model, keep, mode, result.shape.get("unit", "mlp"))
@@ -333,7 +339,8 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     s = result.summary
     source = {"model": lm.spec.name, "model_identity": lm.identity}
     settings = {"format": "diet-export/1", "diet_version": __version__, "mode": mode, **source,
-                "tasks": list(result.tasks), "mask": asdict(result.settings),
+                "tasks": list(result.tasks), "method": getattr(result, "method", "diet"),
+                "mask": asdict(result.settings),
                 "kept_per_layer": [len(k) for k in keep], **(extra or {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -364,7 +371,12 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to `out`; an old `out` (overwrite) is moved aside first, deleted last."""
+    """Rename the finished folder to `out`; an old `out` (overwrite) is moved aside first, deleted last.
+
+    Temporary files and folders are created private (0600/0700); the export gets ordinary ones (0755/0644) first.
+    """
+    for p in [tmp, *tmp.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

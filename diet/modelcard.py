@@ -81,7 +81,8 @@ def write_plots(folder: Path, widths: list[int], kept: list[int], votes_histogra
     ax.set_xlabel("layer")
     ax.set_ylabel("MLP channels")
     ax.set_title("MLP channels kept per layer")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_ylim(0, 1.18 * max(widths))  # headroom for the legend
+    ax.legend(loc="upper right", ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(folder / "kept_per_layer.png")
     plt.close(fig)

@@ -226,12 +226,14 @@ def test_folder_holds_mask_settings_card_and_plots(tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.json", "mask.json", "mask.safetensors",
             "diet_settings.json", "README.md", "kept_per_layer.png", "votes_histogram.png"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    assert out.stat().st_mode & 0o777 == 0o755 and (out / "mask.safetensors").stat().st_mode & 0o777 == 0o644
     for png in ("kept_per_layer.png", "votes_histogram.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     mask = json.loads((out / "mask.json").read_text())
     assert mask["keep"] == [k.tolist() for k in result.keep()]
     assert mask["tasks"] == ["arithmetic", "capitals"] and mask["model_identity"] == "tiny:0000"
+    assert mask["method"] == "diet" and read_mask(out / "mask.json")[0].method == "diet"
     arrays = load_file(str(out / "mask.safetensors"))
     assert np.array_equal(arrays["votes"].numpy(), result.votes)
     assert np.array_equal(arrays["task_masks"].numpy().astype(bool), result.task_masks)
@@ -330,6 +332,15 @@ def test_uniform_mode_refuses_uneven_masks_and_unknown_modes(tmp_path):
         export_model(make_lm(dense), make_result(dense, [20, 44, 31]), tmp_path / "a", mode="uniform")
     with pytest.raises(DietError, match="unknown export mode"):
         export_model(make_lm(dense), make_result(dense, [20, 44, 31]), tmp_path / "b", mode="sparse")
+    assert not list(tmp_path.iterdir())
+
+
+def test_masks_with_bias_compensation_are_refused(tmp_path):
+    dense = tiny_model("llama")
+    result = make_result(dense, [36] * 3)
+    result.compensation = np.ones((3, 48), dtype=np.float32)
+    with pytest.raises(DietError, match="FLAP bias compensation"):
+        export_model(make_lm(dense), result, tmp_path / "out")
     assert not list(tmp_path.iterdir())
 
 
@@ -436,3 +447,20 @@ def test_malformed_mask_files_are_refused_clearly(tmp_path, content, match):
     path.write_text(content)
     with pytest.raises(DietError, match=match):
         read_mask(path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", MODES)
+def test_export_from_a_gpu_model_reloads_identically_on_gpu(tmp_path, mode):
+    from transformers import AutoModelForCausalLM
+
+    dense = tiny_model("gemma2").cuda()
+    result = make_result(dense, kept_for(mode))
+    speed = SpeedSettings(batch_sizes=(2,), seq_len=8, repeats=1, warmup=1)
+    out = export_model(make_lm(dense), result, tmp_path / "out", mode=mode, speed=speed)
+    assert "Measured on cuda (" in (out / "README.md").read_text()
+    reloaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=mode == "heterogeneous").cuda().eval()
+    exported = build_export_model(dense, result.keep(), mode)
+    with torch.no_grad():
+        got, ref = reloaded(IDS.cuda()).logits, exported(IDS.cuda()).logits
+    assert (got - ref).abs().max() <= 1e-5
