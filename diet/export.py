@@ -349,7 +349,8 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
         lm.tokenizer.save_pretrained(tmp)
         write_mask_files(tmp, result, source)
         atomic_write_json(tmp / "diet_settings.json", settings)
-        plots = write_plots(tmp, list(result.shape["widths"]), [len(k) for k in keep], s.get("votes_histogram"))
+        unit = result.shape.get("unit", "mlp")
+        plots = write_plots(tmp, list(result.shape["widths"]), [len(k) for k in keep], s.get("votes_histogram"), unit)
         disk_before, estimated = _disk_before(lm)
         facts = CardFacts(
             base_model=lm.spec.name, base_identity=lm.identity, mode=mode, tasks=list(result.tasks),
@@ -359,7 +360,7 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
             widths=list(result.shape["widths"]), kept_per_layer=[len(k) for k in keep],
             votes_histogram=s.get("votes_histogram"), disk_before=disk_before, disk_before_estimated=estimated,
             disk_after=sum(p.stat().st_size for p in _weight_files(tmp)), evaluation=_evaluation_dict(evaluation),
-            speed=measured, plots=plots, extra={k: v for k, v in (extra or {}).items() if k != "evaluation"})
+            speed=measured, plots=plots, unit=unit, extra={k: v for k, v in (extra or {}).items() if k != "evaluation"})
         (tmp / "README.md").write_text(render_card(facts, folder_hint=str(out)))
         pickles = [p.name for p in tmp.rglob("*") if p.suffix in PICKLE_SUFFIXES]
         if pickles:

@@ -25,9 +25,13 @@ LOAD_SNIPPETS = {
                       'tokenizer = AutoTokenizer.from_pretrained("{dir}")'),
 }
 
+# unit -> (plural name, what the other parameters are)
+UNIT_WORDS = {"mlp": ("MLP channels", "embeddings and attention are untouched"),
+              "heads": ("attention KV groups", "embeddings and MLPs are untouched")}
+
 MODE_WORDS = {
-    "uniform": "every layer keeps the same number of MLP channels: a stock config with a smaller "
-               "`intermediate_size`; loads with plain transformers, lm-eval, vLLM.",
+    "uniform": "every layer keeps the same number of {units}: a stock config with smaller widths; loads with "
+               "plain transformers, lm-eval, vLLM.",
     "padded": "layers keep different numbers of channels; each is padded with zero rows/columns up to the widest "
               "layer, so the config is stock and the outputs equal the masked model's (less compression).",
     "heterogeneous": "each layer has its own MLP width (`intermediate_sizes` in config.json); loads with "
@@ -44,13 +48,13 @@ class CardFacts:
     mode: str  # "uniform", "padded" or "heterogeneous"
     tasks: list[str]  # the tasks whose masks were merged
     mask_settings: dict  # MaskSettings as a dict
-    unit_sparsity: float  # fraction of MLP channels removed
+    unit_sparsity: float  # fraction of the pruned unit removed (MLP channels, or KV groups)
     param_sparsity: float  # fraction of all parameters removed (by the mask)
     params_before: int  # parameters of the dense model
     params_stored: int  # parameters stored in this folder (zero padding included)
     params_effective: int  # parameters the mask keeps (zero padding excluded)
     widths: list[int]  # original MLP width per layer
-    kept_per_layer: list[int]  # MLP channels kept per layer (padding excluded)
+    kept_per_layer: list[int]  # units kept per layer (padding excluded)
     votes_histogram: list[int] | None = None  # channels kept by exactly 0..T task masks
     disk_before: int | None = None  # weight files of the base model
     disk_before_estimated: bool = False  # True: from parameter count x dtype size, not from files
@@ -59,12 +63,14 @@ class CardFacts:
     speed: dict | None = None  # diet.timing.measure_speed output
     plots: list[str] = field(default_factory=list)  # PNG file names in the folder
     extra: dict = field(default_factory=dict)  # profile settings and the like, shown as JSON
+    unit: str = "mlp"  # "mlp" (MLP channels) or "heads" (attention KV groups)
 
 
 # ------------------------------------------------------------------------------------------------ plots
 
 
-def write_plots(folder: Path, widths: list[int], kept: list[int], votes_histogram: list[int] | None) -> list[str]:
+def write_plots(folder: Path, widths: list[int], kept: list[int], votes_histogram: list[int] | None,
+                unit: str = "mlp") -> list[str]:
     """kept_per_layer.png and votes_histogram.png; [] when matplotlib is not installed (the card says so)."""
     try:
         import matplotlib
@@ -73,14 +79,15 @@ def write_plots(folder: Path, widths: list[int], kept: list[int], votes_histogra
         import matplotlib.pyplot as plt
     except ImportError:
         return []
+    units = UNIT_WORDS.get(unit, UNIT_WORDS["mlp"])[0]
     names = []
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=110)
     layers = list(range(len(kept)))
     ax.bar(layers, widths, color="#d9d9d9", label="original width")
     ax.bar(layers, kept, color="#2b6cb0", label="kept")
     ax.set_xlabel("layer")
-    ax.set_ylabel("MLP channels")
-    ax.set_title("MLP channels kept per layer")
+    ax.set_ylabel(units)
+    ax.set_title(f"{units[0].upper()}{units[1:]} kept per layer")
     ax.set_ylim(0, 1.18 * max(widths))  # headroom for the legend
     ax.legend(loc="upper right", ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
@@ -91,9 +98,9 @@ def write_plots(folder: Path, widths: list[int], kept: list[int], votes_histogra
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
         ax.bar(range(len(votes_histogram)), votes_histogram, color="#2f855a")
         ax.set_xticks(range(len(votes_histogram)))
-        ax.set_xlabel("number of task masks keeping the channel")
+        ax.set_xlabel("number of task masks keeping the unit")
         ax.set_ylabel("channels")
-        ax.set_title("Votes per MLP channel")
+        ax.set_title(f"Votes per unit ({units})")
         fig.tight_layout()
         fig.savefig(folder / "votes_histogram.png")
         plt.close(fig)
@@ -149,6 +156,7 @@ def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
     units_total, units_kept = sum(f.widths), sum(f.kept_per_layer)
     k_min, k_max = min(f.kept_per_layer), max(f.kept_per_layer)
     kept_words = f"{k_min} per layer" if k_min == k_max else f"{k_min}–{k_max} per layer"
+    units, untouched = UNIT_WORDS.get(f.unit, UNIT_WORDS["mlp"])
     disk_before = _size(f.disk_before) + (" (estimated from the parameter count)" if f.disk_before_estimated else "")
     out = [
         "---",
@@ -156,25 +164,25 @@ def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
         "tags: [pruned, structured-pruning, diet-explorer]",
         "---",
         "",
-        f"# {f.base_model}, pruned with DIET ({f.mode}, {_pct(f.unit_sparsity)} of MLP channels removed)",
+        f"# {f.base_model}, pruned with DIET ({f.mode}, {_pct(f.unit_sparsity)} of {units} removed)",
         "",
         "Task-aware, training-free structured pruning: one mask per task from activation statistics, merged by "
-        "DIET's vote, then the pruned MLP channels are physically removed. No weights were retrained.",
+        f"DIET's vote, then the pruned {units} are physically removed. No weights were retrained.",
         "",
-        f"**Export mode — {f.mode}:** {MODE_WORDS[f.mode]}",
+        f"**Export mode — {f.mode}:** {MODE_WORDS[f.mode].format(units=units)}",
         "",
         "## What was removed",
         "",
         "| | before | after |",
         "|---|---|---|",
-        f"| MLP channels | {units_total:,} | {units_kept:,} ({kept_words}) |",
+        f"| {units} | {units_total:,} | {units_kept:,} ({kept_words}) |",
         f"| parameters | {f.params_before:,} | {f.params_stored:,}"
         + (f" stored ({f.params_effective:,} without the zero padding)" if f.params_stored != f.params_effective
            else "") + " |",
         f"| weights on disk | {disk_before} | {_size(f.disk_after)} |",
         "",
-        f"- Sparsity: **{_pct(f.unit_sparsity)} of MLP channels**, which is **{_pct(f.param_sparsity)} of all "
-        "parameters** (embeddings and attention are untouched).",
+        f"- Sparsity: **{_pct(f.unit_sparsity)} of {units}**, which is **{_pct(f.param_sparsity)} of all "
+        f"parameters** ({untouched}).",
         f"- Tasks ({len(f.tasks)}): {', '.join(f.tasks)}",
         f"- Mask settings: `{json.dumps(f.mask_settings, sort_keys=True)}`",
         f"- Base model identity (content fingerprint): `{f.base_identity}`",

@@ -335,6 +335,26 @@ def test_uniform_mode_refuses_uneven_masks_and_unknown_modes(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_attention_head_masks_export_uniform_and_reload(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    dense = tiny_model("qwen2")
+    shape = model_shape(dense, "heads")  # 2 KV groups of 2 query heads per layer
+    mask = np.zeros((shape["layers"], shape["widths"][0]), dtype=bool)
+    mask[:, 1] = True
+    result = MaskResult(["a"], MaskSettings(sparsity=0.5), mask[None], mask, M.votes(mask[None]), shape,
+                        {**M.param_summary(mask, shape), "votes_histogram": [0, 3]})
+    out = export_model(make_lm(dense), result, tmp_path / "out")
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_key_value_heads"] == 1 and config["num_attention_heads"] == 2
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    masked = zero_units(copy.deepcopy(dense), result.keep(), "heads")
+    assert (logits(reloaded) - logits(masked)).abs().max() <= 1e-4
+    assert "50.0% of attention KV groups" in (out / "README.md").read_text()
+    with pytest.raises(DietError, match="uniform mode"):
+        export_model(make_lm(dense), result, tmp_path / "padded", mode="padded")
+
+
 def test_masks_with_bias_compensation_are_refused(tmp_path):
     dense = tiny_model("llama")
     result = make_result(dense, [36] * 3)
