@@ -193,6 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", required=True, help="mask.json or mask.safetensors (or a folder holding them)")
     _export_args(p)
 
+    p = sub.add_parser("sweep", help="methods x sparsities x tasks: a results table and a plot (resumable)",
+                       description="Prune with each method at each sparsity (masks from cached statistics), "
+                                   "evaluate every pruned model on the tasks and write results.csv (tidy: one row "
+                                   "per method x sparsity x task), means.csv, plot.html and plot.png. Finished cells "
+                                   "are cached: re-running resumes.")
+    _model_args(p)
+    _profile_args(p)
+    p.add_argument("--methods", default="diet,task-agnostic,wanda-sp,random",
+                   help=f"comma-separated methods from: {', '.join(METHOD_NAMES)} (default: %(default)s)")
+    p.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5", help="comma-separated (default: %(default)s)")
+    p.add_argument("--eval-tasks", type=_tasks_arg, default=None, help="evaluation tasks (default: --tasks)")
+    p.add_argument("--limit", type=int, default=None, help="first N evaluation items per task (a PREVIEW)")
+    p.add_argument("--eval-batch-size", type=int, default=16, help="requests per forward pass (default: 16)")
+    p.add_argument("--score", default="mean_abs", choices=["mean_abs", "rms"], help="DIET's score (mean |x|)")
+    p.add_argument("--allocation", default="layer", choices=["layer", "global"], help="per-layer or global widths")
+    p.add_argument("--min-keep", type=float, default=0.05, help="global allocation: minimum kept fraction per layer")
+    p.add_argument("--method", default="diet", help=argparse.SUPPRESS)  # method knobs below read a.method
+    _method_args(p)
+    p.add_argument("--out", required=True, help="folder for results.csv, means.csv, plot.html, plot.png")
+
     p = sub.add_parser("eval", help="zero-shot multiple-choice accuracy (lm-eval scoring)",
                        description="Evaluate a model (embedded default, hub id or folder) on tasks; prints a table "
                                    "of acc and acc_norm per task.")
@@ -349,6 +369,35 @@ def cmd_prune(a) -> None:
           f"({s['params_total']:,} -> {s['params_after']:,}); wrote {folder} ({summary['export_mode']})")
 
 
+def cmd_sweep(a) -> None:
+    from diet.cache import atomic_write_bytes
+    from diet.models import load_model
+    from diet.sweep import SweepSettings, figure, mean_table, run_sweep, save_png, table
+
+    try:
+        sparsities = tuple(float(x) for x in a.sparsities.split(",") if x.strip())
+    except ValueError:
+        raise DietError(f"--sparsities must be comma-separated numbers, got {a.sparsities!r}") from None
+    sweep = SweepSettings(methods=tuple(_tasks_arg(a.methods)), sparsities=sparsities, tasks=tuple(a.tasks),
+                          eval_tasks=tuple(a.eval_tasks) if a.eval_tasks else None, limit=a.limit,
+                          general=a.general, batch_size=a.eval_batch_size)
+    profile = ProfileSettings(samples=a.samples, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size,
+                              unit=a.unit)
+    mask = MaskSettings(score=a.score, allocation=a.allocation, min_keep=a.min_keep)
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    lm = load_model(_spec(a), say=say)
+    rows = run_sweep(lm, sweep, profile, mask, _method_settings(a), say=say)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "results.csv", table(rows).to_csv(index=False).encode())
+    means = mean_table(rows)
+    atomic_write_bytes(out / "means.csv", means.to_csv().encode())
+    atomic_write_bytes(out / "plot.html", figure(rows).to_html(include_plotlyjs="cdn").encode())
+    save_png(rows, out / "plot.png")
+    print(means.round(4).to_string())
+    print(f"wrote {out}/results.csv, means.csv, plot.html, plot.png", file=sys.stderr)
+
+
 def cmd_eval(a) -> None:
     from diet.evaluate import EvalSettings, evaluate_tasks, format_table
     from diet.models import load_model
@@ -382,8 +431,8 @@ def cmd_export(a) -> None:
           f"to {lm.spec.name}; wrote {folder} ({mode})")
 
 
-COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "profile": cmd_profile, "prune": cmd_prune, "eval": cmd_eval,
-            "export": cmd_export, "apply-mask": cmd_export}
+COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "profile": cmd_profile, "prune": cmd_prune,
+            "sweep": cmd_sweep, "eval": cmd_eval, "export": cmd_export, "apply-mask": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,204 @@
+"""Sweep: methods × sparsities × tasks → a tidy results table and an accuracy-vs-sparsity plot.
+
+Why cell-level caching: a sweep is dozens of prune-and-evaluate runs; each (method, sparsity, evaluation task) cell
+is stored in the ArtifactCache under a key that hashes everything that determines its number (model identity, the
+statistics' keys, every setting, the evaluation task's fingerprint and limit). Re-running the same command skips
+finished cells, so an interrupted sweep resumes where it stopped and a wider sweep reuses the narrower one.
+
+Masks come from cached statistics (no forward pass); each cell then prunes a copy of the model (physical slicing,
+with FLAP's bias where the method has one) and evaluates it. `single-task` expands into one row per task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from diet.errors import DietError
+from diet.settings import MaskSettings, MethodSettings, ProfileSettings, sha256_of
+
+Say = Callable[[str], None]
+COLUMNS = ("method", "variant", "sparsity", "unit", "unit_sparsity", "param_sparsity", "task", "metric", "value",
+           "acc", "acc_norm", "n", "preview", "seconds")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """One sweep. Every field is part of each cell's cache key (except where noted)."""
+
+    methods: tuple[str, ...] = ("diet", "task-agnostic", "wanda-sp", "random")  # registry names (diet.methods)
+    sparsities: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)  # fractions of the unit removed
+    tasks: tuple[str, ...] = ()  # calibration tasks of the task-aware methods; also the evaluation tasks
+    eval_tasks: tuple[str, ...] | None = None  # evaluation tasks when different from `tasks`
+    limit: int | None = None  # evaluation items per task (None = all; a limit marks the rows as a preview)
+    general: str = "auto"  # general text source (diet.general) for the task-agnostic baselines and task fusion
+    batch_size: int = 16  # evaluation batch size (does not change a number; not in the key)
+
+    def __post_init__(self) -> None:
+        from diet.methods import get_method
+
+        if not self.methods or not self.sparsities or not self.tasks:
+            raise DietError("a sweep needs at least one method, one sparsity and one task")
+        for m in self.methods:
+            get_method(m)
+        for s in self.sparsities:
+            if not 0.0 <= s < 1.0:
+                raise DietError(f"sparsity must be in [0, 1), got {s}")
+        if self.limit is not None and self.limit < 1:
+            raise DietError(f"limit must be at least 1, got {self.limit}")
+
+
+def cells(settings: SweepSettings) -> list[tuple[str, str, float]]:
+    """(method, variant, sparsity) of every pruned model the sweep evaluates; variant = task for single-task."""
+    out = []
+    for method in settings.methods:
+        variants = list(settings.tasks) if method == "single-task" else [""]
+        out += [(method, v, s) for v in variants for s in settings.sparsities]
+    return out
+
+
+def _cell_key(base: dict, method: str, variant: str, sparsity: float, ms: MethodSettings, task) -> str:
+    return sha256_of({**base, "method": method, "variant": variant, "sparsity": sparsity,
+                      "method_settings": asdict(ms), "eval_task": task.fingerprint()})[:24]
+
+
+def _row(method: str, variant: str, sparsity: float, summary: dict, unit: str, r) -> dict:
+    return {"method": method, "variant": variant, "sparsity": sparsity, "unit": unit,
+            "unit_sparsity": float(summary.get("unit_sparsity", 0.0)),
+            "param_sparsity": float(summary.get("param_sparsity", 0.0)), "task": r.task, "metric": r.metric,
+            "value": r.value, "acc": r.acc, "acc_norm": r.acc_norm, "n": r.n, "preview": r.preview,
+            "seconds": round(r.seconds, 3)}
+
+
+def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSettings(),
+              mask: MaskSettings = MaskSettings(), method: MethodSettings = MethodSettings(), cache=None,
+              say: Say | None = None, lock: Callable | None = None) -> list[dict]:
+    """Every cell's rows (cached cells are read, not recomputed), plus the dense model's rows (sparsity 0).
+
+    `lock`: an optional context-manager factory held around each model evaluation (the heavy part), so a long
+    sweep lets other torch jobs on a shared machine take turns between cells.
+    """
+    from contextlib import nullcontext
+
+    from diet.adapters import model_shape
+    from diet.api import profile_tasks, prune_copy, stats_key
+    from diet.cache import ArtifactCache
+    from diet.evaluate import EvalSettings, evaluate_task
+    from diet.general import general_task
+    from diet.methods import MethodInputs, needs_general, run_method, weight_stats
+    from diet.profile import choose_texts
+    from diet.tasks import get_task
+
+    cache = cache or ArtifactCache()
+    say = say or (lambda m: None)
+    lock = lock or nullcontext
+    tasks = [get_task(t) for t in settings.tasks]
+    eval_tasks = [get_task(t) for t in (settings.eval_tasks or settings.tasks)]
+    eval_settings = EvalSettings(limit=settings.limit, batch_size=settings.batch_size)
+    with lock():
+        stats = profile_tasks(lm, tasks, profile, cache=cache)
+        general, g = None, None
+        if any(needs_general(m, method) for m in settings.methods):
+            g = general_task(settings.general, say)
+            general = profile_tasks(lm, [g], profile, cache=cache)["general"]
+    keys = {t.name: stats_key(lm, choose_texts(t.calibration, profile), profile) for t in tasks}
+    if g is not None:
+        keys["general"] = stats_key(lm, choose_texts(g.calibration, profile), profile)
+    base = {"kind": "sweep-cell/1", "model": lm.identity, "dtype": lm.spec.dtype, "stats": keys,
+            "profile": profile.key_fields(), "mask": asdict(mask), "limit": settings.limit,
+            "max_length": eval_settings.max_length}
+    inputs = MethodInputs(stats, general, weight_stats(lm.model, profile.unit), model_shape(lm.model, profile.unit))
+
+    rows: list[dict] = []
+    todo = [("dense", "", 0.0)] + cells(settings)
+    for i, (name, variant, sparsity) in enumerate(todo):
+        ms = replace(method, method=name, single_task=variant or method.single_task)
+        cell_keys = {t.name: _cell_key(base, name, variant, sparsity, ms, t) for t in eval_tasks}
+        hits = {n: cache.load_json("sweep", k) for n, k in cell_keys.items()}
+        if all(h is not None for h in hits.values()):
+            rows += list(hits.values())
+            continue
+        t0 = time.perf_counter()
+        if name == "dense":
+            model, summary = lm.model, {"unit_sparsity": 0.0, "param_sparsity": 0.0}
+        else:
+            result = run_method(name, inputs, replace(mask, sparsity=sparsity), ms)
+            model, summary = None, result.summary
+        with lock():
+            if model is None:
+                model = prune_copy(lm, result)
+            for t in eval_tasks:
+                if hits[t.name] is not None:
+                    rows.append(hits[t.name])
+                    continue
+                row = _row(name, variant, sparsity, summary, profile.unit, evaluate_task(model, lm.tokenizer, t,
+                                                                                         eval_settings))
+                cache.save_json("sweep", cell_keys[t.name], row)
+                rows.append(row)
+        label = f"{name}{':' + variant if variant else ''} @ {sparsity:g}"
+        done = rows[-len(eval_tasks):]
+        say(f"[{i + 1}/{len(todo)}] {label}: mean {np.mean([r['value'] for r in done]):.4f} "
+            f"({time.perf_counter() - t0:.0f} s)")
+    return rows
+
+
+def table(rows: Sequence[dict]):
+    """The tidy table as a pandas DataFrame (one row per method × variant × sparsity × evaluation task)."""
+    import pandas as pd
+
+    return pd.DataFrame(list(rows), columns=list(COLUMNS))
+
+
+def mean_table(rows: Sequence[dict]):
+    """Mean over evaluation tasks of each task's primary metric, per method (and variant) × sparsity."""
+    df = table(rows)
+    df["name"] = df["method"] + df["variant"].map(lambda v: f":{v}" if v else "")
+    return df.pivot_table(index="name", columns="sparsity", values="value", aggfunc="mean", sort=False)
+
+
+def figure(rows: Sequence[dict]):
+    """Plotly accuracy-vs-sparsity figure: one line per method, the dense model as a dashed reference."""
+    import plotly.graph_objects as go
+
+    df = table(rows)
+    means = df.groupby(["method", "variant", "sparsity"], sort=False)["value"].mean().reset_index()
+    fig = go.Figure()
+    dense = means[means["method"] == "dense"]["value"]
+    if len(dense):
+        fig.add_hline(y=float(dense.iloc[0]), line_dash="dash", annotation_text="dense")
+    for (method, variant), g in means[means["method"] != "dense"].groupby(["method", "variant"], sort=False):
+        fig.add_scatter(x=g["sparsity"].to_numpy(np.float32), y=g["value"].to_numpy(np.float32), mode="lines+markers",
+                        name=f"{method}:{variant}" if variant else method)
+    fig.update_layout(xaxis_title="sparsity (fraction of units removed)", yaxis_title="mean accuracy over tasks",
+                      template="plotly_white")
+    return fig
+
+
+def save_png(rows: Sequence[dict], path) -> bool:
+    """The same plot as a PNG with matplotlib (False when matplotlib is not installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    df = table(rows)
+    means = df.groupby(["method", "variant", "sparsity"], sort=False)["value"].mean().reset_index()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    dense = means[means["method"] == "dense"]["value"]
+    if len(dense):
+        ax.axhline(float(dense.iloc[0]), color="grey", ls="--", label="dense")
+    for (method, variant), g in means[means["method"] != "dense"].groupby(["method", "variant"], sort=False):
+        ax.plot(g["sparsity"], g["value"], marker="o", label=f"{method}:{variant}" if variant else method,
+                lw=2.5 if method == "diet" else 1.2)
+    ax.set_xlabel("sparsity (fraction of units removed)")
+    ax.set_ylabel("mean accuracy over tasks")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
