@@ -73,3 +73,61 @@ def test_mean_table_and_plots(tmp_path):
     fig = figure(rows)
     assert [t.name for t in fig.data] == ["diet", "random"]
     assert save_png(rows, tmp_path / "plot.png") and (tmp_path / "plot.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- ShortGPT (depth baseline)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen2"])
+def test_removed_layers_equal_identity_layers(family):
+    """Deleting layers == the dense model with those layers replaced by the identity (their input passes on)."""
+    import copy
+
+    import torch
+
+    from diet.shortgpt import remove_layers
+    from tests.tiny import VOCAB
+
+    ids = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+    dense = tiny_model(family)
+    ref = copy.deepcopy(dense)
+    handle = ref.model.layers[1].register_forward_hook(
+        lambda m, args, kwargs, out: args[0] if args else kwargs["hidden_states"], with_kwargs=True)
+    pruned = remove_layers(copy.deepcopy(dense), [1])
+    with torch.no_grad():
+        r, p, d = ref(ids).logits, pruned(ids).logits, dense(ids).logits
+    handle.remove()
+    assert (r - d).abs().max() > 1e-3 and (p - r).abs().max() <= 1e-5
+    assert pruned.config.num_hidden_layers == 2 and [la.self_attn.layer_idx for la in pruned.model.layers] == [0, 1]
+    if family == "gemma2":
+        assert pruned.config.layer_types == [dense.config.layer_types[i] for i in (0, 2)]
+    with torch.no_grad():  # generation with a KV cache still works on the renumbered layers
+        out = pruned.generate(ids[:1, :4], max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 7)
+
+
+def test_block_influence_by_hand_and_layer_choice():
+    import torch
+
+    from diet.shortgpt import block_influence, layers_to_drop
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    texts = ["hello world", "a b c d e f g"]
+    bi = block_influence(model, tok, texts, ProfileSettings(batch_size=2))
+    cos, n = np.zeros(3), 0
+    for text in texts:  # one text at a time (no padding): hidden states in and out of every layer
+        ins, outs = [], []
+        hooks = [la.register_forward_hook(lambda m, a, k, o, ins=ins, outs=outs: (
+            ins.append(a[0] if a else k["hidden_states"]), outs.append(o)) and None, with_kwargs=True)
+            for la in model.model.layers]
+        with torch.no_grad():
+            model.model(**tok([text], return_tensors="pt"))
+        for h in hooks:
+            h.remove()
+        for i in range(3):
+            cos[i] += torch.nn.functional.cosine_similarity(ins[i][0], outs[i][0], dim=-1).sum().item()
+        n += ins[0].shape[1]
+    assert np.allclose(bi, 1 - cos / n, atol=1e-6)
+    assert layers_to_drop(np.array([0.3, 0.1, 0.5, 0.1]), 0.5) == [1, 3]
+    with pytest.raises(DietError):
+        layers_to_drop(np.array([0.3, 0.1]), 1.0)

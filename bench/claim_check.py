@@ -1,0 +1,119 @@
+"""The claim check: does DIET's voted task-aware mask beat the baselines at 20% and 40% MLP-channel sparsity?
+
+    flock /tmp/diet-torch.lock env PYTHONPATH=. .venv/bin/python bench/claim_check.py --out bench/results/claim
+    (add --limit N for a preview on a CPU; --lock makes the script take the lock per cell instead)
+
+SmolLM2-135M (embedded), the offline suite (every task is both a calibration task and an evaluation task), 100
+calibration texts per task, general text = the shipped self-generated corpus (offline). Every mask comes from the
+same cached statistics and is cut by the same slicing code; each pruned model is evaluated on all tasks with the
+lm-eval scoring convention, and the mean of each task's primary metric is compared. Cells are cached (diet.sweep),
+so an interrupted run resumes. Writes claim.csv (tidy), means.csv, claim.md (the tables for docs/results.md) and
+plot.png under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from diet.models import load_model
+from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
+from diet.sweep import SweepSettings, run_sweep, save_png, table
+from diet.tasks import offline_task_names
+
+MAIN = ("diet", "task-fusion", "task-agnostic", "minitron", "wanda-sp", "flap", "magnitude", "random", "single-task")
+POOLED = ("task-agnostic", "minitron", "wanda-sp", "flap")  # the same baselines on all task data pooled (ablation)
+SPARSITIES = (0.2, 0.4)
+
+
+@contextlib.contextmanager
+def torch_lock(path: str = "/tmp/diet-torch.lock"):
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def markdown(rows: list[dict], tasks: list[str]) -> str:
+    df = table(rows)
+    df["name"] = df["method"] + df["variant"].map(lambda v: f" ({v})" if v else "")
+    means = df.pivot_table(index="name", columns="sparsity", values="value", aggfunc="mean", sort=False)
+    params = df.pivot_table(index="name", columns="sparsity", values="param_sparsity", aggfunc="mean", sort=False)
+    n_items = int(df[df.method == "dense"]["n"].sum())
+    lines = [f"Mean accuracy over {len(tasks)} tasks ({n_items} evaluation items per model; each task's primary "
+             "metric, acc_norm for every offline task). Rank among the pruned models in brackets.", "",
+             "| method | " + " | ".join(f"{s:.0%} sparsity" for s in SPARSITIES) + " | params removed |",
+             "|---|" + "---|" * (len(SPARSITIES) + 1)]
+    ranks = {s: means[s].drop("dense", errors="ignore").rank(ascending=False, method="min") for s in SPARSITIES}
+    dense = means.loc["dense", 0.0]
+    lines.append(f"| dense | {dense:.4f} | {dense:.4f} | 0% |")
+    for name in means.index.drop("dense"):
+        cells = " | ".join(f"{means.loc[name, s]:.4f} ({int(ranks[s][name])})" for s in SPARSITIES)
+        p = " / ".join(f"{params.loc[name, s]:.1%}" for s in SPARSITIES)
+        lines.append(f"| {name} | {cells} | {p} |")
+    lines += ["", "Per task (primary metric):", ""]
+    per = df.pivot_table(index=["name", "sparsity"], columns="task", values="value", sort=False)
+    lines.append("| method | sparsity | " + " | ".join(tasks) + " |")
+    lines.append("|---|---|" + "---|" * len(tasks))
+    for (name, s), r in per.iterrows():
+        if name.startswith("single-task") or "pooled" in name:
+            continue
+        lines.append(f"| {name} | {s:.0%} | " + " | ".join(f"{r[t]:.3f}" for t in tasks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="bench/results/claim", help="output folder")
+    ap.add_argument("--limit", type=int, default=None, help="evaluation items per task (default: all)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--lock", action="store_true", help="take /tmp/diet-torch.lock per cell (shared CPU machines)")
+    ap.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
+    a = ap.parse_args()
+
+    import torch
+
+    if a.device == "cpu" or not torch.cuda.is_available():
+        torch.set_num_threads(2)
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    lm = load_model(ModelSpec(device=a.device), say=say)
+    tasks = offline_task_names()
+    profile = ProfileSettings(samples=100, seed=0, max_length=256, batch_size=16)
+    lock = torch_lock if a.lock else None
+    sweep = SweepSettings(methods=MAIN, sparsities=SPARSITIES, tasks=tuple(tasks), limit=a.limit,
+                          general="generated", batch_size=a.batch_size)
+    rows = run_sweep(lm, sweep, profile, MaskSettings(), MethodSettings(), say=say, lock=lock)
+    pooled = run_sweep(lm, replace(sweep, methods=POOLED), profile, MaskSettings(),
+                       MethodSettings(calibration="tasks"), say=say, lock=lock)
+    rows += [{**r, "variant": "pooled task data"} for r in pooled if r["method"] != "dense"]
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = table(rows)
+    df.to_csv(out / "claim.csv", index=False)
+    df.groupby(["method", "variant", "sparsity"], sort=False)["value"].mean().to_csv(out / "means.csv")
+    save_png(rows, out / "plot.png")
+    md = markdown(rows, tasks)
+    device = torch.cuda.get_device_name() if next(lm.model.parameters()).is_cuda else "CPU"
+    md += (f"\nRun: {len(df) // len(tasks)} models x {len(tasks)} tasks on {device} in "
+           f"{time.perf_counter() - t0:.0f} s (limit={a.limit}).\n")
+    (out / "claim.md").write_text(md)
+    print(md)
+    diet = df[df.method == "diet"].groupby("sparsity")["value"].mean()
+    others = df[~df.method.isin(["diet", "dense"])].groupby(["method", "variant", "sparsity"])["value"].mean()
+    for s in SPARSITIES:
+        best = others.xs(s, level="sparsity").idxmax()
+        print(f"{s:.0%}: diet {diet[s]:.4f} vs best other {best} {others.xs(s, level='sparsity').max():.4f} "
+              f"(diff {diet[s] - others.xs(s, level='sparsity').max():+.4f})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
