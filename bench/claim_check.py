@@ -21,6 +21,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from diet.models import load_model
 from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
 from diet.sweep import SweepSettings, run_sweep, save_png, table
@@ -39,6 +41,50 @@ def torch_lock(path: str = "/tmp/diet-torch.lock"):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def shortgpt_rows(lm, rows: list[dict], profile: ProfileSettings, limit: int | None, batch_size: int, lock,
+                  say) -> list[dict]:
+    """ShortGPT at the parameter sparsity DIET reaches at each MLP sparsity (whole layers, nearest count)."""
+    import copy
+
+    from diet.cache import ArtifactCache
+    from diet.evaluate import EvalSettings, evaluate_task
+    from diet.general import general_task
+    from diet.profile import choose_texts
+    from diet.settings import sha256_of
+    from diet.shortgpt import layer_params, remove_layers, shortgpt_bi
+    from diet.tasks import get_task
+
+    cache, out = ArtifactCache(), []
+    lock = lock or contextlib.nullcontext
+    with lock():
+        bi = shortgpt_bi(lm, choose_texts(general_task("generated").calibration, profile), profile)
+    per_layer, total = np.mean(layer_params(lm.model)), sum(p.numel() for p in lm.model.parameters())
+    say(f"ShortGPT block influence per layer: {np.round(bi, 4).tolist()}")
+    for s in SPARSITIES:
+        target = float(np.mean([r["param_sparsity"] for r in rows if r["method"] == "diet" and r["sparsity"] == s]))
+        n = int(round(target * total / per_layer))
+        drop = sorted(int(i) for i in np.argsort(bi, kind="stable")[:n])
+        with lock():
+            model = None
+            for name in offline_task_names():
+                task = get_task(name)
+                key = sha256_of({"kind": "claim-shortgpt/1", "model": lm.identity, "drop": drop, "limit": limit,
+                                 "task": task.fingerprint()})[:24]
+                row = cache.load_json("sweep", key)
+                if row is None:
+                    model = model or remove_layers(copy.deepcopy(lm.model), drop)
+                    r = evaluate_task(model, lm.tokenizer, task, EvalSettings(limit=limit, batch_size=batch_size))
+                    removed = sum(layer_params(lm.model)[i] for i in drop) / total
+                    row = {"method": "shortgpt", "variant": "", "sparsity": s, "unit": "layers",
+                           "unit_sparsity": n / len(bi), "param_sparsity": removed, "task": r.task,
+                           "metric": r.metric, "value": r.value, "acc": r.acc, "acc_norm": r.acc_norm, "n": r.n,
+                           "preview": r.preview, "seconds": round(r.seconds, 3)}
+                    cache.save_json("sweep", key, row)
+                out.append(row)
+        say(f"shortgpt @ {s:g} (drop layers {drop}): mean {np.mean([r['value'] for r in out[-8:]]):.4f}")
+    return out
 
 
 def markdown(rows: list[dict], tasks: list[str]) -> str:
@@ -94,6 +140,7 @@ def main() -> None:
     pooled = run_sweep(lm, replace(sweep, methods=POOLED), profile, MaskSettings(),
                        MethodSettings(calibration="tasks"), say=say, lock=lock)
     rows += [{**r, "variant": "pooled task data"} for r in pooled if r["method"] != "dense"]
+    rows += shortgpt_rows(lm, rows, profile, a.limit, a.batch_size, lock, say)
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
