@@ -114,3 +114,17 @@ def test_flap_bias_compensation_equals_masked_plus_bias(unit):
 def test_phi3_heads_refused_clearly():
     with pytest.raises(DietError, match="fused qkv_proj"):
         unit_widths(tiny_model("phi3"), "heads")
+
+
+def test_api_build_mask_on_head_statistics_prunes_groups():
+    from diet.api import LoadedModel, build_mask, prune_copy
+    from diet.settings import MaskSettings, ModelSpec
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    settings = ProfileSettings(unit="heads", batch_size=2)
+    stats = {n: profile_texts(model, tok, texts, settings) for n, texts in
+             (("a", ["one two three", "four five"]), ("b", ["x y z", "hello world again"]))}
+    result = build_mask(stats, MaskSettings(sparsity=0.5))
+    assert result.mask.shape == (3, 2) and result.mask.sum(1).tolist() == [1, 1, 1] and result.unit == "heads"
+    pruned = prune_copy(LoadedModel(model, tok, ModelSpec(name="tiny"), "", "tiny"), result)
+    assert unit_widths(pruned, "heads") == [1, 1, 1] and unit_widths(model, "heads") == [2, 2, 2]
