@@ -125,23 +125,21 @@ def _export_options(a) -> dict:
 
 
 def _disp_args(p: argparse.ArgumentParser) -> None:
-    from diet.disp import POSITIONS
-    from diet.disp_learn import LearnSettings
-
-    d = LearnSettings()
+    """DISP options; None means the default of diet.disp.DispSettings / diet.disp_learn.LearnSettings (no torch
+    import just to print --help)."""
     g = p.add_argument_group("DISP (--method disp / disp-learned)")
-    g.add_argument("--positions", default=",".join(POSITIONS),
-                   help=f"disp: index sets that are pruned, the others keep full width (default: all of "
-                        f"{','.join(POSITIONS)})")
-    g.add_argument("--lam", type=float, default=d.lam, help=f"disp-learned: λ of the budget penalty ({d.lam:g})")
-    g.add_argument("--lr", type=float, default=d.lr, help=f"disp-learned: hypernetwork AdamW lr ({d.lr:g})")
-    g.add_argument("--steps", type=int, default=d.steps,
-                   help=f"disp-learned: training steps (paper: {d.steps}; a few hundred on CPU)")
-    g.add_argument("--tokens-per-step", type=int, default=d.tokens_per_step,
-                   help=f"disp-learned: tokens per step (paper: {d.tokens_per_step})")
+    g.add_argument("--positions", default=None,
+                   help="disp: comma-separated index sets that are pruned, the others keep full width (default: all "
+                        "of attn_in,attn_out,mlp_in,mlp_mid,mlp_out)")
+    g.add_argument("--lam", type=float, default=None, help="disp-learned: λ of the budget penalty (paper: 16)")
+    g.add_argument("--lr", type=float, default=None, help="disp-learned: hypernetwork AdamW lr (paper: 1e-3)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="disp-learned: training steps (paper: 10000; a few hundred on a CPU)")
+    g.add_argument("--tokens-per-step", type=int, default=None,
+                   help="disp-learned: tokens per step (paper: 2048)")
     g.add_argument("--seq-len", type=int, default=None,
                    help="disp-learned: tokens per training sequence (default: --tokens-per-step)")
-    g.add_argument("--hn-seed", type=int, default=d.seed, help="disp-learned: seed of the hypernetwork (0)")
+    g.add_argument("--hn-seed", type=int, default=None, help="disp-learned: seed of the hypernetwork (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,24 +288,24 @@ def _cmd_prune_disp(a) -> None:
                         "(per-layer index sets; loads with trust_remote_code=True)")
     check_out_dir(Path(a.out), a.overwrite)
     profile = ProfileSettings(samples=a.samples, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size)
-    disp = DispSettings(sparsity=a.sparsity, score=a.score, merge="threshold" if a.threshold else "budget",
-                        threshold=a.threshold, allocation=a.allocation, min_keep=a.min_keep,
-                        positions=tuple(x.strip() for x in a.positions.split(",") if x.strip()))
-    learn = LearnSettings(p=1.0 - a.sparsity, lam=a.lam, lr=a.lr, steps=a.steps, tokens_per_step=a.tokens_per_step,
-                          seq_len=a.seq_len or a.tokens_per_step, seed=a.hn_seed)
+    positions = {"positions": tuple(x.strip() for x in a.positions.split(",") if x.strip())} if a.positions else {}
+    disp = DispSettings(sparsity=a.sparsity, score=a.score, merge="threshold" if a.threshold is not None else "budget",
+                        threshold=a.threshold, allocation=a.allocation, min_keep=a.min_keep, **positions)
+    given = {"lam": a.lam, "lr": a.lr, "steps": a.steps, "tokens_per_step": a.tokens_per_step, "seed": a.hn_seed,
+             "seq_len": a.seq_len or a.tokens_per_step}
+    learn = LearnSettings(p=1.0 - a.sparsity, **{k: v for k, v in given.items() if v is not None})
     tasks = [get_task(t) for t in a.tasks]
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     lm = load_model(_spec(a), say=say)
     bar = None
 
-    def progress(name, done, total):
+    def progress(name, done, total):  # profiling: one bar per task
         nonlocal bar
-        if bar is None or bar.desc != str(name) and a.method == "disp":
-            bar = tqdm(total=total, desc=str(name) if a.method == "disp" else "hypernetwork", file=sys.stderr)
+        if bar is None or bar.desc != name:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, desc=name, unit="text", file=sys.stderr)
         bar.update(done - bar.n)
-        if a.method == "disp-learned":
-            bar.set_postfix(lm_loss=f"{total['lm_loss']:.3f}", p=f"{total['ratio']:.3f}") if isinstance(
-                total, dict) else None
 
     def learn_progress(step, steps, rec):
         nonlocal bar

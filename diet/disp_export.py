@@ -118,3 +118,49 @@ def load_disp(folder: str | Path, dtype: torch.dtype = torch.float32) -> torch.n
     if not (folder / "disp.json").is_file():
         raise DietError(f"{folder} is not a DISP export (no disp.json)")
     return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
+
+
+# ------------------------------------------------------------------------------------------------ one call: prune
+
+
+def prune_disp(lm, tasks, out: str | Path, method: str = "disp", profile=None, disp=None, learn=None,
+               overwrite: bool = False, progress=None, say=None) -> tuple[Path, dict]:
+    """Choose DISP index sets for `tasks` (training-free `disp`, or the `disp-learned` hypernetwork), slice a copy of
+    `lm.model` and export it; returns (folder, summary). The loaded model stays dense.
+
+    progress: for `disp`, (task, texts done, texts total) while profiling; for `disp-learned`, (step, steps, record).
+    """
+    import time
+    from dataclasses import asdict
+
+    from diet.disp import DispSettings, build_disp_masks, disp_copy, profile_disp
+    from diet.disp_learn import LearnSettings, learn_index_sets, task_texts
+    from diet.export import check_out_dir
+    from diet.settings import ProfileSettings
+
+    say = say or (lambda m: None)
+    out = Path(out)
+    check_out_dir(out, overwrite)  # refuse before any expensive work
+    t0 = time.perf_counter()
+    task_names = [t if isinstance(t, str) else t.name for t in tasks]
+    if method == "disp":
+        profile, disp = profile or ProfileSettings(), disp or DispSettings()
+        if disp.merge == "threshold":
+            disp.mask_settings(1.0).resolved_threshold(len(tasks))
+        result = build_disp_masks(profile_disp(lm, tasks, profile, progress), disp)
+        sets, summary = result.index_sets(), dict(result.summary)
+        settings = {"method": method, "tasks": task_names, "profile": asdict(profile), "disp": asdict(disp)}
+    elif method == "disp-learned":
+        learn = learn or LearnSettings()
+        say(f"training the DISP hypernetwork: {learn.steps} steps x {learn.tokens_per_step} tokens, p={learn.p}")
+        res = learn_index_sets(lm.model, lm.tokenizer, task_texts(tasks), learn, progress)
+        sets, summary = res.index_sets, dict(res.summary)
+        summary["final_lm_loss"] = res.history[-1]["lm_loss"] if res.history else None
+        settings = {"method": method, "tasks": task_names, "learn": asdict(learn)}
+    else:
+        raise DietError(f"unknown DISP method {method!r}: use disp or disp-learned")
+    folder = export_disp(lm, disp_copy(lm.model, sets), out, summary, settings, overwrite)
+    summary = {"model": lm.spec.name, "model_identity": lm.identity, **settings, **summary,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    atomic_write_json(folder / "summary.json", summary)
+    return folder, summary
