@@ -334,3 +334,50 @@ def test_export_refuses_a_non_empty_folder_and_writes_nothing(tmp_path):
         export_disp(_lm(dense), D.disp_copy(dense, sets), out, {})
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["busy"]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIET_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("method", ["disp", "disp-learned"])
+def test_cli_prune_disp_writes_a_folder_equal_to_its_index_sets(method, tiny_folder, tmp_path, capsys):
+    import json
+
+    from diet.cli import main
+    from diet.disp_export import load_disp
+
+    out = tmp_path / "out"
+    extra = ["--steps", "3", "--tokens-per-step", "64", "--seq-len", "32"] if method == "disp-learned" else []
+    rc = main(["prune", "--method", method, "--model", str(tiny_folder), "--device", "cpu", "--tasks",
+               "arithmetic,capitals", "--samples", "8", "--sparsity", "0.4", "--out", str(out), *extra])
+    assert rc == 0, capsys.readouterr().err
+    assert "of block parameters" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method
+    if method == "disp":
+        assert abs(summary["block_kept_fraction"] - 0.6) < 0.03
+    sets = {pos: [np.array(k) for k in v] for pos, v in json.loads((out / "disp.json").read_text())
+            ["index_sets"].items()}
+    dense = tiny_model("llama")
+    with torch.no_grad():
+        ref = D.zero_disp(copy.deepcopy(dense), sets)(IDS).logits
+        got = load_disp(out)(IDS).logits
+    assert (got - ref).abs().max() <= 1e-5
+
+
+def test_cli_refuses_export_mode_for_disp(tiny_folder, tmp_path, capsys):
+    from diet.cli import main
+
+    rc = main(["prune", "--method", "disp", "--model", str(tiny_folder), "--tasks", "arithmetic", "--sparsity",
+               "0.3", "--export-mode", "uniform", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "error: --export-mode does not apply to DISP" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
