@@ -34,22 +34,29 @@ def model_folder_section(lm, result) -> None:
     mode = c2.selectbox("Export mode", ["auto", *modes], key="export_mode",
                         format_func=lambda m: MODE_HELP.get(m, m))
     overwrite = st.checkbox("Overwrite a non-empty folder", key="overwrite")
-    extra = {}
+    optional: dict = {}
+    if "speed" in params and st.checkbox("Measure dense vs pruned forward speed for the model card", value=True,
+                                         key="export_speed"):
+        from diet.timing import SpeedSettings
+
+        optional["speed"] = SpeedSettings()
     comp = st.session_state.get("comparison")
     if comp and comp["digest"] == mask_digest(result.mask):  # measured results of exactly this mask
-        evaluation = {"dense": [r.to_dict() for r in comp["dense"]], "pruned": [r.to_dict() for r in comp["pruned"]],
-                      "speed_tokens_per_second": comp["speed"], "size": comp["size"]}
-        extra = {"extra": {"evaluation": evaluation}, "evaluation": evaluation}
-        st.caption("The measured dense-vs-pruned results of this mask go into the folder too.")
+        optional["evaluation"] = {"dense": [r.to_dict() for r in comp["dense"]],
+                                  "pruned": [r.to_dict() for r in comp["pruned"]]}
+        st.caption("The dense-vs-pruned results measured on the Prune and evaluate page go into the model card.")
+    elif "evaluation" in params:
+        st.caption("No measured results of this mask yet: evaluate it on the Prune and evaluate page first to put "
+                   "them in the model card.")
     if st.button("Export the pruned model", type="primary", disabled=runner().active() is not None, key="btn_export"):
         start_job("export", f"Exporting to {out}",
-                  export_job(lm, result, out.strip(), None if mode == "auto" else mode, overwrite, extra))
+                  export_job(lm, result, out.strip(), None if mode == "auto" else mode, overwrite, optional))
         st.rerun()
     job_panel(("export",), key="main")
     path = st.session_state.get("exported")
     if path:
-        remote = (Path(path) / "diet_settings.json").is_file() and "heterogeneous" in (
-            Path(path) / "diet_settings.json").read_text()
+        written = Path(path) / "diet_settings.json"
+        remote = written.is_file() and json.loads(written.read_text()).get("mode") == "heterogeneous"
         arg = ", trust_remote_code=True" if remote else ""
         st.markdown(f"Written to `{path}`. Load it anywhere:")
         st.code(f'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("{path}"'

@@ -11,9 +11,7 @@ import hashlib
 import html
 import inspect
 import re
-import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -180,23 +178,14 @@ def model_size(model) -> dict:
     return {"params": count_parameters(model), "mb": nbytes / 2**20}
 
 
-def forward_speed(models: dict, tokenizer, texts: list[str], repeats: int = 3, max_length: int = 128) -> dict:
-    """Tokens per second of a plain forward pass for each model on the same batch, timed alternately (so machine
-    load hits every model alike); median of `repeats` after one warm-up pass each."""
-    import torch
+def forward_speed(models: dict) -> dict:
+    """Tokens per second of each model on the same random batch, timed interleaved by the engine
+    (diet.timing.measure_speed: medians, so machine load hits both alike)."""
+    from diet.timing import SpeedSettings, measure_speed
 
-    enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-    n_tokens = int(enc["attention_mask"].sum())
-    times: dict = {k: [] for k in models}
-    with torch.inference_mode():
-        for r in range(repeats + 1):
-            for name, m in models.items():
-                dev = next(m.parameters()).device
-                t0 = time.perf_counter()
-                m(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev))
-                if r:
-                    times[name].append(time.perf_counter() - t0)
-    return {k: n_tokens / statistics.median(v) for k, v in times.items()}
+    measured = measure_speed(models, SpeedSettings(batch_sizes=(8,), seq_len=64, repeats=3))
+    row = measured["rows"][0]
+    return {**{n: float(row[f"{n}_tokens_per_s"]) for n in models}, "detail": measured}
 
 
 def _eval_tasks(tasks: list) -> list:
@@ -234,8 +223,7 @@ def compare_job(lm, result: MaskResult, tasks: list, settings: EvalSettings, mem
             out[label] = rows
             out[f"{label}_model"] = model
         ctx.note("measuring forward speed")
-        texts = [c for t in usable for c in t.calibration[:4]][:8]
-        speed = forward_speed({"dense": lm.model, "pruned": out["pruned_model"]}, lm.tokenizer, texts)
+        speed = forward_speed({"dense": lm.model, "pruned": out["pruned_model"]})
         out["speed"] = speed
         out["size"] = {k: model_size(out[f"{k}_model"]) for k in ("dense", "pruned")}
         del out["dense_model"], out["pruned_model"]
@@ -300,8 +288,9 @@ def export_options() -> tuple[list[str], set[str]]:
     return modes, params
 
 
-def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bool, extra: dict):
-    """Job body: export_model with whatever optional arguments it accepts (e.g. an evaluation table)."""
+def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bool, optional: dict):
+    """Job body: export_model with those `optional` arguments it accepts (evaluation table, speed settings, say):
+    the export module grows, the page passes what it can."""
 
     def run(ctx: JobContext) -> str:
         from diet.export import export_model
@@ -309,7 +298,7 @@ def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bo
         ctx.report("export", 0, 1)
         ctx.note(f"writing {out}")
         _, params = export_options()
-        kwargs = {k: v for k, v in extra.items() if k in params}
+        kwargs = {k: v for k, v in {**optional, "say": ctx.note}.items() if k in params}
         path = export_model(lm, result, out, mode=mode, overwrite=overwrite, **kwargs)
         ctx.report("export", 1, 1)
         return str(path)

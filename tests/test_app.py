@@ -316,6 +316,15 @@ def test_export_page_writes_a_loadable_folder_and_explains_failures(cache_dir, t
     assert not at.exception
     assert any("not empty" in e.value for e in at.error)
 
+    het = tmp_path / "heterogeneous"  # a mode the export module offers: listed and passed through
+    at.text_input(key="out_dir").set_value(str(het)).run()
+    at.selectbox(key="export_mode").set_value("heterogeneous").run()
+    at.button(key="btn_export").click().run()
+    finish_jobs(at)
+    ok(at)
+    assert json.loads((het / "diet_settings.json").read_text())["mode"] == "heterogeneous"
+    assert "trust_remote_code=True" in at.code[0].value
+
     page = W.report("tiny-llama", result, stats)
     for title in ("Kept channels", "Votes", "Overlap between task masks", "Is the overlap meaningful?",
                   "Intersections", "Parameters"):
