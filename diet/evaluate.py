@@ -15,9 +15,10 @@ previews, and lm-eval recomputes each item's shared context once per choice. We 
   `len` of the choice string without the delimiter; for per-choice-context items, of that context), first index
   wins ties (numpy argmax).
 
-The fast path runs each distinct context once (left padded, KV cache kept), then all its continuations in one
-batch on top of the expanded cache; only the logits that are scored are projected through the LM head. A
-one-request-at-a-time reference path (`reference_loglikelihoods`) is what the tests compare it to.
+The fast path runs each distinct context once (left padded, KV cache kept, LM head on its last token only),
+then its continuations in one batch on top of the expanded cache, one row per distinct continuation input
+(a choice whose input is a prefix of another's reads that row's logits). A one-request-at-a-time reference
+path (`reference_loglikelihoods`) is what the tests compare it to.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class EvalSettings:
     `max_length` (only for requests longer than it)."""
 
     limit: int | None = None  # first N evaluation items only: a PREVIEW, flagged as such in every result
-    batch_size: int = 16  # sequences per forward pass (a batch holds whole contexts with all their choices)
+    batch_size: int = 16  # contexts per forward pass; each context's choices then run together on its KV cache
     max_length: int = 2048  # tokens the model may see; longer requests are truncated from the left like lm-eval
 
 
@@ -147,21 +148,15 @@ def reference_loglikelihoods(model: torch.nn.Module, tokenizer, requests: Sequen
 
 def _batches(groups: list[tuple[tuple[int, ...], list[int]]], conts: list[list[int]],
              batch_size: int) -> list[list[tuple[tuple[int, ...], list[int]]]]:
-    """Whole context groups per batch, at most `batch_size` continuations each (a bigger group goes alone).
+    """`batch_size` context groups per batch, longest context first (ties: longest continuation).
 
-    Groups are sorted longest context first (ties: longest continuation) so that padding stays small and an
-    out-of-memory error shows up on the first batch, as in lm-eval."""
+    Sorting keeps padding small and puts any out-of-memory error on the first batch, as in lm-eval. Counting
+    contexts (not choices) keeps forward passes large: on CPU each pass costs a fixed read of all weights,
+    so many small passes are what makes evaluation slow. Memory stays near lm-eval's for the same batch size:
+    the continuation pass holds the choices' copies of the KV cache, far smaller per token than the
+    [tokens x vocabulary] log-probabilities lm-eval keeps for every position of every sequence."""
     groups = sorted(groups, key=lambda g: (-len(g[0]), -max(len(conts[i]) for i in g[1])))
-    out: list[list] = []
-    rows = 0
-    for g in groups:
-        if out and rows + len(g[1]) <= batch_size:
-            out[-1].append(g)
-            rows += len(g[1])
-        else:
-            out.append([g])
-            rows = len(g[1])
-    return out
+    return [groups[i: i + batch_size] for i in range(0, len(groups), batch_size)]
 
 
 def _score_batch(model: torch.nn.Module, batch, conts: list[list[int]], keep_arg: bool) -> dict[int, float]:
@@ -185,12 +180,20 @@ def _score_batch(model: torch.nn.Module, batch, conts: list[list[int]], keep_arg
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [groups, vocab]: predicts cont[0]
 
     scores: dict[int, float] = {}
-    rows: list[tuple[int, int]] = []  # (group position in batch, request index) for continuations > 1 token
+    rows: list[tuple[int, list[int]]] = []  # (group position in batch, continuation tokens fed to the model)
+    row_of: dict[int, int] = {}  # request -> the row whose logits score it
     for b, (_, members) in enumerate(batch):
         for r in members:
             scores[r] = float(first[b, conts[r][0]])
-            if len(conts[r]) > 1:
-                rows.append((b, r))
+        mine: list[int] = []
+        for r in sorted((r for r in members if len(conts[r]) > 1), key=lambda r: -len(conts[r])):
+            fed = conts[r][:-1]  # the last token is only predicted, never read
+            # Causal attention: a row whose input starts with `fed` already holds its logits (" 42" and " 40"
+            # both read " 4"), the same sharing lm-eval does for identical context + continuation[:-1].
+            row_of[r] = next((k for k in mine if rows[k][1][: len(fed)] == fed), len(rows))
+            if row_of[r] == len(rows):
+                mine.append(len(rows))
+                rows.append((b, fed))
     if not rows:
         return scores
 
@@ -199,19 +202,19 @@ def _score_batch(model: torch.nn.Module, batch, conts: list[list[int]], keep_arg
         raise DietError(f"{type(model).__name__} returned no KV cache; it cannot be evaluated")
     select = torch.tensor([b for b, _ in rows], device=device)
     cache.batch_select_indices(select)  # each continuation row gets its own copy of its context's cache
-    span = max(len(conts[r]) - 1 for _, r in rows)
+    span = max(len(fed) for _, fed in rows)
     cids = torch.zeros(len(rows), span, dtype=torch.long)
     cmask = torch.zeros(len(rows), span, dtype=torch.long)
-    for k, (_, r) in enumerate(rows):
-        cids[k, : len(conts[r]) - 1] = torch.tensor(conts[r][:-1])  # the last token is only predicted
-        cmask[k, : len(conts[r]) - 1] = 1
+    for k, (_, fed) in enumerate(rows):
+        cids[k, : len(fed)] = torch.tensor(fed)
+        cmask[k, : len(fed)] = 1
     cids, cmask = cids.to(device), cmask.to(device)
     starts = torch.tensor([n_ctx[b] for b, _ in rows], device=device)
     positions = starts[:, None] + torch.arange(span, device=device)[None]
     out = model(input_ids=cids, attention_mask=torch.cat([mask[select], cmask], dim=1), position_ids=positions,
                 past_key_values=cache, use_cache=True)
     logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # [rows, span, vocab]
-    for k, (_, r) in enumerate(rows):
+    for r, k in row_of.items():
         target = torch.tensor(conts[r][1:], device=logprobs.device)
         scores[r] += float(logprobs[k, : len(target)].gather(1, target[:, None]).sum())
     return scores

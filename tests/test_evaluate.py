@@ -112,6 +112,16 @@ def test_batched_cached_scores_equal_straightforward_forward(family):
         assert got == pytest.approx(want, abs=1e-4)
 
 
+def test_choices_sharing_a_prefix_share_one_row_exactly():
+    """" 42", " 40" and " 4" read the same tokens: one continuation row serves them all, exactly."""
+    model, tok = tiny_model("gemma2"), tiny_tokenizer()
+    items = [MCItem(context="Q: 40 + 2 =", choices=("42", "40", "4", "402", "5", "41x"), gold=0),
+             MCItem(context="Q: same prefix but longer context here", choices=("ab", "abc", "abd", "b"), gold=1)]
+    result = evaluate_task(model, tok, make_task(items), EvalSettings(batch_size=2))
+    for got, want in zip(result.logliks, straightforward(model, tok, items)):
+        assert got == pytest.approx(want, abs=1e-4)
+
+
 def test_batch_size_and_shared_contexts_change_nothing():
     model, tok = tiny_model("llama"), tiny_tokenizer()
     items = random_items(seed=2)
