@@ -13,7 +13,9 @@ function as `diet.disp.zero_disp`, hence as the sliced model), and minimises
 
 (the paper's log-ratio penalty: log(r/p) above the target, log(p/r) below). Only the hypernetwork trains.
 
-Final index sets: the noise-free mask (logit + offset > 0), at least one dim per set. Settings are the paper's for
+Final index sets: the noise-free masks (logit + offset > 0), at least one dim per set; by default (our choice) with
+one common shift of all logits that brings the kept fraction closest to p, since after a short run many logits sit
+near the threshold and the noise-free masks can miss p by a few points. Settings are the paper's for
 LLaMA-2-7B by default (λ=16, AdamW lr 1e-3, 10,000 steps of 2048 tokens); a CPU run on SmolLM2-135M uses fewer,
 shorter steps and a higher lr (see docs/disp.md). Task-aware: train on the chosen tasks' calibration texts.
 """
@@ -51,6 +53,9 @@ class LearnSettings:
     hidden: int = 32  # GRU input size; the GRU has 2x this per direction (reference: 32)
     seed: int = 0  # fixed random inputs, head init, Gumbel noise and the order of training chunks
     bf16_autocast: bool = True  # on CUDA only: run the frozen model's forward in bf16 (the paper trains in bf16)
+    final: str = "budget"  # final index sets: "mode" = noise-free masks (logit + offset > 0); "budget" (our
+    #                        default) = the same ranking with one common threshold shift that brings the kept
+    #                        fraction closest to p (a short run leaves logits near 0, where the two differ by points)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.p <= 1.0:
@@ -68,6 +73,8 @@ class LearnSettings:
             raise DietError(f"temperature must be positive, got {self.temperature}")
         if self.hidden < 1:
             raise DietError(f"hidden must be at least 1, got {self.hidden}")
+        if self.final not in ("mode", "budget"):
+            raise DietError(f"final must be 'mode' or 'budget', got {self.final!r}")
 
 
 # ---------------------------------------------------------------- the hypernetwork
@@ -100,11 +107,11 @@ def gumbel_sigmoid_st(logits: torch.Tensor, temperature: float, offset: float,
     return hard + soft - soft.detach()
 
 
-def final_masks(logits: list[torch.Tensor], offset: float) -> list[torch.Tensor]:
-    """The noise-free hard masks (logit + offset > 0), never empty: the best dim is kept if none passes."""
+def final_masks(logits: list[torch.Tensor], offset: float, shift: float = 0.0) -> list[torch.Tensor]:
+    """The noise-free hard masks (logit + offset + shift > 0), never empty: the best dim is kept if none passes."""
     out = []
     for lg in logits:
-        m = (lg.detach() + offset) > 0
+        m = (lg.detach() + offset + shift) > 0
         if not m.any():
             m[lg.argmax()] = True
         out.append(m)
@@ -158,6 +165,20 @@ def kept_fraction(masks: dict[str, list[torch.Tensor]], shape: dict) -> torch.Te
     qkv = torch.tensor(shape["qkv_out"], dtype=torch.float32, device=dev)
     o_in = torch.tensor(shape["o_in"], dtype=torch.float32, device=dev)
     return block_params(counts, qkv, o_in) / block_params(full, qkv, o_in)
+
+
+def budget_shift(logits: list[torch.Tensor], offset: float, shape: dict, p: float) -> float:
+    """The common shift of every logit whose noise-free masks keep the block fraction closest to p (bisection:
+    the kept fraction only grows with the shift). Order within the learned ranking is unchanged."""
+    n_layers = shape["layers"]
+    ratio = lambda t: float(kept_fraction(split_by_position(  # noqa: E731
+        [m.float() for m in final_masks(logits, offset, t)], n_layers), shape))
+    span = max(float(lg.detach().abs().max()) for lg in logits) + abs(offset) + 1.0
+    lo, hi = -span, span
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ratio(mid) < p else (lo, mid)
+    return lo if abs(ratio(lo) - p) <= abs(ratio(hi) - p) else hi
 
 
 def budget_loss(ratio: torch.Tensor, p: float, lam: float) -> torch.Tensor:
@@ -250,7 +271,8 @@ def learn_index_sets(model: nn.Module, tokenizer, texts: Sequence[str], settings
             idx = [order[(cursor + j) % len(order)] for j in range(per_step)]
             cursor += per_step
             ids = data[idx].to(device)
-            flat = [gumbel_sigmoid_st(lg, settings.temperature, settings.offset, noise) for lg in hn()]
+            flat_logits = hn()
+            flat = [gumbel_sigmoid_st(lg, settings.temperature, settings.offset, noise) for lg in flat_logits]
             hooks.masks = split_by_position(flat, shape["layers"])
             ratio = kept_fraction(hooks.masks, shape)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
@@ -260,8 +282,11 @@ def learn_index_sets(model: nn.Module, tokenizer, texts: Sequence[str], settings
             (lm_loss.float() + budget).backward()
             opt.step()
             hooks.masks = None
+            with torch.no_grad():
+                mode = split_by_position([m.float() for m in final_masks(
+                    [f.detach() for f in flat_logits], settings.offset)], shape["layers"])
             rec = {"step": step + 1, "lm_loss": float(lm_loss.detach()), "budget": float(budget.detach()),
-               "ratio": float(ratio.detach())}
+                   "ratio": float(ratio.detach()), "mode_ratio": float(kept_fraction(mode, shape))}
             history.append(rec)
             if progress is not None:
                 progress(step + 1, settings.steps, rec)
@@ -271,10 +296,15 @@ def learn_index_sets(model: nn.Module, tokenizer, texts: Sequence[str], settings
             p.requires_grad_(req)
         model.train(was_training)
     with torch.no_grad():
-        masks = split_by_position(final_masks(hn(), settings.offset), shape["layers"])
+        logits = hn()
+        mode = split_by_position([m.float() for m in final_masks(logits, settings.offset)], shape["layers"])
+        shift = budget_shift(logits, settings.offset, shape, settings.p) if settings.final == "budget" else 0.0
+        masks = split_by_position(final_masks(logits, settings.offset, shift), shape["layers"])
     sets = {pos: [torch.nonzero(m).flatten().cpu().numpy() for m in masks[pos]] for pos in POSITIONS}
     summary = param_summary(shape, {pos: np.array([len(k) for k in sets[pos]]) for pos in POSITIONS})
     summary["target_p"] = settings.p
+    summary["mode_kept_fraction"] = float(kept_fraction(mode, shape))  # what training alone reached
+    summary["final_shift"] = shift
     summary["steps_done"] = len(history)
     return LearnResult(sets, settings, summary, history, time.perf_counter() - t0,
                        {k: v.detach().cpu() for k, v in hn.state_dict().items()})

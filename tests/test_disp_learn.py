@@ -101,7 +101,9 @@ def test_short_training_reaches_the_budget_and_leaves_the_model_alone():
     settings = L.LearnSettings(p=0.6, steps=80, tokens_per_step=64, seq_len=64, lr=3e-2)
     res = L.learn_index_sets(model, tok, TEXTS, settings)
     assert res.history[0]["ratio"] > 0.8, "training starts with (almost) everything kept"
-    assert abs(res.summary["block_kept_fraction"] - 0.6) <= 0.02
+    assert abs(res.summary["mode_kept_fraction"] - 0.6) <= 0.02, "training alone must bring p within 2 points"
+    assert abs(res.summary["block_kept_fraction"] - 0.6) <= 0.01  # final="budget": the calibrated shift
+    assert abs(res.history[-1]["mode_ratio"] - res.summary["mode_kept_fraction"]) < 0.01  # one step apart
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert all(p.requires_grad for p in model.parameters()) and not model.training
     with torch.no_grad():  # the learned sets are valid DISP index sets that prune exactly
@@ -143,3 +145,19 @@ def test_task_texts_interleave_the_tasks():
               evaluation=(MCItem("q", ("a", "b"), 0),)) for n, c in (("a", ("a1", "a2", "a3")), ("b", ("b1",)))]
     assert L.task_texts(t) == ["a1", "b1", "a2", "a3"]
     assert np.array_equal(np.array(L.task_texts(t[:1])), np.array(["a1", "a2", "a3"]))
+
+
+def test_budget_shift_moves_one_threshold_to_meet_p():
+    shape = D.disp_shape(tiny_model("llama"))
+    widths = [shape["widths"][pos][i] for i in range(shape["layers"]) for pos in D.POSITIONS]
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(w, generator=g) for w in widths]
+    ratio = lambda t: float(L.kept_fraction(L.split_by_position(  # noqa: E731
+        [m.float() for m in L.final_masks(logits, 0.0, t)], shape["layers"]), shape))
+    assert abs(ratio(0.0) - 0.5) > 0.05, "the unshifted masks must miss p for the test to mean anything"
+    t = L.budget_shift(logits, 0.0, shape, 0.5)
+    assert abs(ratio(t) - 0.5) < 0.01
+    kept = L.final_masks(logits, 0.0, t)
+    for lg, m in zip(logits, kept, strict=True):  # the learned order is kept: every kept logit beats every dropped
+        if m.any() and (~m).any():
+            assert lg[m].min() > lg[~m].max()
