@@ -49,12 +49,22 @@ def topk_rows(keys: np.ndarray, k: np.ndarray | int) -> np.ndarray:
         rows = np.nonzero(ks == kv)[0]
         if kv == 0:
             continue
-        sub = keys[rows]
+        every = rows.size == L  # the usual case (same count in every layer): no fancy-index copies
+        sub = keys if every else keys[rows]
         thr = np.partition(sub, n - kv, axis=1)[:, n - kv][:, None]  # the kv-th largest value per row
         greater = sub > thr
         eq = sub == thr
-        need = kv - greater.sum(axis=1, keepdims=True)
-        out[rows] = greater | (eq & (np.cumsum(eq, axis=1) <= need))
+        need = kv - greater.sum(axis=1)
+        # Only rows with more units equal to the threshold than places left need the lower-index tie rule; the
+        # cumulative sum that applies it is the costliest step, so it runs on those rows alone.
+        tied = np.nonzero(eq.sum(axis=1) > need)[0]
+        if tied.size:
+            e = eq[tied]
+            eq[tied] = e & (np.cumsum(e, axis=1) <= need[tied, None])
+        if every:
+            out = greater | eq
+        else:
+            out[rows] = greater | eq
     return out
 
 
@@ -102,7 +112,10 @@ def votes(task_masks: np.ndarray) -> np.ndarray:
 
 def tie_scores(task_scores: np.ndarray) -> np.ndarray:
     """Mean over tasks of per-layer-normalised scores: the tie-breaker between units with equal votes."""
-    return np.mean([normalise(s) for s in task_scores], axis=0)
+    acc = np.zeros(task_scores.shape[1:], dtype=np.float64)
+    for s in task_scores:  # accumulate one task at a time: no (T, L, I) temporary (the same sums, in order)
+        acc += normalise(s)
+    return acc / len(task_scores)
 
 
 def merge(task_masks: np.ndarray, task_scores: np.ndarray, settings: MaskSettings) -> np.ndarray:
