@@ -381,3 +381,16 @@ def test_cli_refuses_export_mode_for_disp(tiny_folder, tmp_path, capsys):
                "0.3", "--export-mode", "uniform", "--out", str(tmp_path / "o")])
     assert rc == 2 and "error: --export-mode does not apply to DISP" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_per_position_masks_feed_diets_views():
+    """The app's heatmap and overlap views take DISP's per-position arrays as they take DIET's."""
+    from diet import viz
+
+    shape = D.disp_shape(tiny_model("llama"))
+    res = D.build_disp_masks(fake_stats(shape, 3, seed=4), D.DispSettings(sparsity=0.3))
+    for pos in D.POSITIONS:
+        fig = viz.kept_overview(res.masks[pos], title=D.POSITION_LABELS[pos])
+        assert np.allclose(np.asarray(fig.data[0].z).mean(), res.masks[pos].mean())
+        viz.votes_map(res.votes[pos], 3)
+        viz.jaccard_matrix(np.asarray(res.summary["jaccard"][pos]), list(res.tasks))
