@@ -55,32 +55,29 @@ def pick_distractors(rng: random.Random, correct: str, pool: list[str], k: int) 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# arithmetic: small additions and subtractions, answers computed
+# arithmetic: single-digit additions and subtractions, answers computed
+
+
+def far_numbers(rng: random.Random, answer: int, k: int) -> list[str]:
+    """k distinct numbers at least 3 away from the answer, with as many digits as the answer (0..9 or 10..20), so
+    that acc_norm's length normalisation cannot favour the shorter numbers (measured: it did, 0.33 vs acc 0.53)."""
+    pool = range(10) if answer < 10 else range(10, 21)
+    return [str(n) for n in rng.sample([n for n in pool if abs(n - answer) >= 3], k)]
 
 
 def gen_arithmetic(rng: random.Random) -> list[Raw]:
-    """Additions of numbers up to 50 and subtractions with a non-negative result; 3 nearby wrong sums."""
+    """a + b and a - b with one-digit operands, each asked with symbols and with words; distractors far away."""
+    facts = [("+", a, b) for a in range(1, 10) for b in range(1, 10)]
+    facts += [("-", a, b) for b in range(1, 10) for a in range(b + 1, b + 10)]  # results 1..9
     items: list[Raw] = []
-    seen: set[tuple[str, int, int]] = set()
-    while len(items) < 320:
-        op = "+" if len(items) % 2 == 0 else "-"
-        if op == "+":
-            a, b = rng.randint(1, 50), rng.randint(1, 50)
-            key = ("+", min(a, b), max(a, b))  # 17+25 and 25+17 are the same fact
-            answer = a + b
-        else:
-            a = rng.randint(5, 60)
-            b = rng.randint(1, a - 1)
-            key = ("-", a, b)
-            answer = a - b
-        if key in seen:
-            continue
-        seen.add(key)
+    for op, a, b in facts:
+        answer = a + b if op == "+" else a - b
         assert answer == eval(f"{a} {op} {b}")  # noqa: S307 - our own two integers
-        offsets = [-10, -2, -1, 1, 2, 10]
-        wrong = [answer + d for d in offsets if answer + d >= 0]
-        distractors = [str(w) for w in rng.sample(wrong, 3)]
-        items.append(Raw(f"{op}{a},{b}", f"Question: What is {a} {op} {b}?\nAnswer:", str(answer), distractors))
+        group = f"{op}{min(a, b)},{max(a, b)}" if op == "+" else f"-{a},{b}"  # 3+4 and 4+3 are one fact
+        word = "plus" if op == "+" else "minus"
+        for phrase in (f"{a} {op} {b}", f"{a} {word} {b}"):
+            items.append(Raw(group, f"Question: What is {phrase}?\nAnswer:", str(answer),
+                             far_numbers(rng, answer, 3)))
     return items
 
 
@@ -621,85 +618,55 @@ def gen_physical(rng: random.Random) -> list[Raw]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# boolq_like: a short passage of generated facts + a yes/no question whose answer the code computes
+# boolq_like: a short passage + a yes/no question that restates one of its facts, as stated or changed
 
-FIRST_NAMES = [
-    ("Maria", "She"), ("John", "He"), ("Aisha", "She"), ("Carlos", "He"), ("Yuki", "She"), ("Peter", "He"),
-    ("Fatima", "She"), ("Liam", "He"), ("Elena", "She"), ("Omar", "He"), ("Sofia", "She"), ("David", "He"),
-    ("Grace", "She"), ("Ivan", "He"), ("Nina", "She"), ("Samuel", "He"), ("Laura", "She"), ("Tom", "He"),
-    ("Hannah", "She"), ("Marco", "He"), ("Chloe", "She"), ("Ahmed", "He"), ("Emma", "She"), ("Lucas", "He"),
-]
+FIRST_NAMES = ["Maria", "John", "Aisha", "Carlos", "Yuki", "Peter", "Fatima", "Liam", "Elena", "Omar", "Sofia",
+               "David", "Grace", "Ivan", "Nina", "Samuel", "Laura", "Tom", "Hannah", "Marco", "Chloe", "Ahmed",
+               "Emma", "Lucas"]
 CITIES = ["Lisbon", "Oslo", "Madrid", "Dublin", "Toronto", "Chicago", "Sydney", "Berlin", "Vienna", "Nairobi",
           "Lima", "Seoul", "Prague", "Boston", "Denver", "Glasgow"]
-JOBS = ["nurse", "teacher", "farmer", "pilot", "baker", "doctor", "lawyer", "chef", "painter", "mechanic",
-        "dentist", "librarian", "firefighter", "architect"]
 PETS = ["dog", "cat", "parrot", "rabbit", "hamster", "turtle", "goldfish", "horse"]
-SPORTS = ["tennis", "football", "basketball", "chess", "golf", "volleyball", "baseball", "hockey"]
-TOWN_NAMES = ["Ashford", "Brookvale", "Cedar Falls", "Dunmore", "Elmwood", "Fairhaven", "Glenrock", "Hillcrest",
-              "Ironbridge", "Juniper Bay", "Kingsbury", "Lakeside", "Millbrook", "Northgate", "Oakridge",
-              "Pinehurst", "Queensford", "Redwater", "Stonebridge", "Thornbury"]
-INDUSTRIES = ["fishing", "wine", "cheese", "glass", "wool", "apples", "paper", "furniture", "pottery", "honey"]
+COLOR_NAMES = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple"]
+THINGS = ["car", "bike", "hat", "coat", "house", "boat", "door", "kite"]
+BOOLQ_KINDS = ("city", "pet", "color", "not_pet", "not_city")
 
 
 def gen_boolq_like(rng: random.Random) -> list[Raw]:
-    """BoolQ prompt format; the question is about one fact of the passage (or a changed version of it)."""
+    """BoolQ prompt format over a two-sentence passage. "yes": the question restates a fact of the passage;
+    "no": the question changes that fact's attribute, or asks about something the passage explicitly denies."""
     items: list[Raw] = []
     seen: set[str] = set()
     while len(items) < 320:
         want_yes = len(items) % 2 == 0  # exact yes/no balance, then the split balances it per split
-        if rng.random() < 0.6:
-            name, pron = rng.choice(FIRST_NAMES)
-            age, city, job = rng.randint(21, 69), rng.choice(CITIES), rng.choice(JOBS)
-            pet, sport = rng.choice(PETS), rng.choice(SPORTS)
-            passage = (f"{name} is a {age}-year-old {job} who lives in {city}. {pron} has a {pet} and plays "
-                       f"{sport} every weekend.")
-            kind = rng.choice(["city", "job", "pet", "sport", "age"])
-            truth = {"city": city, "job": job, "pet": pet, "sport": sport}
-            pools = {"city": CITIES, "job": JOBS, "pet": PETS, "sport": SPORTS}
-            if kind == "age":
-                threshold = rng.choice([t for t in range(20, 71, 5) if t != age])
-                asked_older = rng.random() < 0.5
-                question = f"is {name} {'older' if asked_older else 'younger'} than {threshold}"
-                answer = (age > threshold) if asked_older else (age < threshold)
+        kind = BOOLQ_KINDS[(len(items) // 2) % len(BOOLQ_KINDS)]
+        name = rng.choice(FIRST_NAMES)
+        city, pet = rng.choice(CITIES), rng.choice(PETS)
+        color, thing = rng.choice(COLOR_NAMES), rng.choice(THINGS)
+        other_city = rng.choice([c for c in CITIES if c != city])
+        other_pet = rng.choice([p for p in PETS if p != pet])
+        other_color = rng.choice([c for c in COLOR_NAMES if c != color])
+        if kind in ("city", "pet", "color"):
+            passage = f"{name} lives in {city} and has a {pet}. {name} has a {color} {thing}."
+            if kind == "city":
+                question = f"does {name} live in {city if want_yes else other_city}"
+            elif kind == "pet":
+                question = f"does {name} have a {pet if want_yes else other_pet}"
             else:
-                value = truth[kind] if want_yes else rng.choice([v for v in pools[kind] if v != truth[kind]])
-                article = "an" if value[0] in "aeiou" else "a"
-                question = {"city": f"does {name} live in {value}", "job": f"is {name} {article} {value}",
-                            "pet": f"does {name} have {article} {value}", "sport": f"does {name} play {value}"}[kind]
-                answer = value == truth[kind]
+                question = f"is {name}'s {thing} {color if want_yes else other_color}"
+        elif kind == "not_pet":  # the asked pet is either owned or explicitly not owned
+            owned, denied = (pet, other_pet) if want_yes else (other_pet, pet)
+            passage = f"{name} has a {owned}. {name} does not have a {denied}."
+            question = f"does {name} have a {pet}"
         else:
-            town = rng.choice(TOWN_NAMES)
-            year, people = rng.randint(1600, 1990), rng.randint(2, 95) * 1000
-            industry, river = rng.choice(INDUSTRIES), rng.random() < 0.5
-            passage = (f"{town} is a small town founded in {year}. It has about {people:,} inhabitants and is "
-                       f"known for its {industry}. " + ("A river runs through the town centre." if river
-                                                         else "The town has no river; its water comes from wells."))
-            kind = rng.choice(["founded", "people", "industry", "river"])
-            if kind == "founded":
-                threshold = rng.choice([t for t in range(1650, 2001, 50) if t != year])
-                before = rng.random() < 0.5
-                question = f"was {town} founded {'before' if before else 'after'} {threshold}"
-                answer = (year < threshold) if before else (year > threshold)
-            elif kind == "people":
-                threshold = rng.choice([t * 10000 for t in range(1, 10) if t * 10000 != people])
-                more = rng.random() < 0.5
-                question = f"does {town} have {'more' if more else 'fewer'} than {threshold:,} inhabitants"
-                answer = (people > threshold) if more else (people < threshold)
-            elif kind == "industry":
-                value = industry if want_yes else rng.choice([v for v in INDUSTRIES if v != industry])
-                question = f"is {town} known for its {value}"
-                answer = value == industry
-            else:
-                question = f"does a river run through {town}"
-                answer = river
-        if answer != want_yes:
-            continue  # comparisons are drawn at random; keep only the ones that keep the balance
+            lives, never = (city, other_city) if want_yes else (other_city, city)
+            passage = f"{name} lives in {lives}. {name} has never been to {never}."
+            question = f"does {name} live in {city}"
         context = f"{passage}\nQuestion: {question}?\nAnswer:"
-        if passage in seen:
+        if context in seen:
             continue
-        seen.add(passage)
-        items.append(Raw(f"bq:{len(items)}", context, "yes" if answer else "no", ["no" if answer else "yes"],
-                         fixed_choices=("no", "yes")))
+        seen.add(context)
+        items.append(Raw(f"bq:{kind}:{len(items)}", context, "yes" if want_yes else "no",
+                         ["no" if want_yes else "yes"], fixed_choices=("no", "yes")))
     return items
 
 
@@ -718,62 +685,42 @@ def run_python(code: str) -> str:
 
 
 WORDS = ["apple", "house", "tiger", "music", "green", "river", "pizza", "cloud", "robot", "lemon", "train",
-         "candy", "stone", "piano", "snake", "chair"]
+         "candy", "stone", "piano", "snake", "chair", "cat", "sun", "book", "fish", "moon", "tree", "star", "bird"]
+PY_KINDS = ("literal", "variable", "concat", "upper", "len", "add")
 
 
-def snippet(rng: random.Random) -> tuple[str, list[str]]:
-    """One random program and some plausible wrong outputs (the usual slips: precedence, off-by-one...)."""
-    kind = rng.randrange(10)
-    a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(2, 9)
-    w = rng.choice(WORDS)
-    if kind == 0:
-        return f"x = {a}\ny = {b}\nprint(x + y * {c})", [str((a + b) * c), str(a + b + c), str(a * b + c)]
-    if kind == 1:
-        return f"x = {a * b + c}\nprint(x // {b})", [str((a * b + c) % b), str(a + 1), str(round((a * b + c) / b, 1))]
-    if kind == 2:
-        return f"x = {a * b + c}\nprint(x % {b})", [str(a), str(c + 1), str(b)]
-    if kind == 3:
-        return (f"total = 0\nfor i in range({a}):\n    total += i\nprint(total)",
-                [str(a * (a + 1) // 2), str(a), str((a - 1) * (a - 2) // 2)])
-    if kind == 4:
-        nums = rng.sample(range(1, 20), 4)
-        op = rng.choice(["sum", "max", "min", "len"])
-        wrong = sorted({str(sum(nums)), str(max(nums)), str(min(nums)), str(len(nums)), str(nums[0]), str(nums[-1])})
-        return f"nums = {nums}\nprint({op}(nums))", wrong
-    if kind == 5:
-        i = rng.randrange(4)
-        nums = rng.sample(range(1, 20), 4)
-        return f"nums = {nums}\nprint(nums[{i}])", [str(n) for n in nums] + [str(i)]
-    if kind == 6:
-        op = rng.choice(["upper()", "[::-1]", "[1:3]", "[0]", "[-1]"])
-        expr = f"s.{op}" if op == "upper()" else f"s{op}"
-        wrong = [w.upper(), w[::-1], w[1:3], w[0], w[-1], w[:3], w.capitalize()]
-        return f"s = '{w}'\nprint({expr})", wrong
-    if kind == 7:
-        return f"s = '{w}'\nprint(len(s) + {a})", [str(len(w)), str(len(w) + a - 1), str(len(w) + a + 1), str(a)]
-    if kind == 8:
-        threshold = rng.randint(3, 9)
-        return (f"x = {a}\nif x > {threshold}:\n    print('big')\nelse:\n    print('small')",
-                ["big", "small", "True", "False", str(a)])
-    k = rng.randint(2, 3)
-    part = w[:2]
-    return f"print('{part}' * {k})", [part * (k + 1), part * (k - 1), f"{part} * {k}", part + str(k)]
+def snippet(rng: random.Random, kind: str) -> tuple[str, list[str]]:
+    """One tiny program of the given kind and wrong outputs that are clearly different from the right one."""
+    w, v, x, y = rng.sample(WORDS, 4)
+    if kind == "literal":
+        return f"print('{w}')", [v, x, y]
+    if kind == "variable":
+        return f"word = '{w}'\nprint(word)", [v, x, y]
+    if kind == "concat":
+        return f"print('{w}' + '{v}')", [x + y, y + x, x + w]
+    if kind == "upper":
+        return f"print('{w}'.upper())", [v.upper(), x.upper(), y.upper()]
+    if kind == "len":
+        return f"print(len('{w}'))", far_numbers(rng, len(w), 3)
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    return f"x = {a}\nprint(x + {b})", far_numbers(rng, a + b, 3)
 
 
 def gen_python_output(rng: random.Random) -> list[Raw]:
     items: list[Raw] = []
     seen: set[str] = set()
+    attempt = 0
     while len(items) < 320:
-        code, wrong = snippet(rng)
+        kind = PY_KINDS[attempt % len(PY_KINDS)]  # kinds with few distinct programs just stop adding
+        attempt += 1
+        code, wrong = snippet(rng, kind)
         if code in seen:
             continue
         seen.add(code)
         output = run_python(code)
-        wrong = [x for x in dict.fromkeys(wrong) if x != output]
-        if len(wrong) < 3:
-            continue
+        assert output not in wrong and len(set(wrong)) == 3, (code, wrong)
         context = f"Question: What does this Python code print?\n{code}\nAnswer:"
-        items.append(Raw(f"py:{code}", context, output, rng.sample(wrong, 3)))
+        items.append(Raw(f"py:{kind}:{code}", context, output, wrong))
     return items
 
 
