@@ -76,8 +76,7 @@ def chosen_tasks() -> list:
     defaults(p_offline=[], p_hub=[], p_samples=100, p_max_length=256, p_seed=0, p_batch=8)
     c1, c2 = st.columns(2)
     c1.multiselect("Offline task suite (no network needed)", list(offline), key="p_offline",
-                   format_func=lambda n: f"{n} — {offline[n].skill or offline[n].description}",
-                   placeholder="choose tasks")
+                   placeholder="choose tasks", help="; ".join(f"{n}: {i.description}" for n, i in offline.items()))
     c2.multiselect("Hub benchmarks of the DIET paper (need network and `datasets`)", list(hub), key="p_hub",
                    placeholder="choose benchmarks")
     files = st.file_uploader("Your own task files (.jsonl or .csv, one item per line; see docs/tasks.md)",

@@ -11,7 +11,7 @@ from diet import masks as M
 from diet import viz
 from diet.api import build_mask
 from diet.settings import MaskSettings
-from pages._common import defaults, need_stats, page_errors, prologue
+from pages._common import defaults, mask_note, need_stats, page_errors, prologue
 from pages._work import overlap_refs, split_halves, task_scores, upset_figure
 
 MERGE = {"budget": "exact budget (our default)", "threshold": "voting threshold"}
@@ -44,7 +44,6 @@ def controls(names_all: list[str]) -> tuple[MaskSettings, list[str]]:
         c1, c2, c3, c4 = st.columns([2.2, 1.5, 1.2, 1.6])
         c1.slider("Sparsity: fraction of MLP channels removed", 0.0, 0.95, step=0.01, key="p_sparsity",
                   help="per task mask, keep the top (1 − sparsity) channels by score; 0.2 is our default")
-        c1.multiselect("Tasks in the vote", names_all, key="p_vote_tasks")
         c2.radio("Merge the task masks", list(MERGE), key="p_merge", format_func=MERGE.get,
                  help="exact budget: rank channels by votes (ties: mean normalised score) and keep exactly the "
                       "target count; threshold: keep a channel if at least k task masks keep it")
@@ -64,6 +63,7 @@ def controls(names_all: list[str]) -> tuple[MaskSettings, list[str]]:
                       "normalisation (widths then differ per layer)")
         if ss["p_allocation"] == "global":
             c4.slider("Minimum kept fraction per layer", 0.01, 1.0, step=0.01, key="p_min_keep")
+        st.multiselect("Tasks in the vote", names_all, key="p_vote_tasks")
     settings = MaskSettings(sparsity=float(ss["p_sparsity"]), score=ss["p_score"], merge=ss["p_merge"],
                             threshold=threshold, allocation=ss["p_allocation"], min_keep=float(ss["p_min_keep"]))
     return settings, list(ss["p_vote_tasks"])
@@ -72,18 +72,19 @@ def controls(names_all: list[str]) -> tuple[MaskSettings, list[str]]:
 def headline(result) -> None:
     s = result.summary
     c = st.columns(4)
-    c[0].metric("MLP channels kept", f"{s['units_kept']:,} of {s['units_total']:,}")
+    c[0].metric(f"MLP channels kept (of {s['units_total']:,})", f"{s['units_kept']:,}")
     c[1].metric("Removed: share of MLP channels", f"{s['unit_sparsity']:.1%}")
     c[2].metric("Removed: share of all parameters", f"{s['param_sparsity']:.1%}",
                 help=f"{s['params_removed']:,} of {s['params_total']:,} parameters")
-    c[3].metric("Layer widths", "uniform (stock config)" if s["uniform"] else "differ per layer",
-                help="uniform widths export as a smaller stock model; per-layer widths export zero-padded")
+    c[3].metric("Layer widths", "uniform" if s["uniform"] else "per layer",
+                help="uniform: every layer keeps the same count, so the export is a smaller stock model; per layer: "
+                     "widths differ (padded or heterogeneous export)")
 
 
 def kept_tab(result, scores: np.ndarray, key: tuple) -> None:
     names = result.tasks
     ss = st.session_state
-    defaults(p_view="merged", p_sort=False, p_layer=0)
+    defaults(p_view="merged", p_sort=True, p_layer=0)
     if ss["p_view"] not in ["merged", *names]:
         ss["p_view"] = "merged"
     L = result.mask.shape[0]
@@ -91,7 +92,7 @@ def kept_tab(result, scores: np.ndarray, key: tuple) -> None:
     c1, c2 = st.columns([2, 3])
     c1.selectbox("Mask", ["merged", *names], key="p_view",
                  format_func=lambda v: "merged (DIET's vote)" if v == "merged" else f"task: {v}")
-    c2.toggle("Sort channels by score (highest first)", key="p_sort")
+    c2.toggle("Sort channels by score, highest first (channel numbers carry no meaning in an MLP)", key="p_sort")
     if ss["p_view"] == "merged":
         mask, sc, title = result.mask, scores.mean(0), "Merged mask: kept channels"
     else:
@@ -104,7 +105,7 @@ def kept_tab(result, scores: np.ndarray, key: tuple) -> None:
     layer = int(ss["p_layer"])
     rows = {"merged": result.mask[layer], **{n: result.task_masks[i, layer] for i, n in enumerate(names)}}
     chart(viz.layer_strip(layer, rows, scores.mean(0)[layer], sort=bool(ss["p_sort"]),
-                          score_name="mean normalised score"), "strip", viz.CAPTIONS["layer_strip"])
+                          score_name="score"), "strip", viz.CAPTIONS["layer_strip"])
 
 
 def votes_tab(result) -> None:
@@ -163,11 +164,12 @@ def layers_tab(result) -> None:
     chart(viz.params_breakdown(s), "params", viz.CAPTIONS["params"])
 
 
-def page(stats: dict) -> None:
+def page(stats: dict, slot) -> None:
     settings, vote_tasks = controls(list(stats))
     sub = {n: stats[n] for n in vote_tasks}
     result = build_mask(sub, settings)
     st.session_state["mask_result"] = result
+    mask_note(slot, result)
     headline(result)
     key = (tuple(id(sub[n]) for n in vote_tasks), settings.score)
     scores = memo((*key, "scores"), lambda: task_scores(sub, vote_tasks, settings.score))
@@ -182,9 +184,9 @@ def page(stats: dict) -> None:
         layers_tab(result)
 
 
-prologue(())
+slot = prologue(())
 st.title("2 · Masks")
 with page_errors():
     stats = need_stats()
     if stats:
-        page(stats)
+        page(stats, slot)

@@ -159,25 +159,32 @@ def current_mask(stats: dict):
     return result
 
 
-def prologue(own_kinds: tuple[str, ...] = ()) -> None:
+def prologue(own_kinds: tuple[str, ...] = ()):
     """What every page does first: keep settings across page switches, take in finished jobs, draw the sidebar.
 
     Why each page calls it (not app.py): with a pages/ folder Streamlit may run a page file directly (its v1
     multipage mode, which AppTest uses), so a page must not rely on app.py having run before it.
-    `own_kinds`: the jobs whose progress this page shows in its body; others show in the sidebar."""
+    `own_kinds`: the jobs whose progress this page shows in its body; others show in the sidebar.
+    Returns the sidebar slot of the mask summary, for a page that changes the mask (see `mask_note`)."""
     keep_widget_state()
     collect_jobs()
     with st.sidebar:
         st.caption("Session")
         stats = st.session_state.get("stats") or {}
         st.markdown(f"Model: **{model_spec().name}**  \nTasks profiled: **{len(stats)}**")
-        result = st.session_state.get("mask_result")
-        if result is not None:
-            st.markdown(f"Mask: **{result.summary['unit_sparsity']:.0%}** of MLP channels, "
-                        f"**{result.summary['param_sparsity']:.1%}** of parameters removed")
+        slot = st.empty()
+        mask_note(slot, st.session_state.get("mask_result"))
         job = runner().active()
         if job is not None and job.kind not in own_kinds:
             job_panel((job.kind,), key="sidebar")
+    return slot
+
+
+def mask_note(slot, result) -> None:
+    """The sidebar's one line about the current mask (redrawn by the Masks page after it builds a new one)."""
+    if result is not None:
+        slot.markdown(f"Mask: **{result.summary['unit_sparsity']:.1%}** of MLP channels, "
+                      f"**{result.summary['param_sparsity']:.1%}** of parameters removed")
 
 
 def need_stats() -> dict | None:

@@ -263,16 +263,16 @@ def sweep_job(lm, stats: dict, base: MaskSettings, sparsities: list[float], task
 
 
 def comparison_table(comp: dict) -> list[dict]:
-    """Rows for the dense-vs-pruned table (fractions; the page formats them)."""
+    """Rows for the dense-vs-pruned table (fractions; the page formats them), then the unweighted average."""
     rows = []
     for d, p in zip(comp["dense"], comp["pruned"]):
-        rows.append({"task": d.task, "metric": d.metric, "items": f"{d.n} of {d.total}" + (" (preview)" if d.preview
-                                                                                           else ""),
-                     "dense acc": d.acc, "pruned acc": p.acc, "dense acc_norm": d.acc_norm,
-                     "pruned acc_norm": p.acc_norm, "Δ primary": p.value - d.value})
-    rows.append({"task": "average (primary metric)", "metric": "", "items": "",
-                 "dense acc": None, "pruned acc": None, "dense acc_norm": None, "pruned acc_norm": None,
-                 "Δ primary": average(comp["pruned"]) - average(comp["dense"])})
+        rows.append({"task": d.task, "metric": d.metric,
+                     "items": f"{d.n} of {d.total}" + (" (preview)" if d.preview else ""),
+                     "dense": d.value, "pruned": p.value, "Δ": p.value - d.value, "dense acc": d.acc,
+                     "pruned acc": p.acc, "dense acc_norm": d.acc_norm, "pruned acc_norm": p.acc_norm})
+    numeric = [k for k in rows[0] if k not in ("task", "metric", "items")]
+    rows.append({"task": "average", "metric": "primary", "items": "",
+                 **{k: float(np.mean([r[k] for r in rows])) for k in numeric}})
     return rows
 
 
