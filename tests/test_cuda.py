@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from diet.prune import prune_units, unit_widths, zero_units
 from diet.profile import profile_texts
+from diet.prune import prune_units, unit_widths, zero_units
 from diet.settings import ProfileSettings
 from tests.test_prune import IDS, random_keep
 from tests.tiny import tiny_model, tiny_tokenizer

@@ -36,9 +36,9 @@ def reference_sums(model, tok, texts):
     out = {k: np.zeros((2, L, width)) for k in ("abs_sum", "sq_sum", "sum")}
     count = np.zeros(2)
     for i, t in enumerate(texts):
-        caught = {}
+        caught: dict[int, torch.Tensor] = {}
         hooks = [fam.mlp(layer).down.register_forward_pre_hook(
-            lambda m, a, j=j: caught.__setitem__(j, a[0][0].double())) for j, layer in enumerate(layers)]
+            lambda m, a, j=j, store=caught: store.__setitem__(j, a[0][0].double())) for j, layer in enumerate(layers)]
         with torch.no_grad():
             model(**tok(t, return_tensors="pt"))
         for h in hooks:
@@ -72,7 +72,8 @@ def test_choose_texts_is_seeded_and_bounded():
 
 
 def loaded(family="llama"):
-    return LoadedModel(tiny_model(family), tiny_tokenizer(), ModelSpec(name="tiny"), path="-", identity=f"tiny-{family}")
+    return LoadedModel(tiny_model(family), tiny_tokenizer(), ModelSpec(name="tiny"), path="-",
+                       identity=f"tiny-{family}")
 
 
 def count_forwards(model):
