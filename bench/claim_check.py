@@ -26,21 +26,42 @@ import numpy as np
 from diet.models import load_model
 from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
 from diet.sweep import SweepSettings, run_sweep, save_png, table
-from diet.tasks import offline_task_names
+from diet.tasks import get_task, offline_task_names
 
 MAIN = ("diet", "task-fusion", "task-agnostic", "minitron", "wanda-sp", "flap", "magnitude", "random", "single-task")
 POOLED = ("task-agnostic", "minitron", "wanda-sp", "flap")  # the same baselines on all task data pooled (ablation)
 SPARSITIES = (0.2, 0.4)
 
 
-@contextlib.contextmanager
-def torch_lock(path: str = "/tmp/diet-torch.lock"):
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+class LeaseLock:
+    """The shared-machine torch lock, taken per cell but kept across cells for up to `hold` seconds.
+
+    Why: waiters on flock race rather than queue, so re-taking it for every 30-s cell starves behind longer jobs;
+    holding it a few minutes at a time still lets the other jobs take turns.
+    """
+
+    def __init__(self, path: str = "/tmp/diet-torch.lock", hold: float = 240.0):
+        self.path, self.hold, self.file, self.since = path, hold, None, 0.0
+
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        if self.file is None:
+            self.file = open(self.path, "w")  # noqa: SIM115 - held across `with` blocks on purpose
+            fcntl.flock(self.file, fcntl.LOCK_EX)
+            self.since = time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None and (time.monotonic() - self.since > self.hold or exc[0] is not None):
+            self.release()
+
+    def release(self) -> None:
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
 
 
 def shortgpt_rows(lm, rows: list[dict], profile: ProfileSettings, limit: int | None, batch_size: int, lock,
@@ -132,8 +153,9 @@ def main() -> None:
     t0 = time.perf_counter()
     lm = load_model(ModelSpec(device=a.device), say=say)
     tasks = offline_task_names()
+    fingerprints = {t: get_task(t).fingerprint() for t in tasks}  # the suite must not change during the run
     profile = ProfileSettings(samples=100, seed=0, max_length=256, batch_size=16)
-    lock = torch_lock if a.lock else None
+    lock = LeaseLock() if a.lock else None
     sweep = SweepSettings(methods=MAIN, sparsities=SPARSITIES, tasks=tuple(tasks), limit=a.limit,
                           general="generated", batch_size=a.batch_size)
     rows = run_sweep(lm, sweep, profile, MaskSettings(), MethodSettings(), say=say, lock=lock)
@@ -142,6 +164,10 @@ def main() -> None:
     rows += [{**r, "variant": "pooled task data"} for r in pooled if r["method"] != "dense"]
     rows += shortgpt_rows(lm, rows, profile, a.limit, a.batch_size, lock, say)
 
+    if lock is not None:
+        lock.release()
+    if {t: get_task(t).fingerprint() for t in tasks} != fingerprints:
+        raise SystemExit("the task suite changed during the run: re-run (finished cells are cached) for one table")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     df = table(rows)
