@@ -21,7 +21,7 @@ from pages._common import (
     runner,
     start_job,
 )
-from pages._work import compare_job, comparison_table, mask_digest, sweep_job, tasks_of
+from pages._work import compare_job, comparison_table, mask_digest, mask_stats, settings_summary, sweep_job, tasks_of
 
 SWEEP_CHOICES = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
@@ -45,7 +45,8 @@ def eval_settings_section(tasks: list) -> tuple[EvalSettings, list]:
 def comparison_section(comp: dict, digest: str) -> None:
     if comp["digest"] != digest:
         st.warning(f"These results are for an earlier mask ({comp['sparsity']:.0%} of MLP channels removed, "
-                   f"{comp['settings']['merge']} merge). Run again to measure the current one.")
+                   f"{comp.get('described', comp['settings']['merge'] + ' merge')}). Run again to measure the "
+                   "current one.")
     previews = [r for r in comp["dense"] if r.preview]
     if previews:
         st.info("Preview: " + ", ".join(f"{r.task} first {r.n} of {r.total} items" for r in previews)
@@ -100,10 +101,10 @@ def sweep_section(lm, stats, result, settings: EvalSettings, tasks: list, busy: 
 def page(lm, stats: dict) -> None:
     result = current_mask(stats)
     s = result.summary
-    st.markdown(f"Current mask: tasks **{', '.join(result.tasks)}**, **{s['unit_sparsity']:.1%}** of MLP channels "
-                f"removed = **{s['param_sparsity']:.1%}** of all parameters ({result.settings.merge} merge, "
-                f"{result.settings.score} score, {result.settings.allocation} allocation).")
-    st.page_link("pages/2_masks.py", label="Change the mask", icon="⬅️")
+    st.markdown(f"Current mask: **{settings_summary(result)}** on tasks **{', '.join(mask_stats(result, stats))}**, "
+                f"**{s['unit_sparsity']:.1%}** of MLP channels removed = **{s['param_sparsity']:.1%}** of all "
+                "parameters" + (" (with FLAP's bias compensation)." if result.compensation is not None else "."))
+    st.page_link("pages/2_masks.py", label="Change the mask or the method", icon="⬅️")
     tasks = tasks_of(stats)
     settings, chosen = eval_settings_section(tasks)
     busy = runner().active() is not None

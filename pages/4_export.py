@@ -11,7 +11,7 @@ import streamlit as st
 
 from diet.export import mask_json
 from pages._common import current_mask, current_model, job_panel, need_stats, page_errors, prologue, runner, start_job
-from pages._work import export_job, export_options, mask_digest, report
+from pages._work import export_job, export_options, mask_digest, mask_stats, report, settings_summary
 
 MODE_HELP = {
     "auto": "auto: uniform when every layer keeps the same count, else padded (our default)",
@@ -23,7 +23,7 @@ MODE_HELP = {
 
 def default_folder(lm, result) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(lm.spec.name).name)
-    return str(Path.home() / "diet-exports" / f"{name}-diet-s{round(result.summary['unit_sparsity'] * 100)}")
+    return str(Path.home() / "diet-exports" / f"{name}-{result.method}-s{round(result.summary['unit_sparsity'] * 100)}")
 
 
 def model_folder_section(lm, result) -> None:
@@ -48,7 +48,15 @@ def model_folder_section(lm, result) -> None:
     elif "evaluation" in params:
         st.caption("No measured results of this mask yet: evaluate it on the Prune and evaluate page first to put "
                    "them in the model card.")
-    if st.button("Export the pruned model", type="primary", disabled=runner().active() is not None, key="btn_export"):
+    flap_bias = result.compensation is not None
+    if flap_bias:  # the engine refuses too (export_model); say why before anyone presses the button
+        st.warning("This mask carries FLAP's bias compensation, which export does not support yet: stock model "
+                   "configs have no MLP output bias, so transformers would silently drop it on load. Switch "
+                   "**bias compensation** off on the Masks page (or pick another method) to export a folder; the "
+                   "mask JSON and the report below work as they are, and Prune and evaluate measures the "
+                   "compensated model.")
+    if st.button("Export the pruned model", type="primary", disabled=runner().active() is not None or flap_bias,
+                 key="btn_export"):
         start_job("export", f"Exporting to {out}",
                   export_job(lm, result, out.strip(), None if mode == "auto" else mode, overwrite, optional))
         st.rerun()
@@ -66,7 +74,8 @@ def model_folder_section(lm, result) -> None:
 def downloads_section(lm, stats, result) -> None:
     c1, c2 = st.columns(2)
     c1.download_button("Download the mask (JSON)", data=json.dumps(mask_json(result), indent=1),
-                       file_name="diet-mask.json", mime="application/json", on_click="ignore", key="dl_mask",
+                       file_name=f"{result.method}-mask.json", mime="application/json", on_click="ignore",
+                       key="dl_mask",
                        help="kept channel indices per layer, tasks, settings and the summary")
     c2.download_button("Download the report (HTML with every figure)",
                        data=lambda: report(lm.spec.name, result, stats, st.session_state.get("comparison"),
@@ -78,13 +87,13 @@ def downloads_section(lm, stats, result) -> None:
 def page(lm, stats) -> None:
     result = current_mask(stats)
     s = result.summary
-    st.markdown(f"Current mask: tasks **{', '.join(result.tasks)}**, **{s['unit_sparsity']:.1%}** of MLP channels "
-                f"removed = **{s['param_sparsity']:.1%}** of all parameters; layer widths "
-                f"{'uniform' if s['uniform'] else 'differ per layer'}.")
+    st.markdown(f"Current mask: **{settings_summary(result)}** on tasks **{', '.join(mask_stats(result, stats))}**, "
+                f"**{s['unit_sparsity']:.1%}** of MLP channels removed = **{s['param_sparsity']:.1%}** of all "
+                f"parameters; layer widths {'uniform' if s['uniform'] else 'differ per layer'}.")
     st.subheader("Model folder")
     model_folder_section(lm, result)
     st.subheader("Downloads")
-    downloads_section(lm, {n: stats[n] for n in result.tasks}, result)
+    downloads_section(lm, stats, result)
 
 
 prologue(("export",))

@@ -14,11 +14,13 @@ import streamlit as st
 
 from diet.errors import DietError
 from diet.jobs import CANCELLED, DONE, JobRunner
-from diet.settings import ModelSpec, ProfileSettings
+from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
 
 TEST_MODEL = "_test_model"  # session-state seed: tests put a LoadedModel (a tiny random model) here
 PERSIST = "p_"  # widget keys starting with this keep their value when the user switches pages (see app.py)
 RESULT_KEYS = {"profile": "stats", "compare": "comparison", "sweep": "sweep", "export": "exported"}
+MEMO_KEYS = {"general": "general_stats"}  # jobs whose result ({key: value}) is added to a memo in the session
+CANCELLED_NOTE = {"sweep": "the finished cells are kept in the cache: run the sweep again to resume"}
 POLL_SECONDS = 0.5  # how often a running job's progress is redrawn
 
 
@@ -77,9 +79,29 @@ def profile_settings() -> ProfileSettings:
     return st.session_state.get("profile_settings") or ProfileSettings()
 
 
+# Initial values of the mask and method widgets (Masks page); the Sweep page reads the same ones.
+MASK_DEFAULTS = dict(p_sparsity=0.2, p_merge="budget", p_score="mean_abs", p_allocation="layer", p_min_keep=0.05)
+METHOD_DEFAULTS = dict(p_method="diet", p_calibration="default", p_general="generated", p_tau=0.9, p_alpha=0.5,
+                       p_fusion_norm="rank", p_seed=0, p_flap_bias=True)
+
+
+def knob_settings() -> tuple[MaskSettings, MethodSettings, str]:
+    """Every mask and method knob as set on the Masks page (defaults where it was not visited), whatever method is
+    selected there: (mask settings, method settings, general-text source). The sweep runs with these."""
+    ss = st.session_state
+    v = {**MASK_DEFAULTS, **METHOD_DEFAULTS, **{k: ss[k] for k in (*MASK_DEFAULTS, *METHOD_DEFAULTS) if k in ss}}
+    threshold = int(ss["p_threshold"]) if v["p_merge"] == "threshold" and "p_threshold" in ss else None
+    mask = MaskSettings(sparsity=float(v["p_sparsity"]), score=v["p_score"], merge=v["p_merge"], threshold=threshold,
+                        allocation=v["p_allocation"], min_keep=float(v["p_min_keep"]))
+    ms = MethodSettings(method=v["p_method"], calibration=v["p_calibration"], tau=float(v["p_tau"]),
+                        alpha=float(v["p_alpha"]), fusion_norm=v["p_fusion_norm"], seed=int(v["p_seed"]),
+                        flap_bias=bool(v["p_flap_bias"]))
+    return mask, ms, v["p_general"]
+
+
 def forget_results() -> None:
     """A different model or different profiling settings: earlier statistics and results no longer apply."""
-    for k in ("stats", "mask_result", "comparison", "sweep", "exported", "mask_memo"):
+    for k in ("stats", "mask_result", "comparison", "sweep", "exported", "mask_memo", "weights_memo"):
         st.session_state.pop(k, None)
 
 
@@ -102,6 +124,8 @@ def collect_jobs() -> None:
             if job.kind == "profile":  # new statistics: masks and results built on the old ones no longer apply
                 forget_results()
             st.session_state[RESULT_KEYS[job.kind]] = job.result
+        if snap.status == DONE and job.kind in MEMO_KEYS:
+            st.session_state.setdefault(MEMO_KEYS[job.kind], {}).update(job.result)
         outcomes[job.kind] = (snap.status, snap.title, snap.message, snap.elapsed)
 
 
@@ -124,7 +148,8 @@ def job_panel(kinds: tuple[str, ...], key: str) -> None:
         if status == DONE:
             st.success(f"{title}: done in {seconds:.0f} s.")
         elif status == CANCELLED:
-            st.warning(f"{title}: cancelled after {seconds:.0f} s — nothing was written.")
+            st.warning(f"{title}: cancelled after {seconds:.0f} s — "
+                       f"{CANCELLED_NOTE.get(kind, 'nothing was written')}.")
         else:
             st.error(f"{title}: {message}")
 
@@ -140,19 +165,22 @@ def _progress(key: str) -> None:
         st.progress(line.fraction, text=f"{line.label}: {line.done} / {line.total}")
     if snap.message:
         st.caption(snap.message)
+    between = "cell" if job.kind == "sweep" else "batch"
     if snap.stop_requested:
-        st.caption("Stopping after the current batch…")
-    elif st.button("Cancel", key=f"cancel-{key}", help="stops after the current batch; nothing is written"):
+        st.caption(f"Stopping after the current {between}…")
+    elif st.button("Cancel", key=f"cancel-{key}", help=f"stops after the current {between}; "
+                   + CANCELLED_NOTE.get(job.kind, "nothing is written")):
         job.cancel()
         st.rerun(scope="fragment")
 
 
 def current_mask(stats: dict):
     """The mask chosen on the Masks page, or DIET's defaults when that page has not been visited."""
+    from pages._work import single_mask
+
     result = st.session_state.get("mask_result")
-    if result is None or not set(result.tasks) <= set(stats):
+    if result is None or not (single_mask(result) or set(result.tasks) <= set(stats)):
         from diet.api import build_mask
-        from diet.settings import MaskSettings
 
         result = build_mask(stats, MaskSettings())
         st.session_state["mask_result"] = result
@@ -183,8 +211,10 @@ def prologue(own_kinds: tuple[str, ...] = ()):
 def mask_note(slot, result) -> None:
     """The sidebar's one line about the current mask (redrawn by the Masks page after it builds a new one)."""
     if result is not None:
-        slot.markdown(f"Mask: **{result.summary['unit_sparsity']:.1%}** of MLP channels, "
-                      f"**{result.summary['param_sparsity']:.1%}** of parameters removed")
+        from pages._work import method_label  # late: pages._work imports torch, the landing page need not
+
+        slot.markdown(f"Mask (**{method_label(result)}**): **{result.summary['unit_sparsity']:.1%}** of MLP "
+                      f"channels, **{result.summary['param_sparsity']:.1%}** of parameters removed")
 
 
 def need_stats() -> dict | None:

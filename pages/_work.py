@@ -19,13 +19,14 @@ import numpy as np
 
 from diet import masks as M
 from diet import viz
-from diet.api import MaskResult, build_mask, profile_tasks, prune_copy, split_half_overlap
+from diet.api import MaskResult, build_mask, is_profiled, profile_tasks, prune_copy, split_half_overlap
 from diet.cache import ArtifactCache
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, TaskResult, average, evaluate_task
 from diet.jobs import JobContext
+from diet.methods import MethodInputs, get_method, needs_general, run_method
 from diet.profile import Cancelled
-from diet.settings import MaskSettings, ProfileSettings, sha256_of
+from diet.settings import MaskSettings, MethodSettings, ProfileSettings, sha256_of
 
 # ----------------------------------------------------------------------------------------------- uploads
 
@@ -65,6 +66,176 @@ def tasks_of(stats: dict) -> list:
         source = str(st_.meta.get("task_source", ""))
         out.append(get_task(source.removeprefix("file:") if source.startswith("file:") else name))
     return out
+
+
+# ----------------------------------------------------------------------------------------------- methods
+
+# Which settings change a method's mask. Why here: the page shows a knob only where it matters, and
+# tests/test_app.py checks, method by method, that every knob left out here really changes nothing.
+VOTING = ("diet", "diet-global", "task-fusion")  # task masks merged by DIET's vote: the merge settings apply
+DIET_SCORE = ("diet", "diet-global", "union", "intersection", "single-task", "task-agnostic")  # mean |x| or RMS
+OWN_ALLOCATION = ("diet-global", "flap")  # always a global ranking across layers (min_keep still applies)
+
+
+def uses_tasks(method: str, ms: MethodSettings) -> bool:
+    """True when the method reads the task statistics (task-aware, or a baseline calibrated on the pooled tasks)."""
+    needs = get_method(method).needs
+    return "tasks" in needs or ("general" in needs and method != "task-fusion" and ms.calibration == "tasks")
+
+
+def mask_knobs(method: str, ms: MethodSettings) -> set[str]:
+    """The MaskSettings fields (plus "tasks", the task selection) that change this method's mask.
+
+    min_keep matters where the allocation is global: always for OWN_ALLOCATION, else when the user picks it."""
+    knobs = {"sparsity"}
+    if method in VOTING:
+        knobs |= {"merge", "threshold"}
+    if method in DIET_SCORE:
+        knobs.add("score")
+    knobs.add("min_keep" if method in OWN_ALLOCATION else "allocation")
+    if uses_tasks(method, ms):
+        knobs.add("tasks")
+    return knobs
+
+
+def method_knobs(method: str, ms: MethodSettings) -> set[str]:
+    """The MethodSettings fields that change this method's mask, plus "general" (the general-text source) when it
+    reads general-text statistics with these settings."""
+    needs = get_method(method).needs
+    knobs = set()
+    if "general" in needs and method != "task-fusion":
+        knobs.add("calibration")
+    if needs_general(method, ms):
+        knobs.add("general")
+    if method == "task-fusion":
+        knobs |= {"tau", "alpha", "fusion_norm"}
+    if method == "single-task":
+        knobs.add("single_task")
+    if method == "random":
+        knobs.add("seed")
+    if method == "flap":
+        knobs.add("flap_bias")
+    return knobs
+
+
+def needs_model(method: str, ms: MethodSettings) -> bool:
+    """True when the mask needs the loaded model: weight norms, or general text profiled through it."""
+    return "weights" in get_method(method).needs or needs_general(method, ms)
+
+
+def single_mask(result: MaskResult) -> bool:
+    """True when the result is one mask named after its method (a baseline), not per-task masks merged by a vote:
+    the views per task (votes, overlap between tasks) then do not apply."""
+    return result.method != "diet" and list(result.tasks) == [result.method]
+
+
+def mask_stats(result: MaskResult, stats: dict) -> dict:
+    """The statistics behind the result's task masks (per-task methods), or all profiled tasks for a single mask
+    (then only used to sort channels by DIET's mean score, a reference order)."""
+    if single_mask(result):
+        return dict(stats)
+    return {n: stats[n] for n in result.tasks}
+
+
+def method_label(result: MaskResult) -> str:
+    """"wanda-sp" or "DIET" — how the pages name the method of a mask."""
+    return "DIET" if result.method == "diet" else result.method
+
+
+def stats_profile_settings(stats: dict, fallback: ProfileSettings) -> ProfileSettings:
+    """The profiling settings the statistics were made with (so general text and the sweep use the same ones);
+    `fallback` when the statistics do not record them."""
+    recorded = next(iter(stats.values())).meta.get("settings") if stats else None
+    if not isinstance(recorded, dict):
+        return fallback
+    try:
+        return ProfileSettings(**recorded)
+    except (TypeError, DietError):
+        return fallback
+
+
+def general_key(lm, source: str, ps: ProfileSettings) -> str:
+    """Session key of general-text statistics: the model, the source as chosen, the profiling settings."""
+    return sha256_of({"model": lm.identity, "dtype": lm.spec.dtype, "quantization": lm.spec.quantization,
+                      "source": source, "profile": ps.key_fields()})[:24]
+
+
+def cached_general(lm, source: str, ps: ProfileSettings):
+    """General-text statistics read from the disk cache without a forward pass, or None. Only for local sources
+    (the shipped corpus, a file): resolving a Hub source needs the network, which a page never waits for."""
+    from diet.general import HUB, general_task
+
+    if source == "auto" or source in HUB:
+        return None
+    task = general_task(source)
+    if not is_profiled(lm, task, ps):
+        return None
+    return profile_tasks(lm, [task], ps)["general"]
+
+
+def general_job(lm, source: str, ps: ProfileSettings):
+    """Job body: profile general text once (a forward pass; cached on disk), progress per batch, cancellable.
+    Returns {general_key: Stats} for the session's memo."""
+
+    def run(ctx: JobContext) -> dict:
+        from diet.general import general_task
+
+        ctx.note(f"reading the general text ({source})")
+        task = general_task(source, ctx.note)
+        ctx.report("general text", 0, min(ps.samples, len(task.calibration)))
+        out = profile_tasks(lm, [task], ps, progress=lambda _n, d, t: ctx.report("general text", d, t),
+                            should_stop=ctx.should_stop)
+        return {general_key(lm, source, ps): out["general"]}
+
+    return run
+
+
+def method_result(lm, stats: dict, settings: MaskSettings, ms: MethodSettings, unit: str = "mlp",
+                  general=None, weights: dict | None = None, general_source: str | None = None) -> MaskResult:
+    """The mask of `ms.method`: what diet.methods.method_mask computes, from inputs the page already holds.
+
+    Why not call method_mask on every widget change: it resolves the general-text source (the network for a Hub
+    source) and re-reads the weight norms each time; the page holds both once (general statistics from a job,
+    weight norms per model), so a slider move stays instant. `lm` None: the shape comes from the statistics (the
+    methods that read neither weights nor general text need no model)."""
+    shape = None
+    if lm is not None:
+        from diet.adapters import model_shape
+
+        shape = model_shape(lm.model, unit)
+    result = run_method(ms.method, MethodInputs(stats, general, weights, shape), settings, ms)
+    if general is not None:  # provenance (the source actually used: "auto" resolves to one); in the mask JSON too
+        result.summary["general_source"] = str(general.meta.get("task_source") or general_source or "?"
+                                               ).removeprefix("general:")
+    return result
+
+
+def settings_summary(result: MaskResult) -> str:
+    """The method and the settings that shaped this mask, in words — only those that matter for its method."""
+    s, summary = result.settings, result.summary
+    ms = MethodSettings(**summary["method_settings"]) if "method_settings" in summary else MethodSettings()
+    knobs = mask_knobs(result.method, ms) | method_knobs(result.method, ms)
+    parts = []
+    if "merge" in knobs:
+        parts.append("exact-budget vote" if s.merge == "budget"
+                     else f"vote threshold k = {s.resolved_threshold(len(result.tasks))}")
+    if "score" in knobs:
+        parts.append("mean |x| score" if s.score == "mean_abs" else "RMS score")
+    if result.method in OWN_ALLOCATION or s.allocation == "global":
+        parts.append(f"global allocation, each layer keeps at least {s.min_keep:.0%}")
+    else:
+        parts.append("same count in every layer")
+    if "calibration" in knobs:
+        parts.append("calibrated on the pooled tasks" if ms.calibration == "tasks" else "calibrated on general text")
+    if "general" in knobs and "general_source" in summary:
+        parts.append(f"general text: {summary['general_source']}")
+    if "tau" in knobs:
+        parts.append(f"τ = {ms.tau:g}, α = {ms.alpha:g}, {ms.fusion_norm} normalisation")
+    if "seed" in knobs:
+        parts.append(f"seed {ms.seed}")
+    if "flap_bias" in knobs:
+        parts.append("with bias compensation" if ms.flap_bias else "without bias compensation")
+    return f"{method_label(result)} ({'; '.join(parts)})"
 
 
 # ----------------------------------------------------------------------------------------------- masks
@@ -112,18 +283,24 @@ def task_scores(stats: dict, names: list[str], score: str) -> np.ndarray:
 
 
 def mask_figures(result: MaskResult, stats: dict, refs: OverlapRefs | None = None) -> list[tuple]:
-    """(title, caption, figure) for every mask view, in the order the report shows them."""
+    """(title, caption, figure) for every mask view, in the order the report shows them. A single mask (a
+    baseline) has no votes or overlap between tasks; its channels are sorted by DIET's mean score over `stats`."""
     names = result.tasks
-    scores = task_scores(stats, names, result.settings.score).mean(0)
-    out = [("Kept channels (merged mask, sorted by score)", viz.CAPTIONS["kept_overview"],
-            viz.kept_overview(result.mask, "Merged mask: kept channels, sorted by score", viz.order_by(scores))),
-           ("Votes", viz.CAPTIONS["votes_map"], viz.votes_map(result.votes, len(names), sort=True)),
-           ("Kept channels per layer", viz.CAPTIONS["kept_per_layer"],
-            viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape["widths"],
-                               result.task_masks.sum(-1), names)),
-           ("Parameters", viz.CAPTIONS["params"], viz.params_breakdown(result.summary))]
-    if len(names) > 1:
-        refs = refs or overlap_refs(result, stats)
+    per_task = not single_mask(result)
+    sub = mask_stats(result, stats)
+    scores = task_scores(sub, list(sub), result.settings.score).mean(0)
+    title = "Merged mask: kept channels, sorted by score" if per_task else \
+        f"{method_label(result)} mask: kept channels, sorted by DIET's score"
+    out = [("Kept channels (merged mask, sorted by score)" if per_task else "Kept channels", viz.CAPTIONS[
+        "kept_overview"], viz.kept_overview(result.mask, title, viz.order_by(scores)))]
+    if per_task:
+        out.append(("Votes", viz.CAPTIONS["votes_map"], viz.votes_map(result.votes, len(names), sort=True)))
+    out += [("Kept channels per layer", viz.CAPTIONS["kept_per_layer"],
+             viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape["widths"],
+                                result.task_masks.sum(-1) if per_task else None, names)),
+            ("Parameters", viz.CAPTIONS["params"], viz.params_breakdown(result.summary))]
+    if per_task and len(names) > 1:
+        refs = refs or overlap_refs(result, sub)
         out += [("Overlap between task masks", viz.CAPTIONS["jaccard_matrix"],
                  viz.jaccard_matrix(np.asarray(result.summary["jaccard"]), names,
                                     viz.chance_matrix(result.task_masks))),
@@ -206,7 +383,8 @@ def compare_job(lm, result: MaskResult, tasks: list, settings: EvalSettings, mem
         usable = _eval_tasks(tasks)
         digest = mask_digest(result.mask)
         out = {"tasks": [t.name for t in usable], "digest": digest, "settings": asdict(result.settings),
-               "eval": asdict(settings), "sparsity": result.summary["unit_sparsity"]}
+               "eval": asdict(settings), "sparsity": result.summary["unit_sparsity"],
+               "described": settings_summary(result)}
         counts = [_requests([t], settings) for t in usable]
         per = sum(counts)
         for label, model_fn in (("dense", lambda: lm.model), ("pruned", lambda: prune_copy(lm, result))):
@@ -325,11 +503,14 @@ def report(model_name: str, result: MaskResult, stats: dict, comparison: dict | 
            sweep: dict | None = None) -> str:
     """The downloadable HTML report: settings, every mask figure with its caption, measured results if any."""
     s = result.summary
-    notes = [f"Model: {model_name}. Tasks: {', '.join(result.tasks)}.",
+    method = get_method(result.method)
+    notes = [f"Model: {model_name}. Tasks: {', '.join(mask_stats(result, stats))}.",
+             f"Method: {result.method} — {method.description}."
+             + (f" Method settings: {s['method_settings']}." if "method_settings" in s else ""),
              f"Mask settings: {asdict(result.settings)} (our defaults: exact budget, mean |x|, per-layer).",
              f"Removed {s['unit_sparsity']:.1%} of MLP channels = {s['params_removed']:,} parameters "
              f"({s['param_sparsity']:.1%} of the model).",
-             "The voted mask is not claimed to be better than any other: the measured results below are what counts."]
+             "No mask is claimed to be better than any other: the measured results below are what counts."]
     sections = [(t, c, f) for t, c, f in mask_figures(result, stats)]
     if comparison:
         tasks = comparison["tasks"]
@@ -342,3 +523,4 @@ def report(model_name: str, result: MaskResult, stats: dict, comparison: dict | 
         sections.append(("Accuracy vs sparsity (measured)", viz.CAPTIONS["sweep"],
                          viz.sweep_curves(sweep["sparsities"], sweep["values"], sweep["dense"])))
     return viz.report_html(f"DIET Explorer report — {model_name}", sections, notes)
+

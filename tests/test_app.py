@@ -21,7 +21,7 @@ from diet.evaluate import EvalSettings, evaluate_task
 from diet.jobs import CANCELLED, DONE, FAILED, Job, JobRunner
 from diet.models import LoadedModel, count_parameters
 from diet.profile import Cancelled, Stats
-from diet.settings import MaskSettings, ModelSpec, ProfileSettings
+from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
 from diet.tasks import get_task
 from tests.test_viz import arr
 from tests.tiny import tiny_model, tiny_tokenizer
@@ -98,6 +98,44 @@ def synthetic_stats(names: list[str], layers: int = 4, width: int = 96, seed: in
                 "task": n, "task_source": "offline", "texts": 8}
         out[n] = Stats(halves(a * 100), halves(q * 100), halves(a * 10), np.array([50.0, 50.0]), meta)
     return out
+
+
+PS = ProfileSettings(samples=8)  # what the tiny model's statistics are profiled with in these tests
+
+
+def tiny_stats(lm: LoadedModel, names=("arithmetic", "capitals")) -> dict[str, Stats]:
+    return profile_tasks(lm, [get_task(n) for n in names], PS)
+
+
+def profile_general(lm: LoadedModel) -> Stats:
+    """The shipped general corpus profiled on the tiny model (cached on disk, as the app's job leaves it)."""
+    from diet.general import general_task
+
+    return profile_tasks(lm, [general_task("generated")], PS)["general"]
+
+
+def engine_mask(lm, stats, name: str, mask=MaskSettings(), **knobs):
+    """What diet.methods.method_mask builds for the same inputs: the reference every app mask is checked against."""
+    from diet.methods import method_mask
+
+    return method_mask(lm, stats, mask, MethodSettings(method=name, **knobs), PS, general="generated")
+
+
+def same_mask(got, want) -> None:
+    assert got.method == want.method and got.tasks == want.tasks
+    np.testing.assert_array_equal(got.mask, want.mask)
+    np.testing.assert_array_equal(got.task_masks, want.task_masks)
+    assert (got.compensation is None) == (want.compensation is None)
+    if want.compensation is not None:
+        np.testing.assert_array_equal(got.compensation, want.compensation)
+    assert got.summary["params_removed"] == want.summary["params_removed"]
+
+
+def forward_spy() -> tuple[list[str], object]:
+    """(names of modules run, handle): any forward pass of any model lands in the list."""
+    forwards: list[str] = []
+    return forwards, torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda m, a: forwards.append(type(m).__name__))
 
 
 # ------------------------------------------------------------------------------------------------ landing
@@ -253,6 +291,168 @@ def test_masks_page_figures_follow_the_widgets_without_a_forward_pass(cache_dir,
     finally:
         spy.remove()
     assert forwards == []  # no module of any model ran
+
+
+def test_every_method_is_selectable_and_builds_the_engines_mask(cache_dir, tiny_lm):
+    from diet.methods import list_methods
+
+    stats = tiny_stats(tiny_lm)
+    profile_general(tiny_lm)  # cached on disk: the page reads it, no job needed
+    forwards, spy = forward_spy()
+    try:
+        at = open_page(MASKS, tiny_lm, stats=stats, profile_settings=PS)
+        ok(at)
+        box = at.selectbox(key="p_method")
+        registry = list_methods()
+        assert box.options == [box.format_func(m["name"]) for m in registry] and box.value == "diet"
+        assert "task-fusion · task-aware (our adaptation)" in box.options
+        for m in registry:
+            at.selectbox(key="p_method").set_value(m["name"]).run()
+            ok(at)
+            knobs = {"single_task": "arithmetic"} if m["name"] == "single-task" else {}
+            got = at.session_state["mask_result"]
+            same_mask(got, engine_mask(tiny_lm, stats, m["name"], **knobs))
+            assert any(m["description"] in md.value for md in at.markdown)  # its one-line description
+            assert f"**{'DIET' if m['name'] == 'diet' else m['name']}**" in at.sidebar.markdown[-1].value
+        # the method's own settings: shown only for it, and they reach the mask
+        at.selectbox(key="p_method").set_value("task-fusion").run()
+        at.slider(key="p_tau").set_value(0.5).run()
+        at.radio(key="p_fusion_norm").set_value("zscore").run()
+        ok(at)
+        same_mask(at.session_state["mask_result"],
+                  engine_mask(tiny_lm, stats, "task-fusion", tau=0.5, fusion_norm="zscore"))
+        assert not at.get("radio") or "p_calibration" not in [r.key for r in at.radio]
+        at.selectbox(key="p_method").set_value("wanda-sp").run()
+        assert "p_tau" not in [s_.key for s_ in at.slider]
+        at.radio(key="p_calibration").set_value("tasks").run()
+        at.slider(key="p_sparsity").set_value(0.4).run()
+        ok(at)
+        same_mask(at.session_state["mask_result"],
+                  engine_mask(tiny_lm, stats, "wanda-sp", MaskSettings(sparsity=0.4), calibration="tasks"))
+        at.selectbox(key="p_method").set_value("single-task").run()
+        at.selectbox(key="p_single_task").set_value("capitals").run()
+        same_mask(at.session_state["mask_result"],
+                  engine_mask(tiny_lm, stats, "single-task", MaskSettings(sparsity=0.4), single_task="capitals"))
+        at.selectbox(key="p_method").set_value("random").run()
+        at.number_input(key="p_seed").set_value(7).run()
+        at.radio(key="p_allocation").set_value("global").run()
+        ok(at)
+        want = engine_mask(tiny_lm, stats, "random", MaskSettings(sparsity=0.4, allocation="global"), seed=7)
+        same_mask(at.session_state["mask_result"], want)
+        # a single mask: the per-task views say why they are empty instead of failing
+        assert fig(at, "random mask")  # the overview names the method
+        assert any("gives one mask" in i.value for i in at.info)
+        np.testing.assert_array_equal(arr(fig(at, "Kept channels per layer")["data"][0]["y"]),
+                                      M.kept_per_layer(want.mask))
+    finally:
+        spy.remove()
+    assert forwards == []  # weights read, statistics from the cache: no forward pass for any method
+
+
+def test_a_method_needing_general_text_profiles_it_in_the_background(cache_dir, tiny_lm):
+    stats = tiny_stats(tiny_lm)
+    at = open_page(MASKS, tiny_lm, stats=stats, profile_settings=PS)
+    at.selectbox(key="p_method").set_value("task-agnostic").run()
+    ok(at)
+    assert at.session_state["mask_result"].method == "diet"  # nothing to show yet: the DIET mask stays current
+    assert any("general text" in i.value and "forward pass" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+    at.button(key="btn_general").click().run()
+    job = at.session_state["runner"].jobs[-1]
+    assert job.kind == "general"
+    finish_jobs(at)
+    ok(at)
+    assert job.snapshot().lines[0].label == "general text"  # progress per batch of texts
+    same_mask(at.session_state["mask_result"], engine_mask(tiny_lm, stats, "task-agnostic"))
+    assert "general text: generated" in " ".join(md.value for md in at.markdown)
+    assert fig(at, "task-agnostic mask")
+
+    forwards, spy = forward_spy()  # a new session: the statistics come from the disk cache, instantly
+    try:
+        again = open_page(MASKS, tiny_lm, stats=stats, profile_settings=PS)
+        again.selectbox(key="p_method").set_value("minitron").run()
+        ok(again)
+    finally:
+        spy.remove()
+    assert forwards == []
+    assert "btn_general" not in [b.key for b in again.button]
+    same_mask(again.session_state["mask_result"], engine_mask(tiny_lm, stats, "minitron"))
+
+
+def test_flap_compensation_reaches_pruning_and_export_explains_itself(cache_dir, tiny_lm):
+    stats = tiny_stats(tiny_lm)
+    profile_general(tiny_lm)
+    at = open_page(MASKS, tiny_lm, stats=stats, profile_settings=PS)
+    at.selectbox(key="p_method").set_value("flap").run()
+    ok(at)
+    want = engine_mask(tiny_lm, stats, "flap")
+    assert want.compensation is not None
+    same_mask(at.session_state["mask_result"], want)
+    at.toggle(key="p_flap_bias").set_value(False).run()
+    same_mask(at.session_state["mask_result"], engine_mask(tiny_lm, stats, "flap", flap_bias=False))
+    at.toggle(key="p_flap_bias").set_value(True).run()
+
+    at.switch_page(PRUNE).run()  # the compensated mask is pruned as it is (not replaced by DIET's default)
+    ok(at)
+    assert "FLAP's bias compensation" in " ".join(md.value for md in at.markdown)
+    at.number_input(key="p_limit").set_value(2).run()
+    at.button(key="btn_evaluate").click().run()
+    finish_jobs(at)
+    ok(at)
+    pruned = prune_copy(tiny_lm, want)
+    direct = [evaluate_task(pruned, tiny_lm.tokenizer, t, EvalSettings(limit=2)).value
+              for t in (get_task("arithmetic"), get_task("capitals"))]
+    assert [r.value for r in at.session_state["comparison"]["pruned"]] == direct
+
+    at.switch_page(EXPORT).run()
+    assert not at.exception and not at.error
+    assert any("bias compensation" in w.value and "export does not support" in w.value for w in at.warning)
+    assert at.button(key="btn_export").disabled
+    assert [b.label for b in at.get("download_button")][0] == "Download the mask (JSON)"
+
+
+def test_settings_hidden_for_a_method_change_nothing_and_shown_ones_matter():
+    """The Masks page shows a knob only where pages._work says it matters: check that claim on every method."""
+    from dataclasses import replace
+
+    from diet.methods import MethodInputs, list_methods, needs_general, run_method
+    from pages._work import mask_knobs, method_knobs
+
+    stats = synthetic_stats(["a", "b", "c"])
+    general = synthetic_stats(["general"], seed=1)["general"]
+    rng = np.random.default_rng(2)
+    for st_ in [*stats.values(), general]:  # Minitron's per-sequence sums
+        st_.seq_sq_sum, st_.seqs = rng.random((2, 4, 96)).astype(np.float32), np.array([4.0, 4.0])
+    weights = {k: rng.random((4, 96)) + 0.1 for k in ("out_l2", "out_l1mean", "magnitude")}
+    inputs = MethodInputs(stats, general, weights)
+    mask_changes = {"merge": dict(merge="threshold", threshold=3), "score": dict(score="rms"),
+                    "allocation": dict(allocation="global"), "min_keep": dict(min_keep=0.5)}  # 0.5: uniform at 50%
+    method_changes = {"calibration": dict(calibration="tasks"), "tau": dict(tau=0.5), "alpha": dict(alpha=0.0),
+                      "fusion_norm": dict(fusion_norm="zscore"), "single_task": dict(single_task="c"),
+                      "seed": dict(seed=5), "flap_bias": dict(flap_bias=False)}
+
+    def outcome(name, mask: MaskSettings, ms: MethodSettings):
+        r = run_method(name, inputs, mask, ms)
+        return r.mask.tobytes() + (b"" if r.compensation is None else r.compensation.tobytes())
+
+    for m in list_methods():
+        name = m["name"]
+        ms = MethodSettings(method=name, single_task="a" if name == "single-task" else None)
+        mask = MaskSettings(sparsity=0.5)
+        base = outcome(name, mask, ms)
+        shown = mask_knobs(name, ms) | method_knobs(name, ms)
+        for knob, change in mask_changes.items():
+            changed = outcome(name, replace(mask, **change), ms) != base
+            assert changed == (knob in shown), (name, knob)
+        for knob, change in method_changes.items():
+            changed = outcome(name, mask, replace(ms, **change)) != base
+            assert changed == (knob in shown), (name, knob)
+        assert ("general" in shown) == needs_general(name, ms)
+        drop = {"a": stats["a"], "b": stats["b"]}  # the task selection matters exactly where "tasks" is shown
+        if name != "single-task":
+            other = run_method(name, MethodInputs(drop, general, weights), mask, ms)
+            assert (other.mask.tobytes() != run_method(name, inputs, mask, ms).mask.tobytes()) == ("tasks" in shown), \
+                name
 
 
 # ------------------------------------------------------------------------------------------------ page 3
