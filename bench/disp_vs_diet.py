@@ -29,6 +29,9 @@ def main() -> None:
     ap.add_argument("--sparsities", default="0.2,0.4", help="DISP block-parameter sparsities")
     ap.add_argument("--limit", type=int, default=None, help="evaluation items per task (default: all)")
     ap.add_argument("--ppl-texts", type=int, default=200, help="texts per perplexity set")
+    ap.add_argument("--folders", nargs="*", default=[],
+                    help="exported model folders to score the same way (e.g. a `prune --method disp-learned` output)")
+    ap.add_argument("--only-folders", action="store_true", help="score only --folders (no dense / DISP / DIET rows)")
     a = ap.parse_args()
 
     import torch
@@ -68,8 +71,8 @@ def main() -> None:
     disp_stats = profile_disp(lm, tasks, profile)
     shape = next(iter(diet_stats.values())).meta["shape"]
     per_channel = int(np.asarray(shape["params_per_unit"]).flat[0])
-    rows = [{**score(lm.model, "dense"), "S": 0.0, "F": 0.0, "detail": ""}]
-    for s in (float(x) for x in a.sparsities.split(",")):
+    rows = [] if a.only_folders else [{**score(lm.model, "dense"), "S": 0.0, "F": 0.0, "detail": ""}]
+    for s in ([] if a.only_folders else [float(x) for x in a.sparsities.split(",")]):
         d = build_disp_masks(disp_stats, DispSettings(sparsity=s))
         f = d.summary["param_sparsity"]
         ks = d.summary["keep_fraction"]
@@ -90,6 +93,19 @@ def main() -> None:
                                f"{'uniform' if m.summary['uniform'] else 'per-layer'} widths"})
         del model
 
+    for folder in a.folders:  # an exported DISP folder: its own summary.json says what it removed
+        import json
+
+        from transformers import AutoModelForCausalLM
+
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+        label = summary.get("method", Path(folder).name)
+        rows.append({**score(model, label), "S": summary.get("block_sparsity", float("nan")),
+                     "F": summary["param_sparsity"],
+                     "detail": f"block sparsity {summary.get('block_sparsity', float('nan')):.1%} ({folder})"})
+        del model
+
     names = [t.name for t in tasks]
     lines = ["| model | params removed | mean acc | " + " | ".join(names) + " | ppl general | ppl suite | how |",
              "|---|---|---|" + "---|" * len(names) + "---|---|---|"]
@@ -104,7 +120,7 @@ def main() -> None:
                              f"{time.perf_counter() - t0:.0f} s on CPU.\n")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "disp_vs_diet.md").write_text(md)
+    (out / ("folders.md" if a.only_folders else "disp_vs_diet.md")).write_text(md)
     print(md)
 
 
