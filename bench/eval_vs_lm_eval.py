@@ -93,6 +93,27 @@ metadata:
     return name
 
 
+def token_work(tokenizer, items) -> tuple[int, int]:
+    """Token positions each side runs through the model for `items`: (ours, lm-eval's), padding not counted.
+
+    Why: it is the floor under the time ratio. lm-eval 0.4 runs one row per distinct context + continuation[:-1]
+    (its one-token-continuation grouping: choices that are one token share their context's row), full width, with
+    the LM head on every position; we run each distinct context once, then each distinct continuation input
+    (continuation[:-1]) that is not a prefix of another one of the same context."""
+    from diet.evaluate import encode_pair
+
+    encoded = [encode_pair(tokenizer, c, x) for it in items for c, x in it.requests()]
+    theirs = sum(len(k) for k in {tuple(c + x[:-1]) for c, x in encoded})
+    fed: dict[tuple, set] = {}
+    for c, x in encoded:
+        fed.setdefault(tuple(c), set()).add(tuple(x[:-1]))
+    ours = 0
+    for ctx, rows in fed.items():
+        rows = [r for r in rows if r]
+        ours += len(ctx) + sum(len(r) for r in rows if not any(o != r and o[: len(r)] == r for o in rows))
+    return ours, theirs
+
+
 def run_lm_eval(hflm, task_manager, name: str, batch_size: int) -> tuple[dict, list[list[float]], float, float]:
     """(metrics, per-item logliks in doc order, seconds of simple_evaluate, seconds inside HFLM.loglikelihood)."""
     from lm_eval import simple_evaluate
@@ -173,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"versions: lm-eval {lm_eval.__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"device {device}, dtype {dtype}, batch size {a.batch_size}, max_length {a.max_length}")
     header = (f"{'task':<14} {'n':>4} | {'acc ours':>8} {'lm-eval':>8} {'|Δ|pt':>6} | {'norm ours':>9} {'lm-eval':>8} "
-              f"{'|Δ|pt':>6} | {'max|Δll|':>8} | {'ours s':>7} {'lm-eval s':>9} {'(total)':>8} {'ratio':>6}")
+              f"{'|Δ|pt':>6} | {'max|Δll|':>8} | {'ours s':>7} {'lm-eval s':>9} {'(total)':>8} {'ratio':>6} "
+              f"{'tokens':>6}")
     print(header)
     print("-" * len(header))
     worst = 0.0
@@ -195,11 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         max_dll = max(abs(x - y) for mine, th in zip(ours.logliks, their_ll) for x, y in zip(mine, th))
         ratio = ours_s / ll_s
         ratios.append(ratio)
+        mine, their_tokens = token_work(lm.tokenizer, task.evaluation[: a.limit])
         print(f"{task.name:<14} {ours.n:>4} | {ours.acc:>8.4f} {acc:>8.4f} {d_acc:>6.2f} | {ours.acc_norm:>9.4f} "
               f"{norm:>8.4f} {d_norm:>6.2f} | {max_dll:>8.1e} | {ours_s:>7.1f} {ll_s:>9.1f} {total_s:>8.1f} "
-              f"{ratio:>6.2f}", flush=True)
+              f"{ratio:>6.2f} {mine / their_tokens:>6.2f}", flush=True)
     print(f"largest accuracy |Δ|: {worst:.2f} points (limit {MAX_DELTA_POINTS}); wall-time ratio ours ÷ lm-eval "
-          f"scoring: {', '.join(f'{r:.2f}' for r in ratios)} (target ≤ 0.5)")
+          f"scoring: {', '.join(f'{r:.2f}' for r in ratios)} (target ≤ 0.5); 'tokens' = positions run through "
+          "the model, ours ÷ lm-eval's (the floor under the time ratio; see token_work)")
     print(f"lm-eval task files: {folder}; load average (1 min) {load_start:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} CPUs (other jobs slow both sides unevenly; "
           "see --repeat)")
