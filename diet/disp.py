@@ -322,6 +322,20 @@ def _stats_key(lm, texts: list[str], settings: ProfileSettings) -> str:
                       "settings": settings.key_fields()})[:24]
 
 
+def is_disp_profiled(lm, task, settings: ProfileSettings = ProfileSettings(), cache=None) -> bool:
+    """True when `task`'s statistics at the five positions are cached, so `profile_disp` would run no forward pass.
+
+    Why: the app loads cached statistics at once and offers a (background) profiling pass only for what is missing.
+    """
+    from diet.api import _task
+    from diet.cache import ArtifactCache
+    from diet.profile import choose_texts
+
+    task = _task(task)
+    key = _stats_key(lm, choose_texts(task.calibration, settings), settings)
+    return (cache or ArtifactCache()).has("disp_stats", key)
+
+
 def profile_disp(lm, tasks: Sequence, settings: ProfileSettings = ProfileSettings(),
                  progress: Callable[[str, int, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, cache=None) -> dict[str, dict]:

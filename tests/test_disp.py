@@ -243,7 +243,10 @@ def test_profile_disp_caches_and_index_sets_prune_exactly(tmp_path):
                   evaluation=(MCItem("q", ("a", "b"), 0),)) for i in range(2)]
     settings = ProfileSettings(samples=3, max_length=32, batch_size=2)
     cache = ArtifactCache(tmp_path)
+    assert not any(D.is_disp_profiled(lm, t, settings, cache) for t in tasks)
     first = D.profile_disp(lm, tasks, settings, cache=cache)
+    assert all(D.is_disp_profiled(lm, t, settings, cache) for t in tasks)
+    assert not D.is_disp_profiled(lm, tasks[0], ProfileSettings(samples=2, max_length=32, batch_size=2), cache)
     calls = []
     handle = D._layers(model)[0].input_layernorm.register_forward_hook(lambda *a: calls.append(1))
     second = D.profile_disp(lm, tasks, settings, cache=cache)
