@@ -17,6 +17,7 @@ MODEL = "pages/1_model_and_tasks.py"
 MASKS = "pages/2_masks.py"
 PRUNE = "pages/3_prune_and_evaluate.py"
 EXPORT = "pages/4_export.py"
+SWEEP = "pages/5_sweep.py"
 
 
 def home() -> None:
@@ -33,10 +34,13 @@ def home() -> None:
     steps = [
         (MODEL, "1 · Model and tasks", f"model **{model_spec().name}**; "
          + (f"{len(stats)} task(s) profiled: {', '.join(stats)}" if stats else "no task profiled yet")),
-        (MASKS, "2 · Masks", f"sparsity {result.settings.sparsity:.0%}, {result.summary['param_sparsity']:.1%} of "
-         "the parameters removed" if result else "instant: no forward pass, everything from the cached statistics"),
+        (MASKS, "2 · Masks", f"method **{result.method}**, sparsity {result.settings.sparsity:.0%}, "
+         f"{result.summary['param_sparsity']:.1%} of the parameters removed" if result else
+         "DIET or any baseline method; instant: everything from the cached statistics"),
         (PRUNE, "3 · Prune and evaluate", "results measured" if comp else "dense vs pruned, accuracy and speed"),
         (EXPORT, "4 · Export", "a model folder, the mask (JSON) and an HTML report"),
+        (SWEEP, "5 · Sweep", "results of the last sweep in this session" if st.session_state.get("sweep") else
+         "methods × sparsities × tasks: a results table (CSV) and accuracy-vs-sparsity curves, each cell cached"),
     ]
     for page, label, note in steps:
         c1, c2 = st.columns([1, 3])
@@ -51,5 +55,6 @@ pages = [st.Page(home, title="Overview", icon=":material/home:", default=True),
          st.Page(MODEL, title="Model and tasks", icon=":material/model_training:"),
          st.Page(MASKS, title="Masks", icon=":material/grid_on:"),
          st.Page(PRUNE, title="Prune and evaluate", icon=":material/content_cut:"),
-         st.Page(EXPORT, title="Export", icon=":material/download:")]
+         st.Page(EXPORT, title="Export", icon=":material/download:"),
+         st.Page(SWEEP, title="Sweep", icon=":material/monitoring:")]
 st.navigation(pages).run()

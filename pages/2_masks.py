@@ -274,8 +274,10 @@ def kept_tab(result, scores: np.ndarray, key: tuple) -> None:
         c1.selectbox("Mask", ["merged", *names], key="p_view",
                      format_func=lambda v: f"merged ({method_label(result)}'s vote)" if v == "merged"
                      else f"task: {v}")
-    c2.toggle("Sort channels by score, highest first (channel numbers carry no meaning in an MLP)"
-              + ("" if per_task else "; DIET's mean score over the tasks, as a reference order"), key="p_sort")
+    c2.toggle("Sort channels by score, highest first (channel numbers carry no meaning in an MLP)", key="p_sort")
+    if not per_task:
+        c2.caption(f"{method_label(result)} keeps no per-channel score here: channels are sorted by DIET's mean score "
+                   "over the profiled tasks, a reference order (where the two agree, kept channels gather left).")
     if ss["p_view"] == "merged":
         title = "Merged mask: kept channels" if per_task else f"{method_label(result)} mask: kept channels"
         mask, sc = result.mask, scores.mean(0)

@@ -1,4 +1,5 @@
-"""Page 3: prune for real and measure, on demand: dense vs pruned side by side, and optionally a sparsity sweep.
+"""Page 3: prune for real and measure, on demand: dense vs pruned side by side, for the mask of the Masks page (any
+method). Comparing methods over several sparsities is the Sweep page's job.
 
 Evaluation runs as a background job (progress, cancel) and every number is cached per model, task, limit and
 mask, in the session and on disk, so going back and forth costs nothing."""
@@ -21,9 +22,7 @@ from pages._common import (
     runner,
     start_job,
 )
-from pages._work import compare_job, comparison_table, mask_digest, mask_stats, settings_summary, sweep_job, tasks_of
-
-SWEEP_CHOICES = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+from pages._work import compare_job, comparison_table, mask_digest, mask_stats, settings_summary, tasks_of
 
 
 def eval_settings_section(tasks: list) -> tuple[EvalSettings, list]:
@@ -78,26 +77,6 @@ def comparison_section(comp: dict, digest: str) -> None:
                "acc_norm: the same, length-normalised (lm-eval conventions). Averages are unweighted over tasks.")
 
 
-def sweep_section(lm, stats, result, settings: EvalSettings, tasks: list, busy: bool) -> None:
-    st.subheader("Sparsity sweep")
-    defaults(p_sweep=[0.1, 0.2, 0.3, 0.5])
-    st.multiselect("Sparsities to measure (mask settings otherwise as on the Masks page)", SWEEP_CHOICES,
-                   key="p_sweep", format_func=lambda s: f"{s:.0%}")
-    points = sorted(st.session_state["p_sweep"])
-    if st.button(f"Run the sweep ({len(points)} pruned models + dense)", disabled=busy or not points or not tasks,
-                 key="btn_sweep"):
-        memo = st.session_state.setdefault("eval_memo", {})
-        sub = {n: stats[n] for n in result.tasks}
-        start_job("sweep", f"Sweep over {len(points)} sparsities",
-                  sweep_job(lm, sub, result.settings, points, tasks, settings, memo))
-        st.rerun()
-    sweep = st.session_state.get("sweep")
-    if sweep:
-        st.plotly_chart(viz.sweep_curves(sweep["sparsities"], sweep["values"], sweep["dense"]), key="sweep_fig")
-        lim = sweep["eval"]["limit"]
-        st.caption(viz.CAPTIONS["sweep"] + (f" Preview: first {lim} items per task." if lim else ""))
-
-
 def page(lm, stats: dict) -> None:
     result = current_mask(stats)
     s = result.summary
@@ -114,14 +93,15 @@ def page(lm, stats: dict) -> None:
         memo = st.session_state.setdefault("eval_memo", {})
         start_job("compare", "Evaluating dense vs pruned", compare_job(lm, result, chosen, settings, memo))
         st.rerun()
-    job_panel(("compare", "sweep"), key="main")
+    job_panel(("compare",), key="main")
     comp = st.session_state.get("comparison")
     if comp:
         comparison_section(comp, mask_digest(result.mask))
-    sweep_section(lm, stats, result, settings, chosen, busy)
+    st.page_link("pages/5_sweep.py", label="Accuracy vs sparsity, several methods side by side: the Sweep page",
+                 icon="➡️")
 
 
-prologue(("compare", "sweep"))
+prologue(("compare",))
 st.title("3 · Prune and evaluate")
 with page_errors():
     stats = need_stats()

@@ -12,14 +12,14 @@ import html
 import inspect
 import re
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from diet import masks as M
 from diet import viz
-from diet.api import MaskResult, build_mask, is_profiled, profile_tasks, prune_copy, split_half_overlap
+from diet.api import MaskResult, is_profiled, profile_tasks, prune_copy, split_half_overlap
 from diet.cache import ArtifactCache
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, TaskResult, average, evaluate_task
@@ -410,32 +410,75 @@ def compare_job(lm, result: MaskResult, tasks: list, settings: EvalSettings, mem
     return run
 
 
-def sweep_job(lm, stats: dict, base: MaskSettings, sparsities: list[float], tasks: list, settings: EvalSettings,
-              memo: dict):
-    """Job body: for each sparsity, build the mask (same settings otherwise), prune, evaluate; dense once."""
+class _SweepCache(ArtifactCache):
+    """The engine's artifact cache, counting the sweep cells it reads (cached) and writes (evaluated now).
+
+    Why: diet.sweep.run_sweep looks every cell up in the cache before it evaluates anything, and writes each cell
+    as soon as it is measured; counting those two calls is the job's progress and the page's "N of M cached",
+    without a second copy of the sweep's cache keys here."""
+
+    def __init__(self, on_cell) -> None:
+        super().__init__()
+        self.cached = 0
+        self.evaluated = 0
+        self._on_cell = on_cell
+
+    def load_json(self, kind: str, key: str) -> dict | None:
+        hit = super().load_json(kind, key)
+        if kind == "sweep" and hit is not None:
+            self.cached += 1
+            self._on_cell(self.cached + self.evaluated)
+        return hit
+
+    def save_json(self, kind: str, key: str, obj: dict) -> None:
+        super().save_json(kind, key, obj)
+        if kind == "sweep":
+            self.evaluated += 1
+            self._on_cell(self.cached + self.evaluated)
+
+
+def sweep_total(settings) -> int:
+    """Cells of a sweep: (dense + every pruned model) × evaluation tasks; each is one cached number."""
+    from diet.sweep import cells
+
+    return (1 + len(cells(settings))) * len(settings.eval_tasks or settings.tasks)
+
+
+def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodSettings):
+    """Job body: diet.sweep.run_sweep (methods × sparsities × tasks, each cell cached on disk), with progress
+    per cell and a cancel that takes effect between cells (finished cells stay cached: run again to resume).
+
+    The statistics it needs are loaded (or profiled, with progress) first, so run_sweep then finds them cached."""
+    from contextlib import contextmanager
+
+    from diet.sweep import run_sweep
+
+    total = sweep_total(settings)
 
     def run(ctx: JobContext) -> dict:
-        usable = _eval_tasks(tasks)
-        names = [t.name for t in usable]
-        points = ["dense"] + [f"sparsity {s:.0%}" for s in sparsities]
-        for p in points:
-            ctx.report(p, 0, len(usable))
-        dense = {t.name: cached_evaluate(lm, lm.model, t, settings, "dense", memo).value for t in usable}
-        ctx.report("dense", len(usable), len(usable))
-        values: dict = {n: [] for n in names}
-        for s, label in zip(sparsities, points[1:]):
+        from diet.general import general_task
+        from diet.tasks import get_task
+
+        tasks = [get_task(t) for t in settings.tasks]
+        if any(needs_general(m, ms) for m in settings.methods):
+            ctx.note(f"reading the general text ({settings.general})")
+            tasks.append(general_task(settings.general, ctx.note))
+        for t in tasks:
+            ctx.report(f"statistics: {t.name}", 0, min(ps.samples, len(t.calibration)))
+        profile_tasks(lm, tasks, ps, progress=lambda n, d, t: ctx.report(f"statistics: {n}", d, t),
+                      should_stop=ctx.should_stop)
+        ctx.report("cells", 0, total)
+        cache = _SweepCache(lambda done: ctx.report("cells", done, total))
+
+        @contextmanager
+        def between_cells():  # run_sweep holds this around each model evaluation: the place to stop
             if ctx.should_stop():
-                raise Cancelled("sweep cancelled")
-            r = build_mask(stats, replace(base, sparsity=s))
-            model = prune_copy(lm, r)
-            digest = mask_digest(r.mask)
-            for i, t in enumerate(usable):
-                values[t.name].append(cached_evaluate(lm, model, t, settings, digest, memo).value)
-                ctx.report(label, i + 1, len(usable))
-        values["average"] = [float(np.mean([values[n][i] for n in names])) for i in range(len(sparsities))]
-        dense["average"] = float(np.mean([dense[n] for n in names]))
-        return {"sparsities": list(sparsities), "values": values, "dense": dense, "eval": asdict(settings),
-                "settings": asdict(base)}
+                raise Cancelled("sweep cancelled: the finished cells are kept in the cache, run it again to resume")
+            yield
+
+        rows = run_sweep(lm, settings, ps, mask, ms, cache=cache, say=ctx.note, lock=between_cells)
+        return {"rows": rows, "cached": cache.cached, "evaluated": cache.evaluated, "total": total,
+                "settings": asdict(settings), "mask": asdict(mask), "method": asdict(ms), "profile": asdict(ps)}
 
     return run
 
@@ -520,7 +563,14 @@ def report(model_name: str, result: MaskResult, stats: dict, comparison: dict | 
                                            [r.value for r in comparison["pruned"]] + [average(comparison["pruned"])])))
         sections.append(("Results table", "", _table_html(comparison_table(comparison))))
     if sweep:
-        sections.append(("Accuracy vs sparsity (measured)", viz.CAPTIONS["sweep"],
-                         viz.sweep_curves(sweep["sparsities"], sweep["values"], sweep["dense"])))
+        from diet import sweep as S
+
+        lim = sweep["settings"]["limit"]
+        sections.append(("Sweep: accuracy vs sparsity (measured)", SWEEP_CAPTION
+                         + (f" Preview: first {lim} items per task." if lim else ""), S.figure(sweep["rows"])))
+        sections.append(("Sweep results (tidy table)", "", _table_html(S.table(sweep["rows"]).to_dict("records"))))
     return viz.report_html(f"DIET Explorer report — {model_name}", sections, notes)
 
+
+SWEEP_CAPTION = ("Mean over the evaluation tasks of each task's primary metric, per method and sparsity (fraction of "
+                 "MLP channels removed); the dashed line is the dense model. Every point is a measured pruned model.")

@@ -29,7 +29,7 @@ from tests.tiny import tiny_model, tiny_tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 MODEL, MASKS = "pages/1_model_and_tasks.py", "pages/2_masks.py"
-PRUNE, EXPORT = "pages/3_prune_and_evaluate.py", "pages/4_export.py"
+PRUNE, EXPORT, SWEEP = "pages/3_prune_and_evaluate.py", "pages/4_export.py", "pages/5_sweep.py"
 
 
 @pytest.fixture
@@ -146,7 +146,8 @@ def test_landing_page_renders_offline_without_loading_a_model(cache_dir, monkeyp
     at = AppTest.from_file(APP, default_timeout=60).run()
     ok(at)
     assert at.title[0].value == "DIET Explorer"
-    assert len(at.get("page_link")) == 4
+    assert [link.proto.label for link in at.get("page_link")][:5] == [
+        "1 · Model and tasks", "2 · Masks", "3 · Prune and evaluate", "4 · Export", "5 · Sweep"]
 
 
 # ------------------------------------------------------------------------------------------------ page 1
@@ -480,15 +481,7 @@ def test_prune_page_measures_dense_vs_pruned_like_the_engine(cache_dir, tiny_lm)
     assert comp["speed"]["dense"] > 0 and comp["speed"]["pruned"] > 0
     assert any("Preview" in i.value for i in at.info)  # 3 items of many: said so
     assert len(list((cache_dir / "artifacts" / "eval").glob("*.json"))) == 4  # 2 tasks × (dense, pruned)
-
-    at.multiselect(key="p_sweep").set_value([0.2, 0.5]).run()
-    at.button(key="btn_sweep").click().run()
-    finish_jobs(at)
-    ok(at)
-    curves = {t["name"]: t for t in fig(at, "Accuracy vs sparsity")["data"]}
-    np.testing.assert_allclose(arr(curves["average"]["x"]), [0.2, 0.5], rtol=1e-6)
-    assert arr(curves["average"]["y"])[0] == pytest.approx(np.mean(pruned), abs=1e-6)  # 0.2 = the default mask
-    np.testing.assert_allclose(arr(curves["average (dense)"]["y"]), np.mean(dense), rtol=1e-6)
+    assert "sweep" in [link.proto.page for link in at.get("page_link")]  # sweeps live on their own page
 
 
 # ------------------------------------------------------------------------------------------------ page 4
@@ -534,6 +527,113 @@ def test_export_page_writes_a_loadable_folder_and_explains_failures(cache_dir, t
     for title in ("Kept channels", "Votes", "Overlap between task masks", "Is the overlap meaningful?",
                   "Intersections", "Parameters"):
         assert f"<h2>{title}" in page
+
+
+# ------------------------------------------------------------------------------------------------ page 5
+
+
+def run_sweep_page(at: AppTest, methods: list[str], sparsities: list[float], limit: int) -> None:
+    at.multiselect(key="p_sweep_methods").set_value(methods).run()
+    at.multiselect(key="p_sweep_sparsities").set_value(sparsities).run()
+    at.number_input(key="p_sweep_limit").set_value(limit).run()
+    ok(at)
+    at.button(key="btn_sweep").click().run()
+
+
+def test_sweep_page_equals_run_sweep_and_reuses_its_cells(cache_dir, tiny_lm, monkeypatch):
+    import diet.evaluate as E
+    from diet import sweep as S
+
+    stats = tiny_stats(tiny_lm)
+    at = open_page(SWEEP, tiny_lm, stats=stats, profile_settings=PS)
+    ok(at)
+    assert at.multiselect(key="p_sweep_methods").value == ["diet", "task-agnostic", "wanda-sp", "random"]
+    run_sweep_page(at, ["diet", "random"], [0.2, 0.5], 3)
+    finish_jobs(at)
+    ok(at)
+    sweep = at.session_state["sweep"]
+    settings = S.SweepSettings(methods=("diet", "random"), sparsities=(0.2, 0.5), tasks=("arithmetic", "capitals"),
+                               limit=3, general="generated")
+    total = (1 + len(S.cells(settings))) * 2  # dense + 4 pruned models, two tasks each
+    assert (sweep["cached"], sweep["evaluated"], sweep["total"]) == (0, total, total)
+    assert any(f"0 of {total} cells cached" in i.value for i in at.info)
+    assert any("Preview" in i.value for i in at.info)
+
+    calls: list[str] = []
+    real = E.evaluate_task
+    monkeypatch.setattr(E, "evaluate_task", lambda *a, **k: calls.append(a[2].name) or real(*a, **k))
+    direct = S.run_sweep(tiny_lm, settings, PS, MaskSettings(), MethodSettings())  # the engine, called directly
+    assert calls == []  # every cell of the same sweep was already measured by the page
+    assert sweep["rows"] == direct
+    shown = [d.value for d in at.dataframe]
+    tidy = next(d for d in shown if "method" in d.columns)
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(tidy.reset_index(drop=True), S.table(direct))
+    means = S.mean_table(direct)
+    pruned_means = means.drop(index="dense", columns=0.0)  # the dense model is stated above the table
+    np.testing.assert_allclose(next(d for d in shown if "method" not in d.columns).to_numpy(), pruned_means.to_numpy())
+    assert f"dense model: **{means.loc['dense', 0.0]:.1%}**" in " ".join(md.value for md in at.markdown)
+    curves = {t["name"]: t for t in fig(at, "Accuracy vs sparsity")["data"]}
+    assert list(curves) == ["diet", "random"]
+    np.testing.assert_allclose(arr(curves["diet"]["y"]), pruned_means.loc["diet"].to_numpy(), rtol=1e-6)
+    csv = next(b for b in at.get("download_button") if b.proto.label == "Download the table (CSV)")
+    assert csv is not None
+
+    at.button(key="btn_sweep").click().run()  # the same sweep again: read from the cache, nothing evaluated
+    finish_jobs(at)
+    ok(at)
+    assert calls == []
+    assert at.session_state["sweep"]["rows"] == direct
+    assert any(f"{total} of {total} cells cached" in i.value and "0 evaluated" in i.value for i in at.info)
+
+    run_sweep_page(at, ["diet", "random"], [0.2, 0.3, 0.5], 3)  # a wider sweep measures only the new cells
+    finish_jobs(at)
+    ok(at)
+    assert sorted(calls) == ["arithmetic", "arithmetic", "capitals", "capitals"]  # diet and random at 0.3
+    assert at.session_state["sweep"]["cached"] == total
+
+
+def test_sweep_page_explains_bad_input(cache_dir, tiny_lm):
+    at = open_page(SWEEP, tiny_lm, stats=tiny_stats(tiny_lm), profile_settings=PS)
+    at.multiselect(key="p_sweep_methods").set_value([]).run()
+    assert not at.exception
+    assert any("Choose at least one method" in w.value for w in at.warning)
+    assert at.button(key="btn_sweep").disabled
+    at.multiselect(key="p_sweep_methods").set_value(["diet"]).run()
+    at.multiselect(key="p_sweep_tasks").set_value([]).run()
+    assert any("Choose at least one task" in w.value for w in at.warning)
+    assert at.button(key="btn_sweep").disabled
+    at.multiselect(key="p_sweep_tasks").set_value(["capitals"]).run()
+    assert not at.warning and not at.button(key="btn_sweep").disabled
+
+
+def test_sweep_cancel_keeps_finished_cells_and_the_rerun_resumes(cache_dir, tiny_lm, monkeypatch):
+    import diet.evaluate as E
+
+    gate = threading.Event()
+    real = E.evaluate_task
+
+    def gated(*args, **kwargs):  # hold the first evaluation so the test can press Cancel while it runs
+        gate.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(E, "evaluate_task", gated)
+    at = open_page(SWEEP, tiny_lm, stats=tiny_stats(tiny_lm), profile_settings=PS)
+    run_sweep_page(at, ["diet"], [0.2, 0.5], 2)
+    assert at.get("progress")
+    at.button(key="cancel-main").click().run()
+    job = at.session_state["runner"].jobs[-1]
+    assert job.snapshot().stop_requested
+    gate.set()
+    finish_jobs(at)
+    assert job.snapshot().status == CANCELLED and "sweep" not in at.session_state
+    assert any("finished cells are kept" in w.value for w in at.warning)
+    kept = len(list((cache_dir / "artifacts" / "sweep").glob("*.json")))
+    assert kept == 2  # the dense model's two tasks, measured before the cancel took effect
+    at.button(key="btn_sweep").click().run()
+    finish_jobs(at)
+    ok(at)
+    assert at.session_state["sweep"]["cached"] == kept and at.session_state["sweep"]["evaluated"] == 6 - kept
 
 
 # ------------------------------------------------------------------------------------------------ job runner
