@@ -410,6 +410,10 @@ def test_flap_compensation_reaches_pruning_and_export_explains_itself(cache_dir,
     assert any("bias compensation" in w.value and "export does not support" in w.value for w in at.warning)
     assert at.button(key="btn_export").disabled
     assert [b.label for b in at.get("download_button")][0] == "Download the mask (JSON)"
+    import pages._work as W
+
+    page = W.report("tiny-llama", at.session_state["mask_result"], stats)  # what the report button builds
+    assert "<h2>Kept channels" in page and "<h2>Votes" not in page and "Method: flap" in page
 
 
 def test_settings_hidden_for_a_method_change_nothing_and_shown_ones_matter():
@@ -578,6 +582,10 @@ def test_sweep_page_equals_run_sweep_and_reuses_its_cells(cache_dir, tiny_lm, mo
     np.testing.assert_allclose(arr(curves["diet"]["y"]), pruned_means.loc["diet"].to_numpy(), rtol=1e-6)
     csv = next(b for b in at.get("download_button") if b.proto.label == "Download the table (CSV)")
     assert csv is not None
+    import pages._work as W
+
+    page = W.report("tiny-llama", build_mask(stats, MaskSettings()), stats, sweep=sweep)  # the sweep in the report
+    assert "<h2>Sweep: accuracy vs sparsity" in page and "<h2>Sweep results" in page
 
     at.button(key="btn_sweep").click().run()  # the same sweep again: read from the cache, nothing evaluated
     finish_jobs(at)
