@@ -1,0 +1,254 @@
+"""The DISP page's background work and pure helpers — no Streamlit import, so it runs in worker threads and in tests.
+
+Why a module of its own (and not pages/_work.py): DISP keeps *five* index sets per layer instead of DIET's one MLP
+mask, so its accounting, labels and figures differ; the DIET pages' helpers stay as they are. Everything goes
+through the engine's public API (diet.disp, diet.disp_export, diet.evaluate, diet.viz) and the evaluation cache of
+pages/_work.py, so a dense number measured on the Prune and evaluate page is reused here and vice versa.
+
+How results come back: a job body writes its result into a plain dict that the page keeps in its session
+(`memo` / `box`, as `compare_job` does with the evaluation memo) and also returns it. The page reads that dict, so
+the result arrives whichever page happens to collect the finished job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from diet import masks as M
+from diet import viz
+from diet.disp import (
+    POSITIONS,
+    DispMaskResult,
+    DispSettings,
+    build_disp_masks,
+    disp_copy,
+    is_disp_profiled,
+    profile_disp,
+)
+from diet.errors import DietError
+from diet.evaluate import EvalSettings
+from diet.jobs import JobContext
+from diet.profile import Cancelled
+from diet.settings import ProfileSettings, sha256_of
+from pages._work import cached_evaluate, forward_speed, model_size
+
+# What each position selects, in words the page uses everywhere. attn_in/mlp_in/attn_out/mlp_out are residual
+# dims (the same dim index means the same residual coordinate in every layer); mlp_mid are MLP channels.
+SHORT = {"attn_in": "Attention input", "attn_out": "Attention output", "mlp_in": "MLP input",
+         "mlp_mid": "MLP channels", "mlp_out": "MLP output"}
+WHAT = {"attn_in": "residual dims read by attention (q/k/v)",
+        "attn_out": "residual dims written by attention (o_proj)",
+        "mlp_in": "residual dims read by the MLP (gate/up)",
+        "mlp_mid": "MLP intermediate channels",
+        "mlp_out": "residual dims written by the MLP (down_proj)"}
+RESIDUAL = ("attn_in", "attn_out", "mlp_in", "mlp_out")
+
+
+def unit_word(pos: str) -> str:
+    return "residual dim" if pos in RESIDUAL else "MLP channel"
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+
+
+def disp_key(lm, tasks: list, ps: ProfileSettings) -> str:
+    """Session key of DISP statistics: the model's content and dtype, the tasks' data, the profiling settings."""
+    return sha256_of({"kind": "disp-page/1", "model": lm.identity, "dtype": lm.spec.dtype,
+                      "quantization": lm.spec.quantization, "tasks": [t.fingerprint() for t in tasks],
+                      "profile": ps.key_fields()})[:24]
+
+
+def missing_tasks(lm, tasks: list, ps: ProfileSettings) -> list:
+    """The tasks whose statistics at the five positions are not cached yet (they need a forward pass)."""
+    return [t for t in tasks if not is_disp_profiled(lm, t, ps)]
+
+
+def load_cached(lm, tasks: list, ps: ProfileSettings) -> dict:
+    """{task: {position: Stats}} from the disk cache. Refuses rather than silently running the model: a page run
+    must never block on a forward pass (that is the profiling job's work)."""
+    missing = missing_tasks(lm, tasks, ps)
+    if missing:
+        raise DietError(f"not profiled at the five positions yet: {', '.join(t.name for t in missing)}")
+    return profile_disp(lm, tasks, ps)
+
+
+def disp_profile_job(lm, tasks: list, ps: ProfileSettings, memo: dict):
+    """Job body: DISP statistics per task (cached ones load without a forward pass), progress per task and batch,
+    cancel between batches (nothing is written then). The result goes into `memo` under `disp_key`."""
+    key = disp_key(lm, tasks, ps)
+
+    def run(ctx: JobContext) -> dict:
+        for t in tasks:
+            ctx.report(t.name, 0, min(ps.samples, len(t.calibration)))
+        stats = profile_disp(lm, tasks, ps, progress=ctx.report, should_stop=ctx.should_stop)
+        memo[key] = stats
+        return {key: stats}
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------- index sets
+
+
+def timed_build(stats: dict, settings: DispSettings) -> tuple[DispMaskResult, float]:
+    """build_disp_masks and the seconds it took: numpy on the cached statistics, no model involved."""
+    t0 = time.perf_counter()
+    result = build_disp_masks(stats, settings)
+    return result, time.perf_counter() - t0
+
+
+def sets_digest(result: DispMaskResult) -> str:
+    """Short content hash of the five merged masks: the evaluation cache key of the DISP-pruned model."""
+    h = hashlib.sha256(b"disp/1")
+    for pos in POSITIONS:
+        m = np.asarray(result.masks[pos], dtype=bool)
+        h.update(pos.encode() + str(m.shape).encode() + np.packbits(m).tobytes())
+    return "disp-" + h.hexdigest()[:16]
+
+
+def position_rows(result: DispMaskResult) -> list[dict]:
+    """One row per position: what it selects, its width, how much is kept, how much the task masks agree."""
+    rows = []
+    for pos in POSITIONS:
+        kept = M.kept_per_layer(result.masks[pos])
+        width = int(result.masks[pos].shape[1])
+        lo, hi = int(kept.min()), int(kept.max())
+        row = {"position": pos, "selects": WHAT[pos], "pruned": pos in result.settings.positions, "width": width,
+               "kept per layer": f"{lo}" if lo == hi else f"{lo}–{hi}", "kept": float(kept.sum() / kept.size / width)}
+        T = len(result.tasks)
+        if T > 1:
+            J = np.asarray(result.summary["jaccard"][pos], dtype=np.float64)
+            C = viz.chance_matrix(result.task_masks[pos])
+            off = ~np.eye(T, dtype=bool)
+            row["mean Jaccard between tasks"] = float(J[off].mean())
+            row["chance"] = float(C[off].mean())
+        rows.append(row)
+    return rows
+
+
+def _retitle(fig, title: str, pos: str, **axes):
+    """A DIET figure relabelled for a DISP position: its title, and "channel" → "residual dim" where it applies."""
+    word = unit_word(pos)
+    if word != "MLP channel":
+        for trace in fig.data:
+            if trace.hovertemplate:
+                trace.hovertemplate = trace.hovertemplate.replace("channel", word)
+    fig.update_layout(title_text=title, **axes)
+    return fig
+
+
+def position_figures(result: DispMaskResult, stats: dict, pos: str) -> list[tuple[str, str, object]]:
+    """(key, caption, figure) for one position: kept dims per layer, votes, kept count per layer, task overlap.
+
+    Residual dims are shown in their own order: dim d is the same residual coordinate in every layer, so vertical
+    stripes mean the layers keep the same dims. MLP channels carry no order: they are sorted by score (DIET's view).
+    """
+    names, T = list(result.tasks), len(result.tasks)
+    mask, width = result.masks[pos], result.masks[pos].shape[1]
+    what, word = WHAT[pos], unit_word(pos)
+    order = None
+    if pos not in RESIDUAL:
+        score = np.mean([M.normalise(M.scores_from(stats[n][pos], result.settings.score)) for n in names], axis=0)
+        order = viz.order_by(score)
+    bins = len(viz.bin_edges(width)) - 1
+    xtitle = (f"{word}s sorted by mean score, highest first" if order is not None
+              else f"{word} (the same dim in every layer)") + f" — {width} per layer" + (
+        f", {bins} bins" if bins < width else "")
+    out = [(f"{pos}-kept", f"Each row is a layer, each column {'a bin of ' if bins < width else ''}{what}; colour = "
+            "fraction kept (dark = kept, light = removed)."
+            + (" Vertical stripes: the layers keep the same residual dims." if order is None else ""),
+            _retitle(viz.kept_overview(mask, "", order), f"{SHORT[pos]}: which {what} are kept", pos,
+                     xaxis_title=xtitle))]
+    if T > 1:
+        out.append((f"{pos}-votes", f"Colour = in how many of the {T} task masks each {word} is kept; the merged "
+                    "index set keeps the most-voted ones.",
+                    _retitle(viz.votes_map(result.votes[pos], T), f"{SHORT[pos]}: votes per {word}", pos,
+                             xaxis_title=f"{word} (binned above {viz.MAX_VOTE_COLUMNS})")))
+    per_task = result.task_masks[pos].sum(-1) if T > 1 else None
+    out.append((f"{pos}-layers", f"{word[0].upper()}{word[1:]}s kept per layer by the merged index set (bars) out of "
+                "the width (line); one line per task where their counts differ.",
+                _retitle(viz.kept_per_layer(M.kept_per_layer(mask), [width] * mask.shape[0], per_task, names),
+                         f"{SHORT[pos]}: kept {word}s per layer", pos, yaxis_title=f"{word}s")))
+    if T > 1:
+        out.append((f"{pos}-jaccard", "Jaccard overlap |A∩B| / |A∪B| of two task masks at this position over all "
+                    "layers (1 = identical); hover for the chance level of independent masks of the same sizes.",
+                    _retitle(viz.jaccard_matrix(np.asarray(result.summary["jaccard"][pos]), names,
+                                                viz.chance_matrix(result.task_masks[pos])),
+                             f"{SHORT[pos]}: overlap between task masks (Jaccard)", pos)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+def disp_compare_job(lm, result: DispMaskResult, tasks: list, settings: EvalSettings, memo: dict, box: dict):
+    """Job body: dense vs the DISP-pruned copy (`disp_copy` with these index sets) on the same tasks, plus
+    parameters, size in memory and measured forward speed. Every number is cached (`cached_evaluate`): the dense
+    ones are shared with the Prune and evaluate page. The result also lands in box["comparison"]."""
+    digest = sets_digest(result)
+
+    def run(ctx: JobContext) -> dict:
+        usable = [t for t in tasks if t.evaluation]
+        if not usable:
+            raise DietError("none of the chosen tasks has evaluation items (text-only task files can only calibrate)")
+        out = {"model": lm.identity, "tasks": [t.name for t in usable], "digest": digest,
+               "settings": asdict(result.settings), "eval": asdict(settings),
+               "block_kept_fraction": result.summary["block_kept_fraction"],
+               "param_sparsity": result.summary["param_sparsity"]}
+        counts = [sum(len(it.requests()) for it in t.evaluation[: settings.limit]) for t in usable]
+        total = sum(counts)
+        models = {}
+        for label, make in (("dense", lambda: lm.model), ("pruned", lambda: disp_copy(lm.model, result.index_sets()))):
+            ctx.note(f"evaluating the {'dense' if label == 'dense' else 'DISP-pruned'} model")
+            model = models[label] = make()
+            rows, offset = [], 0
+            for t, n in zip(usable, counts, strict=True):
+                if ctx.should_stop():
+                    raise Cancelled("evaluation cancelled")
+                shown = "dense" if label == "dense" else "DISP"
+                cb = lambda d, _n, o=offset, s=shown: ctx.report(s, o + d, total)  # noqa: E731
+                rows.append(cached_evaluate(lm, model, t, settings, "dense" if label == "dense" else digest, memo, cb))
+                offset += n
+                ctx.report(shown, offset, total)
+            out[label] = rows
+        ctx.note("measuring forward speed")
+        out["speed"] = forward_speed(models)
+        out["size"] = {k: model_size(m) for k, m in models.items()}
+        box["comparison"] = out
+        return out
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def default_folder(lm, settings: DispSettings) -> str:
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(lm.spec.name).name)
+    return str(Path.home() / "diet-exports" / f"{name}-disp-s{round(settings.sparsity * 100)}")
+
+
+def disp_export_job(lm, tasks: list, out: str, ps: ProfileSettings, settings: DispSettings, overwrite: bool,
+                    box: dict):
+    """Job body: `diet.disp_export.prune_disp` — the very folder the CLI's `prune --method disp` writes (index sets
+    from the same cached statistics and settings, sliced copy, own config + modelling file, disp.json,
+    summary.json). It refuses a non-empty folder before any work. The folder's path lands in box["exported"]."""
+
+    def run(ctx: JobContext) -> str:
+        from diet.disp_export import prune_disp
+
+        ctx.report("export", 0, 1)
+        ctx.note(f"writing {out}")
+        folder, _ = prune_disp(lm, tasks, out, method="disp", profile=ps, disp=settings, overwrite=overwrite)
+        ctx.report("export", 1, 1)
+        box["exported"] = str(folder)
+        return str(folder)
+
+    return run
