@@ -18,6 +18,7 @@ MASKS = "pages/2_masks.py"
 PRUNE = "pages/3_prune_and_evaluate.py"
 EXPORT = "pages/4_export.py"
 SWEEP = "pages/5_sweep.py"
+DISP = "pages/6_disp.py"
 
 
 def home() -> None:
@@ -41,6 +42,8 @@ def home() -> None:
         (EXPORT, "4 · Export", "a model folder, the mask (JSON) and an HTML report"),
         (SWEEP, "5 · Sweep", "results of the last sweep in this session" if st.session_state.get("sweep") else
          "methods × sparsities × tasks: a results table (CSV) and accuracy-vs-sparsity curves, each cell cached"),
+        (DISP, "6 · DISP structure", "DISP-LLM's per-block residual dims, chosen without training by DIET's vote: "
+         "same sliders, per-position heatmaps, evaluate and export"),
     ]
     for page, label, note in steps:
         c1, c2 = st.columns([1, 3])
@@ -56,5 +59,6 @@ pages = [st.Page(home, title="Overview", icon=":material/home:", default=True),
          st.Page(MASKS, title="Masks", icon=":material/grid_on:"),
          st.Page(PRUNE, title="Prune and evaluate", icon=":material/content_cut:"),
          st.Page(EXPORT, title="Export", icon=":material/download:"),
-         st.Page(SWEEP, title="Sweep", icon=":material/monitoring:")]
+         st.Page(SWEEP, title="Sweep", icon=":material/monitoring:"),
+         st.Page(DISP, title="DISP structure", icon=":material/view_column:")]
 st.navigation(pages).run()
