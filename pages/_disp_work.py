@@ -27,6 +27,7 @@ from diet.disp import (
     DispSettings,
     build_disp_masks,
     disp_copy,
+    disp_shape,
     is_disp_profiled,
     profile_disp,
 )
@@ -64,7 +65,11 @@ def disp_key(lm, tasks: list, ps: ProfileSettings) -> str:
 
 
 def missing_tasks(lm, tasks: list, ps: ProfileSettings) -> list:
-    """The tasks whose statistics at the five positions are not cached yet (they need a forward pass)."""
+    """The tasks whose statistics at the five positions are not cached yet (they need a forward pass).
+
+    Refuses a model DISP cannot cut (another family, or one already DISP-sliced) first, with the engine's message:
+    said when the page opens, not after a profiling job."""
+    disp_shape(lm.model)
     return [t for t in tasks if not is_disp_profiled(lm, t, ps)]
 
 

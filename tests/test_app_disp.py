@@ -272,3 +272,12 @@ def test_export_writes_the_disp_folder_and_refuses_a_non_empty_one(cache_dir, ti
     assert not at.exception
     assert any("not empty" in e.value for e in at.error)
     assert len(at.session_state["runner"].jobs) == jobs
+
+
+def test_a_model_disp_cannot_cut_is_a_message_when_the_page_opens(cache_dir, tmp_path):
+    lm = LoadedModel(tiny_model("phi3"), tiny_tokenizer(), ModelSpec(name="tiny-phi3"), str(tmp_path), "tiny:phi3:0")
+    at = open_page(lm, **page_state(lm))
+    assert not at.exception
+    assert [e.value for e in at.error] == [f"DISP supports {', '.join(D.DISP_FAMILIES)} models; phi3 is not "
+                                           "supported yet"]
+    assert "btn_disp_profile" not in [b.key for b in at.button]
