@@ -130,12 +130,12 @@ def accounting(result, seconds: float) -> None:
                "pass. Parameters are counted as the paper counts them (weights of q/k/v/o and gate/up/down).")
     c = st.columns(4)
     c[0].metric("Kept block parameters p", f"{s['block_kept_fraction']:.1%}",
-                f"target {1 - result.settings.sparsity:.0%}", delta_color="off",
+                f"target {1 - result.settings.sparsity:.0%}", delta_color="off", delta_arrow="off",
                 help=f"{count(s['block_params_kept'])} of {count(s['block_params'])} block weights kept")
     c[1].metric("All parameters removed", f"{s['param_sparsity']:.1%}",
                 help="embeddings, norms and lm_head keep their full width, so this is below the block sparsity")
     c[2].metric("Parameters before", count(s["params_total"]))
-    c[3].metric("Parameters after", count(s["params_after"]), f"−{count(s['params_removed'])}", delta_color="inverse")
+    c[3].metric("Parameters after", count(s["params_after"]), f"-{count(s['params_removed'])}", delta_color="inverse")
     kept = ", ".join(f"{SHORT[p]} {s['keep_fraction'][p]:.0%}" for p in result.settings.positions)
     st.markdown(f"Kept fraction of every pruned position: {kept}.")
 

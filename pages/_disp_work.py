@@ -169,11 +169,13 @@ def position_figures(result: DispMaskResult, stats: dict, pos: str) -> list[tupl
             + (" Vertical stripes: the layers keep the same residual dims." if order is None else ""),
             _retitle(viz.kept_overview(mask, "", order), f"{SHORT[pos]}: which {what} are kept", pos,
                      xaxis_title=xtitle))]
-    if T > 1:
+    if T > 1:  # MLP channels: each layer's sorted by votes (their order means nothing); residual dims in place
+        sort = order is not None
         out.append((f"{pos}-votes", f"Colour = in how many of the {T} task masks each {word} is kept; the merged "
                     "index set keeps the most-voted ones.",
-                    _retitle(viz.votes_map(result.votes[pos], T), f"{SHORT[pos]}: votes per {word}", pos,
-                             xaxis_title=f"{word} (binned above {viz.MAX_VOTE_COLUMNS})")))
+                    _retitle(viz.votes_map(result.votes[pos], T, sort=sort), f"{SHORT[pos]}: votes per {word}", pos,
+                             xaxis_title=f"{word}s sorted by votes, most first" if sort
+                             else f"{word} (the same dim in every layer)")))
     per_task = result.task_masks[pos].sum(-1) if T > 1 else None
     out.append((f"{pos}-layers", f"{word[0].upper()}{word[1:]}s kept per layer by the merged index set (bars) out of "
                 "the width (line); one line per task where their counts differ.",

@@ -182,6 +182,8 @@ def test_sliders_rebuild_the_engines_index_sets_and_accounting_without_a_forward
         np.testing.assert_array_equal(arr(kept["z"]), last.masks["attn_in"].astype(np.float32))
         votes = fig(at, "Attention input: votes")["data"][0]
         np.testing.assert_array_equal(arr(votes["z"]), last.votes["attn_in"])
+        mid_votes = fig(at, "MLP channels: votes")["data"][0]  # channels carry no order: sorted per layer
+        np.testing.assert_array_equal(arr(mid_votes["z"]), -np.sort(-last.votes["mlp_mid"].astype(int), axis=1))
         bars = fig(at, "MLP channels: kept MLP channels per layer")["data"][0]
         np.testing.assert_array_equal(arr(bars["y"]), last.masks["mlp_mid"].sum(1))
         jac = fig(at, "Attention input: overlap")["data"][0]
