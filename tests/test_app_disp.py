@@ -18,6 +18,8 @@ from diet.evaluate import EvalSettings, evaluate_task
 from diet.models import LoadedModel, count_parameters
 from diet.settings import ModelSpec, ProfileSettings
 from diet.tasks import get_task
+from tests.test_app import finish_jobs
+from tests.test_app import open_page as open_app_page
 from tests.test_viz import arr
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -44,19 +46,7 @@ def tiny_lm(tmp_path) -> LoadedModel:
 
 
 def open_page(lm: LoadedModel, **state) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.session_state["_test_model"] = lm
-    for k, v in state.items():
-        at.session_state[k] = v
-    at.run()
-    at.switch_page(DISP).run()
-    return at
-
-
-def finish_jobs(at: AppTest, timeout: float = 120) -> None:
-    for job in at.session_state["runner"].jobs:
-        assert job.wait(timeout), f"job {job.title} did not finish"
-    at.run()
+    return open_app_page(DISP, lm, **state)
 
 
 def ok(at: AppTest) -> None:
