@@ -203,8 +203,8 @@ def comparison(comp: dict, digest: str) -> None:
                 help="the same batch through both models, timed alternately (median); noisy on a busy CPU")
     tasks = comp["tasks"]
     st.plotly_chart(viz.accuracy_bars(tasks + ["average"], [r.value for r in comp["dense"]] + [d_avg],
-                                      [r.value for r in comp["pruned"]] + [p_avg], pruned_label="DISP"),
-                    key="disp-accuracy")
+                                      [r.value for r in comp["pruned"]] + [p_avg], pruned_label="DISP"
+                                      ).update_layout(title_text="Dense vs DISP (measured)"), key="disp-accuracy")
     table = pd.DataFrame(comparison_table(comp)).rename(columns=lambda c: c.replace("pruned", "DISP"))
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="percent") for c in table.columns

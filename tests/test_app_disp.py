@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -28,22 +27,6 @@ APP = str(ROOT / "app.py")
 DISP = "pages/6_disp.py"
 PS = ProfileSettings(samples=8)  # the tiny model's statistics are profiled with these (page 1's settings)
 NAMES = ("arithmetic", "capitals")
-
-# The fixtures and helpers below are small copies of tests/test_app.py's (that file is being edited by others).
-
-
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "cache"
-    monkeypatch.setenv("DIET_CACHE", str(d))
-    return d
-
-
-@pytest.fixture
-def tiny_lm(tmp_path) -> LoadedModel:
-    return LoadedModel(tiny_model("llama"), tiny_tokenizer(), ModelSpec(name="tiny-llama"), str(tmp_path),
-                       "tiny:llama:0")
-
 
 def open_page(lm: LoadedModel, **state) -> AppTest:
     return open_app_page(DISP, lm, **state)
@@ -229,7 +212,7 @@ def test_evaluate_job_equals_evaluate_task_on_disp_copy(cache_dir, tiny_lm):
     for got, want, d in zip(comp["pruned"], direct, dense, strict=True):  # per choice: the very model, not dense
         np.testing.assert_allclose(np.concatenate(got.logliks), np.concatenate(want.logliks), rtol=1e-5)
         assert np.abs(np.concatenate(want.logliks) - np.concatenate(d.logliks)).max() > 1e-4
-    bars = fig(at, "Dense vs pruned")["data"]
+    bars = fig(at, "Dense vs DISP")["data"]
     assert bars[1]["name"] == "DISP"
     np.testing.assert_allclose(arr(bars[1]["y"]), [r.value for r in direct] + [np.mean([r.value for r in direct])],
                                rtol=1e-6)
