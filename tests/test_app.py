@@ -24,25 +24,11 @@ from diet.profile import Cancelled, Stats
 from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
 from diet.tasks import get_task
 from tests.test_viz import arr
-from tests.tiny import tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 MODEL, MASKS = "pages/1_model_and_tasks.py", "pages/2_masks.py"
 PRUNE, EXPORT, SWEEP = "pages/3_prune_and_evaluate.py", "pages/4_export.py", "pages/5_sweep.py"
-
-
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "cache"
-    monkeypatch.setenv("DIET_CACHE", str(d))
-    return d
-
-
-@pytest.fixture
-def tiny_lm(tmp_path) -> LoadedModel:
-    return LoadedModel(tiny_model("llama"), tiny_tokenizer(), ModelSpec(name="tiny-llama"), str(tmp_path),
-                       "tiny:llama:0")
 
 
 def open_page(page: str, lm: LoadedModel | None = None, **state) -> AppTest:
