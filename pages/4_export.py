@@ -4,14 +4,13 @@ and an HTML report with every figure."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import streamlit as st
 
 from diet.export import mask_json
 from pages._common import current_mask, current_model, job_panel, need_stats, page_errors, prologue, runner, start_job
-from pages._work import export_job, export_options, mask_digest, mask_stats, report, settings_summary
+from pages._work import export_folder, export_job, export_options, mask_digest, mask_stats, report, settings_summary
 
 MODE_HELP = {
     "auto": "auto: uniform when every layer keeps the same count, else padded (our default)",
@@ -22,8 +21,7 @@ MODE_HELP = {
 
 
 def default_folder(lm, result) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(lm.spec.name).name)
-    return str(Path.home() / "diet-exports" / f"{name}-{result.method}-s{round(result.summary['unit_sparsity'] * 100)}")
+    return export_folder(lm, result.method, result.summary["unit_sparsity"])
 
 
 def model_folder_section(lm, result) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 
@@ -34,9 +33,8 @@ from diet.disp import (
 from diet.errors import DietError
 from diet.evaluate import EvalSettings
 from diet.jobs import JobContext
-from diet.profile import Cancelled
 from diet.settings import ProfileSettings, sha256_of
-from pages._work import cached_evaluate, forward_speed, model_size
+from pages._work import evaluate_dense_and_pruned, export_folder
 
 # What each position selects, in words the page uses everywhere. attn_in/mlp_in/attn_out/mlp_out are residual
 # dims (the same dim index means the same residual coordinate in every layer); mlp_mid are MLP channels.
@@ -195,37 +193,16 @@ def position_figures(result: DispMaskResult, stats: dict, pos: str) -> list[tupl
 
 def disp_compare_job(lm, result: DispMaskResult, tasks: list, settings: EvalSettings, memo: dict, box: dict):
     """Job body: dense vs the DISP-pruned copy (`disp_copy` with these index sets) on the same tasks, plus
-    parameters, size in memory and measured forward speed. Every number is cached (`cached_evaluate`): the dense
-    ones are shared with the Prune and evaluate page. The result also lands in box["comparison"]."""
+    parameters, size in memory and measured forward speed — page 3's loop (`evaluate_dense_and_pruned`), so the
+    dense numbers are shared with the Prune and evaluate page. The result also lands in box["comparison"]."""
     digest = sets_digest(result)
 
     def run(ctx: JobContext) -> dict:
-        usable = [t for t in tasks if t.evaluation]
-        if not usable:
-            raise DietError("none of the chosen tasks has evaluation items (text-only task files can only calibrate)")
-        out = {"model": lm.identity, "tasks": [t.name for t in usable], "digest": digest,
-               "settings": asdict(result.settings), "eval": asdict(settings),
+        out = {"model": lm.identity, "digest": digest, "settings": asdict(result.settings), "eval": asdict(settings),
                "block_kept_fraction": result.summary["block_kept_fraction"],
                "param_sparsity": result.summary["param_sparsity"]}
-        counts = [sum(len(it.requests()) for it in t.evaluation[: settings.limit]) for t in usable]
-        total = sum(counts)
-        models = {}
-        for label, make in (("dense", lambda: lm.model), ("pruned", lambda: disp_copy(lm.model, result.index_sets()))):
-            ctx.note(f"evaluating the {'dense' if label == 'dense' else 'DISP-pruned'} model")
-            model = models[label] = make()
-            rows, offset = [], 0
-            for t, n in zip(usable, counts, strict=True):
-                if ctx.should_stop():
-                    raise Cancelled("evaluation cancelled")
-                shown = "dense" if label == "dense" else "DISP"
-                cb = lambda d, _n, o=offset, s=shown: ctx.report(s, o + d, total)  # noqa: E731
-                rows.append(cached_evaluate(lm, model, t, settings, "dense" if label == "dense" else digest, memo, cb))
-                offset += n
-                ctx.report(shown, offset, total)
-            out[label] = rows
-        ctx.note("measuring forward speed")
-        out["speed"] = forward_speed(models)
-        out["size"] = {k: model_size(m) for k, m in models.items()}
+        out.update(evaluate_dense_and_pruned(ctx, lm, lambda: disp_copy(lm.model, result.index_sets()), digest,
+                                             tasks, settings, memo, shown="DISP"))
         box["comparison"] = out
         return out
 
@@ -236,10 +213,7 @@ def disp_compare_job(lm, result: DispMaskResult, tasks: list, settings: EvalSett
 
 
 def default_folder(lm, settings: DispSettings) -> str:
-    import re
-
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(lm.spec.name).name)
-    return str(Path.home() / "diet-exports" / f"{name}-disp-s{round(settings.sparsity * 100)}")
+    return export_folder(lm, "disp", settings.sparsity)
 
 
 def disp_export_job(lm, tasks: list, out: str, ps: ProfileSettings, settings: DispSettings, overwrite: bool,

@@ -376,38 +376,55 @@ def _requests(tasks, settings: EvalSettings) -> int:
     return sum(len(it.requests()) for t in tasks for it in t.evaluation[: settings.limit])
 
 
+def evaluate_dense_and_pruned(ctx: JobContext, lm, make_pruned, digest: str, tasks: list, settings: EvalSettings,
+                              memo: dict, shown: str = "pruned") -> dict:
+    """The body both comparison jobs share (DIET masks on page 3, DISP index sets on the DISP page): every task on
+    the dense model, then on `make_pruned()`, each number cached (`cached_evaluate`, dense ones shared across pages),
+    progress per model, cancel between tasks; then parameters, size and measured forward speed.
+
+    `digest` keys the pruned model's cached numbers; `shown` is the pruned model's name in progress and notes.
+    Returns {"tasks", "dense", "pruned", "speed", "size"}."""
+    usable = _eval_tasks(tasks)
+    counts = [_requests([t], settings) for t in usable]
+    per = sum(counts)
+    out: dict = {"tasks": [t.name for t in usable]}
+    models = {}
+    for label, make in (("dense", lambda: lm.model), ("pruned", make_pruned)):
+        name = "dense" if label == "dense" else shown
+        ctx.note(f"evaluating the {name} model")
+        model = models[label] = make()
+        rows, offset = [], 0
+        for t, n in zip(usable, counts, strict=True):
+            if ctx.should_stop():
+                raise Cancelled("evaluation cancelled")
+            cb = lambda d, _n, o=offset, lab=name: ctx.report(lab, o + d, per)  # noqa: E731
+            rows.append(cached_evaluate(lm, model, t, settings, "dense" if label == "dense" else digest, memo, cb))
+            offset += n
+            ctx.report(name, offset, per)
+        out[label] = rows
+    ctx.note("measuring forward speed")
+    out["speed"] = forward_speed(models)
+    out["size"] = {k: model_size(m) for k, m in models.items()}
+    return out
+
+
 def compare_job(lm, result: MaskResult, tasks: list, settings: EvalSettings, memo: dict):
     """Job body: dense vs pruned on the same tasks, parameters, size and measured forward speed."""
 
     def run(ctx: JobContext) -> dict:
-        usable = _eval_tasks(tasks)
         digest = mask_digest(result.mask)
-        out = {"tasks": [t.name for t in usable], "digest": digest, "settings": asdict(result.settings),
-               "eval": asdict(settings), "sparsity": result.summary["unit_sparsity"],
-               "described": settings_summary(result)}
-        counts = [_requests([t], settings) for t in usable]
-        per = sum(counts)
-        for label, model_fn in (("dense", lambda: lm.model), ("pruned", lambda: prune_copy(lm, result))):
-            ctx.note(f"evaluating the {label} model")
-            model = model_fn()
-            rows, offset = [], 0
-            for t, n in zip(usable, counts):
-                if ctx.should_stop():
-                    raise Cancelled("evaluation cancelled")
-                cb = lambda d, _n, o=offset, lab=label: ctx.report(lab, o + d, per)  # noqa: E731
-                rows.append(cached_evaluate(lm, model, t, settings, "dense" if label == "dense" else digest, memo, cb))
-                offset += n
-                ctx.report(label, offset, per)
-            out[label] = rows
-            out[f"{label}_model"] = model
-        ctx.note("measuring forward speed")
-        speed = forward_speed({"dense": lm.model, "pruned": out["pruned_model"]})
-        out["speed"] = speed
-        out["size"] = {k: model_size(out[f"{k}_model"]) for k in ("dense", "pruned")}
-        del out["dense_model"], out["pruned_model"]
+        out = {"digest": digest, "settings": asdict(result.settings), "eval": asdict(settings),
+               "sparsity": result.summary["unit_sparsity"], "described": settings_summary(result)}
+        out.update(evaluate_dense_and_pruned(ctx, lm, lambda: prune_copy(lm, result), digest, tasks, settings, memo))
         return out
 
     return run
+
+
+def export_folder(lm, tag: str, sparsity: float) -> str:
+    """Default export folder ~/diet-exports/<model>-<tag>-s<percent>: a readable, model-safe name per mask."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(lm.spec.name).name)
+    return str(Path.home() / "diet-exports" / f"{name}-{tag}-s{round(sparsity * 100)}")
 
 
 class _SweepCache(ArtifactCache):
