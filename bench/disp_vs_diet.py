@@ -51,10 +51,10 @@ def main() -> None:
     tasks = [get_task(n) for n in offline_task_names()]
     profile = ProfileSettings(samples=100, seed=0, max_length=256, batch_size=16)
     ev = EvalSettings(limit=a.limit, batch_size=32)
-    general = [t for t in general_task("generated").calibration][: a.ppl_texts]
+    general = list(general_task("generated").calibration)[: a.ppl_texts]
     items = [it for t in tasks for it in t.evaluation]
     rng = np.random.default_rng(0)
-    written = [items[i].requests()[items[i].gold][0] + items[i].requests()[items[i].gold][1]
+    written = [items[i].calibration_text()  # the prompt completed with its gold answer, as the evaluator scores it
                for i in sorted(rng.choice(len(items), size=min(a.ppl_texts, len(items)), replace=False))]
 
     def score(model, label: str) -> dict:
