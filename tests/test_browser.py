@@ -194,6 +194,7 @@ def test_main_flow_in_a_real_browser(server, tmp_path):
         after = _metric(page, "MLP channels kept")
         per_layer = lambda s: round((1 - s) * 1536) * 30  # noqa: E731  (SmolLM2-135M: 30 layers × 1536 channels)
         assert (before, after) == (f"{per_layer(0.2):,}", f"{per_layer(0.3):,}")
+        page.locator(".js-plotly-plot").nth(1).wait_for()  # plotly redraws after the rerun: wait, don't race it
         assert page.locator(".js-plotly-plot").count() >= 2
         _clean(page)
         _shot(page, "2_masks.png", shots, full=True)
