@@ -216,6 +216,59 @@ def task_fusion(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings
     return MethodOutput(M.merge(tm, tie, settings), tm, list(tasks))
 
 
+def pooled(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    """DIET's score (mean |x| or RMS) on all selected tasks' texts pooled, one top-k: task-aware data, no vote.
+
+    pool_weight="tokens": the tasks' sums are added, so every calibration token counts once (a task with longer
+    texts weighs more); "tasks": each task's per-channel score is averaged with weight 1/T (each task weighs the
+    same whatever its token count).
+    """
+    tasks = list(_need(inputs, "tasks", "pooled").values())
+    if ms.pool_weight == "tokens":
+        scores = unit_scores(pooled_stats(tasks), settings.score)
+    else:
+        scores = np.mean([unit_scores(s, settings.score) for s in tasks], axis=0)
+    return MethodOutput(M.task_mask(scores, settings))
+
+
+def diet_weighted(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
+    """Score-weighted merge: each task's scores normalised per layer (÷ the layer's mean), summed, one top-k.
+
+    Why: the vote keeps only "in this task's top-k or not"; the sum keeps how strongly each task needs a channel,
+    so a channel one task needs a lot is not outvoted by tasks that need it a little less than their cut-off.
+    The per-task masks are returned too (for the views), but they do not decide the mask.
+    """
+    names, scores = _task_scores(inputs, settings, "diet-weighted")
+    keys = M.tie_scores(scores)  # mean over tasks of per-layer-normalised scores: same order as the sum
+    tm = np.stack([M.task_mask(s, settings) for s in scores])
+    return MethodOutput(top(keys, settings), tm, names)
+
+
+def who_loses(inputs: MethodInputs, settings: MaskSettings, masks: dict[str, np.ndarray]) -> dict:
+    """Who loses in the merge: per task, how much of its own choice each final mask keeps.
+
+    For every task t and every mask m (e.g. the vote, pooled, random): `topk` = share of t's own top-k units
+    that m keeps; `mass` = share of t's importance mass (the sum of its per-layer-normalised scores) on units m
+    keeps; `layer_topk` (L,) = the top-k share per layer, which shows where the losses concentrate. A mask that
+    keeps everything scores 1 everywhere; a random mask keeping a fraction f scores about f.
+    """
+    names, scores = _task_scores(inputs, settings, "who-loses")
+    out: dict = {"tasks": names, "masks": list(masks), "topk": {}, "mass": {}, "layer_topk": {}}
+    for m_name, mask in masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        topk, mass, layer = [], [], []
+        for s in scores:
+            own = M.task_mask(s, settings)
+            norm = M.normalise(s)
+            both = (own & mask).sum(-1)
+            topk.append(float(both.sum() / max(own.sum(), 1)))
+            mass.append(float((norm * mask).sum() / max(norm.sum(), EPS)))
+            layer.append(both / np.maximum(own.sum(-1), 1))
+        out["topk"][m_name], out["mass"][m_name] = topk, mass
+        out["layer_topk"][m_name] = np.stack(layer)  # (T, L)
+    return out
+
+
 # ---------------------------------------------------------------- task-agnostic baselines
 
 
@@ -272,6 +325,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            union),
     Method("intersection", "task-aware", ("tasks",),
            "Keep a unit only if every task keeps it (vote threshold T; sparser)", intersection),
+    Method("pooled", "task-aware", ("tasks",),
+           "DIET's score on all selected tasks' texts pooled (no vote); --pool-weight tokens or tasks", pooled),
+    Method("diet-weighted", "task-aware", ("tasks",),
+           "Score-weighted merge: per-layer-normalised task scores summed, one top-k (instead of binary votes)",
+           diet_weighted),
     Method("task-agnostic", "task-agnostic", ("general",),
            "DIET's score (mean |x|) on general text only: what task awareness is compared against", task_agnostic),
     Method("wanda-sp", "task-agnostic", ("general", "weights"),
@@ -327,17 +385,45 @@ def weight_stats(model, unit: str = "mlp") -> dict[str, np.ndarray]:
         }
 
 
-def run_method(name: str, inputs: MethodInputs, settings: MaskSettings = MaskSettings(),
-               ms: MethodSettings | None = None):
-    """Run one method and describe its mask like api.build_mask does (a MaskResult the views and export use)."""
-    from diet.api import MaskResult
+def calibration_means(inputs: MethodInputs, ms: MethodSettings) -> np.ndarray:
+    """(L, channels) mean input on the data the method calibrated on: what `bias` compensation adds back.
 
+    Task-aware methods and `--calibration tasks`: all tasks pooled; the general-text baselines: general text.
+    """
+    method = get_method(ms.method)
+    if method.kind == "task-agnostic" and ms.calibration != "tasks" and inputs.general is not None:
+        return inputs.general.mean()
+    if inputs.tasks:
+        return pooled_stats(list(inputs.tasks.values())).mean()
+    if inputs.general is not None:
+        return inputs.general.mean()
+    raise DietError(f"bias compensation needs activation statistics, and method {ms.method!r} was given none: "
+                    "profile at least one task")
+
+
+def run_method(name: str, inputs: MethodInputs, settings: MaskSettings = MaskSettings(),
+               ms: MethodSettings | None = None, compensation: str = "none"):
+    """Run one method and describe its mask like api.build_mask does (a MaskResult the views and export use).
+
+    compensation: "none" keeps the method's own (FLAP's bias unless flap_bias=False); "bias" gives any method the
+    mean-activation bias of its calibration data; "lstsq" drops any bias (the refit happens at pruning time,
+    `diet.compensate.fit_lstsq`, because it needs forward passes).
+    """
+    from diet.api import MaskResult
+    from diet.settings import COMPENSATIONS
+
+    if compensation not in COMPENSATIONS:
+        raise DietError(f"unknown compensation {compensation!r}: use one of {', '.join(COMPENSATIONS)}")
     method = get_method(name)
     ms = replace(ms or MethodSettings(), method=name)
     if settings.merge == "threshold" and method.name in ("diet", "diet-global", "task-fusion"):
         settings.resolved_threshold(len(_need(inputs, "tasks", name)))  # refuse k > T before any work
     shape = shape_of(inputs)
     out = method.fn(inputs, settings, ms)
+    if compensation == "bias" and out.compensation is None:
+        out.compensation = calibration_means(inputs, ms)
+    elif compensation == "lstsq":
+        out.compensation = None
     task_masks = out.task_masks if out.task_masks is not None else out.mask[None]
     names = out.task_names or [name]
     v = M.votes(task_masks)
@@ -350,13 +436,14 @@ def run_method(name: str, inputs: MethodInputs, settings: MaskSettings = MaskSet
         "method": name,
         "method_settings": asdict(ms),
         "bias_compensation": out.compensation is not None,
+        "compensation": compensation,
     }
     return MaskResult(names, settings, task_masks, out.mask, v, shape, summary, method=name,
                       compensation=out.compensation)
 
 
 def method_mask(lm, task_stats: dict, settings: MaskSettings, ms: MethodSettings, profile_settings,
-                general: str = "auto", cache=None, progress=None, say=None):
+                general: str = "auto", cache=None, progress=None, say=None, compensation: str = "none"):
     """Run `ms.method` for a loaded model: profiles general text (cached) and reads weight norms only if needed.
 
     `task_stats` are the cached per-task statistics (api.profile_tasks) for the unit in `profile_settings`.
@@ -373,4 +460,4 @@ def method_mask(lm, task_stats: dict, settings: MaskSettings, ms: MethodSettings
                                       cache=cache)["general"]
     weights = weight_stats(lm.model, profile_settings.unit) if "weights" in method.needs else None
     inputs = MethodInputs(task_stats, general_stats, weights, model_shape(lm.model, profile_settings.unit))
-    return run_method(method.name, inputs, settings, ms)
+    return run_method(method.name, inputs, settings, ms, compensation)

@@ -124,6 +124,7 @@ class MaskSettings:
 
 FUSION_NORMS = ("rank", "zscore")
 CALIBRATIONS = ("default", "general", "tasks")
+POOL_WEIGHTS = ("tokens", "tasks")
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,8 @@ class MethodSettings:
     single_task: str | None = None  # single-task: which task's mask (None = the only task given)
     seed: int = 0  # random: seed of the random choice of units
     flap_bias: bool = True  # flap: add FLAP's bias compensation (mean input of pruned units through the out proj)
+    pool_weight: str = "tokens"  # pooled: "tokens" = the tasks' sums added (every token counts once);
+    #                              "tasks" = the mean of each task's score (every task counts once)
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATIONS:
@@ -153,6 +156,51 @@ class MethodSettings:
             raise DietError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.fusion_norm not in FUSION_NORMS:
             raise DietError(f"unknown fusion norm {self.fusion_norm!r}: use one of {', '.join(FUSION_NORMS)}")
+        if self.pool_weight not in POOL_WEIGHTS:
+            raise DietError(f"unknown pool weight {self.pool_weight!r}: use one of {', '.join(POOL_WEIGHTS)}")
+
+
+COMPENSATIONS = ("none", "bias", "lstsq")
+TARGETS = ("dense", "layer")
+
+
+@dataclass(frozen=True)
+class CompensationSettings:
+    """What happens to the output projection after units are removed (see docs/methods.md, "Compensation").
+
+    Training-free, closed form; the weights keep the stock shapes, so every export mode still loads as before.
+    """
+
+    method: str = "none"  # "none"; "bias": FLAP's mean-activation bias W[:, removed] · E[x_removed] on the output
+    #                       projection; "lstsq": least-squares refit of the output projection's kept columns
+    ridge: float = 0.01  # lstsq: damping λ = ridge × mean diagonal of E[x_K x_Kᵀ] (a relative ridge, as SparseGPT)
+    samples: int = 32  # lstsq: calibration texts per task the fit reads (seeded choice from each task's pool)
+    seed: int = 0  # lstsq: seed of that choice
+    max_length: int = 256  # lstsq: tokens per text, longer ones truncated
+    batch_size: int = 16  # lstsq: texts per forward pass (does not change the numbers beyond fp32 summation order)
+    target: str = "dense"  # lstsq: "dense" = layers fitted in order, each to the dense model's output of that
+    #                        projection, on the inputs the already-compensated layers before it produce;
+    #                        "layer" = each layer to its own unpruned output on those same inputs
+
+    def __post_init__(self) -> None:
+        if self.method not in COMPENSATIONS:
+            raise DietError(f"unknown compensation {self.method!r}: use one of {', '.join(COMPENSATIONS)}")
+        if not 0.0 <= self.ridge <= 100.0:
+            raise DietError(f"ridge must be in [0, 100] (relative to the mean diagonal), got {self.ridge}")
+        if not 1 <= self.samples <= 100_000:
+            raise DietError(f"compensation samples must be between 1 and 100000, got {self.samples}")
+        if self.target not in TARGETS:
+            raise DietError(f"unknown lstsq target {self.target!r}: use one of {', '.join(TARGETS)}")
+        if self.batch_size < 1 or self.max_length < 8:
+            raise DietError("compensation batch size must be >= 1 and max length >= 8 tokens")
+
+    def key_fields(self) -> dict:
+        """What determines the compensated weights (nothing but the method when it is not lstsq)."""
+        if self.method != "lstsq":
+            return {"method": self.method}
+        d = asdict(self)
+        d.pop("batch_size")
+        return d
 
 
 def replace_fields(settings, **changes):

@@ -274,3 +274,54 @@ def test_shipped_generated_corpus_is_varied():
 
     texts = generated_texts()
     assert len(texts) >= 100 and len(set(texts)) == len(texts) and min(map(len, texts)) >= 100
+
+
+def test_pooled_by_tokens_or_by_tasks():
+    # equal token counts: the pooled sums are layer 0 [13, 5, 8, 5], layer 1 [6, 7, 9, 8]
+    assert kept(run("pooled").mask) == [[0, 2], [2, 3]]
+    # unequal counts: A (10 tokens) needs 0 and 2, B (100 tokens) needs 1 and 3
+    a = make_stats(mean_abs=[[4, 0, 3, 0], [4, 0, 3, 0]], n=10.0)
+    b = make_stats(mean_abs=[[0, 4, 0, 3.5], [0, 4, 0, 3.5]], n=100.0)
+    inputs = MethodInputs({"A": a, "B": b}, shape=SHAPE)
+    assert kept(run("pooled", inputs).mask) == [[1, 3]] * 2  # sums [40, 400, 30, 350]: B's tokens dominate
+    assert kept(run("pooled", inputs, pool_weight="tasks").mask) == [[0, 1]] * 2  # means [2, 2, 1.5, 1.75]
+    with pytest.raises(DietError, match="pool weight"):
+        run("pooled", pool_weight="texts")
+
+
+def test_diet_weighted_keeps_what_one_task_needs_strongly():
+    # A and B keep {0, 1}; C needs channel 3 a lot. Vote: [2, 2, 1, 1] -> {0, 1}. Normalised sums:
+    # A, B [2, 1.8, .2, 0] each, C [0, 0, .04, 3.96] -> [4, 3.6, .44, 3.96] -> {0, 3}
+    t = {"A": make_stats(mean_abs=[[10, 9, 1, 0]] * 2), "B": make_stats(mean_abs=[[10, 9, 1, 0]] * 2),
+         "C": make_stats(mean_abs=[[0, 0, 1, 100]] * 2)}
+    inputs = MethodInputs(t, shape=SHAPE)
+    assert kept(run("diet", inputs).mask) == [[0, 1]] * 2
+    r = run("diet-weighted", inputs)
+    assert kept(r.mask) == [[0, 3]] * 2 and r.tasks == ["A", "B", "C"] and r.task_masks.shape == (3, 2, 4)
+
+
+def test_who_loses_by_hand():
+    from diet.methods import who_loses
+
+    vote = run("diet").mask  # [[0, 2], [2, 3]]
+    w = who_loses(MethodInputs(TASKS, shape=SHAPE), HALF, {"vote": vote, "all": np.ones((2, 4), bool)})
+    # A's own top-2: {0, 1}, {2, 3}; the vote keeps 0 of layer 0 and both of layer 1
+    assert w["topk"]["vote"][0] == 0.75 and w["layer_topk"]["vote"][0].tolist() == [0.5, 1.0]
+    # A's normalised scores [1.6, 1.2, .8, .4] and [.4, .8, 1.2, 1.6]: kept mass (2.4 + 2.8) / 8
+    assert w["mass"]["vote"][0] == pytest.approx(0.65)
+    assert w["topk"]["all"] == [1.0, 1.0, 1.0] and w["mass"]["all"] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_bias_compensation_for_any_method_and_lstsq_drops_it():
+    t = {"A": make_stats(mean_abs=[[4, 3, 2, 1]] * 2, mean=[[1, 2, 3, 4]] * 2),
+         "B": make_stats(mean_abs=[[4, 3, 2, 1]] * 2, mean=[[3, 2, 1, 0]] * 2)}
+    inputs = MethodInputs(t, shape=SHAPE)
+    r = run_method("diet", inputs, HALF, MethodSettings(), compensation="bias")
+    assert np.allclose(r.compensation, [[2, 2, 2, 2]] * 2) and r.summary["compensation"] == "bias"
+    assert run_method("diet", inputs, HALF, MethodSettings()).compensation is None
+    general = make_stats(mean_sq=[[2, 1, 4, 0.25]] * 2, mean=[[9, 0, 0, 0]] * 2)
+    flap_in = MethodInputs(t, general=general, weights={"out_l2": np.ones((2, 4))}, shape=SHAPE)
+    assert run_method("flap", flap_in, HALF, MethodSettings()).compensation[0, 0] == 9  # FLAP's own, on general
+    assert run_method("flap", flap_in, HALF, MethodSettings(), compensation="lstsq").compensation is None
+    with pytest.raises(DietError, match="unknown compensation"):
+        run_method("diet", inputs, HALF, MethodSettings(), compensation="obs")
