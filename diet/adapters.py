@@ -141,6 +141,10 @@ class MLPChannels:
             n += (p.gate.bias is not None) + (p.up.bias is not None)
         return n
 
+    def kept_channels(self, layer: nn.Module, keep: torch.Tensor) -> torch.Tensor:
+        """The output projection's input columns the kept units own (one per channel here)."""
+        return keep.to(self.out_proj(layer).weight.device)
+
     def down_weight(self, layer: nn.Module) -> torch.Tensor:
         """down_proj weight (out x channels): baselines such as Wanda-sp and FLAP weight scores by its columns."""
         return self.family.mlp(layer).down.weight
@@ -250,6 +254,10 @@ class AttentionHeads:
         q = (keep[:, None] * c + torch.arange(c, device=keep.device)).reshape(-1)
         kv = (keep[:, None] * d + torch.arange(d, device=keep.device)).reshape(-1)
         return q, kv
+
+    def kept_channels(self, layer: nn.Module, keep: torch.Tensor) -> torch.Tensor:
+        """The o_proj input columns of the kept groups (all their query heads × head_dim), in order."""
+        return self._rows(layer, keep)[0]
 
     def unit_weight_norms(self, layer: nn.Module) -> torch.Tensor:
         """(groups,) L2 norm of all weights a group owns (q, k, v rows and o columns): the magnitude score."""

@@ -34,6 +34,11 @@ def _as_index_list(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: st
     return u, layers, out
 
 
+def as_index_list(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str = "mlp"):
+    """(unit adapter, decoder layers, sorted kept indices per layer as long tensors), checked like pruning does."""
+    return _as_index_list(model, keep, unit)
+
+
 def _compensate(u, layers, idx, compensation) -> None:
     """FLAP: add each layer's pruned units' mean contribution as a bias of the output projection (before cutting)."""
     if compensation is None:
