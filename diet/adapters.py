@@ -323,3 +323,28 @@ def model_shape(model: nn.Module, unit: str = "mlp") -> dict:
         "params_per_unit": [u.params_per_unit(layer) for layer in layers],
         "total_params": count_parameters(model),
     }
+
+
+# ---------------------------------------------------------------- modules by role (for serving-engine writers)
+
+LLAMA_LIKE = ("llama", "mistral", "qwen2")  # plain pre-norm blocks, separate q/k/v and gate/up projections
+
+
+def llama_like_parts(model: nn.Module) -> tuple[dict[str, nn.Module], list[dict[str, nn.Module]]]:
+    """The modules of a Llama-shaped model by role: ({token_embd, output_norm, output}, one dict per layer with
+    attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down).
+
+    Why here: module names live in this file only; GGUF and vLLM writers ask for roles, not attribute paths.
+    """
+    fam = get_family(model)
+    if fam.name not in LLAMA_LIKE:
+        raise DietError(f"{fam.name} blocks are not Llama-shaped (supported: {', '.join(LLAMA_LIKE)})")
+    top = {"token_embd": model.get_input_embeddings(), "output_norm": model.model.norm,
+           "output": model.get_output_embeddings()}
+    layers = []
+    for layer in fam.layers(model):
+        a, p = layer.self_attn, fam.mlp(layer)
+        layers.append({"attn_norm": layer.input_layernorm, "attn_q": a.q_proj, "attn_k": a.k_proj,
+                       "attn_v": a.v_proj, "attn_output": a.o_proj, "ffn_norm": layer.post_attention_layernorm,
+                       "ffn_gate": p.gate, "ffn_up": p.up, "ffn_down": p.down})
+    return top, layers

@@ -91,11 +91,19 @@ def _method_settings(a):
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("export")
-    g.add_argument("--export-mode", default=None, choices=["uniform", "padded", "heterogeneous"],
+    g.add_argument("--export-mode", default=None, choices=["uniform", "padded", "heterogeneous", "gguf", "vllm"],
                    help="uniform: same width in every layer, a smaller stock model; padded: per-layer masks padded "
                         "with zeros to the widest layer, stock config; heterogeneous: per-layer widths, loads with "
-                        "trust_remote_code=True or after `import diet` (default: uniform when every layer keeps the "
+                        "trust_remote_code=True or after `import diet`; gguf: one model.gguf llama.cpp/Ollama run "
+                        "(per-layer widths as llama.cpp's deci architecture); vllm: a folder vLLM serves as "
+                        "DeciLMForCausalLM with exact per-layer widths (default: uniform when every layer keeps the "
                         "same count, else padded)")
+    g.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="gguf tensor type: f32/f16/bf16 keep any width; q8_0 needs widths divisible by 32 "
+                        "(--round-to 32) (default: f32)")
+    g.add_argument("--round-to", type=int, default=1, choices=[1, 32, 64, 128, 256],
+                   help="round each layer's kept MLP channels to a multiple of N by the mask's own ranking (for "
+                        "quantized GGUF types and tensor parallelism; any export mode) (default: 1 = exact)")
     g.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     g.add_argument("--speed-repeats", type=int, default=3,
@@ -120,6 +128,7 @@ def _export_options(a) -> dict:
 
         eval_settings = EvalSettings(limit=a.eval_limit)
     return {"mode": a.export_mode, "overwrite": a.overwrite, "eval_settings": eval_settings,
+            "outtype": a.outtype, "round_to": a.round_to,
             "speed": SpeedSettings(repeats=a.speed_repeats) if a.speed_repeats else None,
             "say": lambda m: print(m, file=sys.stderr)}
 
@@ -359,12 +368,34 @@ def cmd_prune(a) -> None:
                "mask_settings": asdict(mask_settings), "method": result.method,
                "method_settings": asdict(method_settings)}
     folder = export_model(lm, result, out, extra={"profile": asdict(settings)}, **options)
-    summary["export_mode"] = json.loads((folder / "diet_settings.json").read_text())["mode"]
+    written = json.loads((folder / "diet_settings.json").read_text())
+    summary.update(_written_sizes(written, s))
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(folder / "summary.json", summary)
     what = "MLP channels" if a.unit == "mlp" else "attention KV groups"
-    print(f"{result.method}: pruned {s['unit_sparsity']:.1%} of {what} = {s['param_sparsity']:.1%} of all params "
-          f"({s['params_total']:,} -> {s['params_after']:,}); wrote {folder} ({summary['export_mode']})")
+    print(f"{result.method}: pruned {summary['unit_sparsity']:.1%} of {what} = {summary['param_sparsity']:.1%} of all "
+          f"params ({s['params_total']:,} -> {_size_words(summary)}); wrote {folder} ({summary['export_mode']})")
+
+
+def _written_sizes(written: dict, s: dict) -> dict:
+    """summary.json fields from what the export wrote: the logical count (what the mask keeps, after --round-to) and
+    the parameters the file actually stores (more where zero padding fills layers up to the widest)."""
+    logical = int(written.get("params_logical", s["params_after"]))
+    out = {"export_mode": written["mode"], "params_after": logical,
+           "params_stored": int(written.get("params_stored", logical)), "kept_per_layer": written["kept_per_layer"]}
+    if "round_to" in written:  # the rounded mask's sparsity, next to the rounding
+        out.update(round_to=written["round_to"], param_sparsity=1 - logical / s["params_total"],
+                   unit_sparsity=1 - sum(written["kept_per_layer"]) / s["units_total"])
+    for key in ("outtype", "arch"):
+        if key in written:
+            out[key] = written[key]
+    return out
+
+
+def _size_words(summary: dict) -> str:
+    """"116,834,112" or "116,834,112 logical, 118,498,176 stored" when the file holds more (padding)."""
+    logical, stored = summary["params_after"], summary.get("params_stored", summary["params_after"])
+    return f"{logical:,}" if stored == logical else f"{logical:,} logical, {stored:,} stored"
 
 
 def cmd_sweep(a) -> None:
@@ -423,10 +454,11 @@ def cmd_export(a) -> None:
     options = _export_options(a)
     lm = load_model(_spec(a), say=options["say"])
     folder = apply_mask(lm, a.mask, a.out, **options)
-    mode = json.loads((folder / "diet_settings.json").read_text())["mode"]
-    kept, total = int(result.mask.sum()), sum(result.shape["widths"])
+    written = json.loads((folder / "diet_settings.json").read_text())
+    kept, total = sum(written["kept_per_layer"]), sum(result.shape["widths"])
+    sizes = _written_sizes(written, {"params_after": 0, "params_total": 1, "units_total": total})
     print(f"applied {a.mask} ({kept:,} of {total:,} channels kept; tasks: {', '.join(result.tasks)}) "
-          f"to {lm.spec.name}; wrote {folder} ({mode})")
+          f"to {lm.spec.name}: {_size_words(sizes)} parameters; wrote {folder} ({written['mode']})")
 
 
 COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "profile": cmd_profile, "prune": cmd_prune,

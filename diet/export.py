@@ -7,6 +7,9 @@ Modes (the user chooses):
   config, outputs identical to the masked model, compression only down to the widest layer.
 * `heterogeneous` — per-layer widths through a config subclass (`diet/modeling_diet.py`, copied into the folder):
   loads with `trust_remote_code=True` where `diet` is absent, and without it after `import diet`.
+* `gguf` — one `model.gguf` llama.cpp runs natively: per-layer widths as its `deci` architecture, uniform widths in
+  the family's own (`diet/gguf_export.py`).
+* `vllm` — a folder vLLM serves as `DeciLMForCausalLM` with exact per-layer widths (`diet/vllm_export.py`).
 
 Why a temporary folder renamed into place: an interrupted export must leave nothing that looks finished. Why refuse
 a non-empty folder: overwriting someone's checkpoint by accident is the worst kind of data loss. Only safetensors are
@@ -30,7 +33,8 @@ import numpy as np
 from diet.cache import atomic_write_json
 from diet.errors import DietError
 
-MODES = ("uniform", "padded", "heterogeneous")
+MODES = ("uniform", "padded", "heterogeneous", "gguf", "vllm")
+SERVING_MODES = ("gguf", "vllm")  # exact per-layer widths in a serving engine's own format
 MASK_FORMAT = "diet-mask/1"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -227,6 +231,8 @@ def build_export_model(model, keep: list[np.ndarray], mode: str, unit: str = "ml
     from diet.prune import prune_units
 
     widths = [len(k) for k in keep]
+    if mode in SERVING_MODES:  # exact slicing per layer; the writer turns it into the engine's format
+        return prune_units(copy.deepcopy(model), keep, unit=unit)
     if mode == "uniform":
         if len(set(widths)) != 1:
             raise DietError("uniform export needs the same kept count in every layer")
@@ -260,7 +266,8 @@ def build_export_model(model, keep: list[np.ndarray], mode: str, unit: str = "ml
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.name != "mask.safetensors"]
+    return [p for p in folder.iterdir()
+            if p.suffix in (".safetensors", ".bin", ".gguf") and p.name != "mask.safetensors"]
 
 
 def _disk_before(lm) -> tuple[int, bool]:
@@ -303,15 +310,55 @@ def evaluate_pair(lm, pruned, tasks: list[str], eval_settings, say: Say) -> dict
     return out
 
 
+def check_serving(lm, result, mode: str, outtype: str = "f32") -> None:
+    """Refuse, before any expensive work, a gguf/vllm export the engine cannot run exactly (one line each)."""
+    if mode not in SERVING_MODES:
+        return
+    from diet.adapters import get_family, model_shape
+
+    kept = [int(k) for k in result.mask.sum(axis=1)]
+    heads = result.shape.get("unit", "mlp") == "heads"
+    ffn = model_shape(lm.model)["widths"] if heads else kept  # a head mask leaves the MLP widths as they are
+    if mode == "gguf":
+        from diet.gguf_export import check_request
+
+        check_request(get_family(lm.model).name, ffn, outtype, int(lm.model.config.hidden_size))
+    else:
+        from diet.vllm_export import check_request
+
+        check_request(get_family(lm.model).name, ffn, kept if heads else None)
+
+
+def _write_model(mode: str, model, lm, folder: Path, outtype: str, name: str) -> dict:
+    """Write the weights (+ config and tokenizer where the format has them); returns {"params_stored", ...}."""
+    from diet.models import count_parameters
+
+    if mode == "gguf":
+        from diet.gguf_export import GGUF_NAME, GGUFSettings, tokenizer_fields, write_gguf
+
+        return write_gguf(model, tokenizer_fields(lm), folder / GGUF_NAME, GGUFSettings(outtype=outtype), name=name)
+    if mode == "vllm":
+        from diet.vllm_export import write_vllm_folder
+
+        info = write_vllm_folder(model, folder)
+    else:
+        model.save_pretrained(folder)
+        info = {}
+    lm.tokenizer.save_pretrained(folder)
+    return {"params_stored": count_parameters(model), **info}
+
+
 def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite: bool = False,
                  extra: dict | None = None, evaluation=None, speed=None, eval_settings=None,
-                 say: Say | None = None) -> Path:
+                 say: Say | None = None, outtype: str = "f32", round_to: int = 1) -> Path:
     """Prune a copy of `lm.model` per `result` and write the export folder atomically; returns its path.
 
     mode=None picks `uniform` when every layer keeps the same count, else `padded`. `evaluation`: an optional list
     of TaskResult (dicts) of the pruned model, or {"dense": [...], "pruned": [...]}, shown in the card; or
     `eval_settings` (a `diet.evaluate.EvalSettings`) to evaluate dense and pruned on the mask's tasks here.
     `speed`: a `diet.timing.SpeedSettings` to measure dense vs pruned forward speed for the card (None: skipped).
+    `outtype`: the GGUF tensor type (f32, f16, bf16, q8_0); `round_to`: round each layer's kept count to a multiple
+    of this by the mask's own ranking first (1 = exact widths).
     """
     from diet import __version__
     from diet.modelcard import CardFacts, render_card, write_plots
@@ -325,7 +372,11 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     if getattr(result, "compensation", None) is not None:
         raise DietError("this mask carries FLAP bias compensation, which export does not support yet: stock "
                         "configs have no MLP output bias, so transformers would silently drop it on load")
+    from diet.api import rounded
+
+    result = rounded(result, round_to)
     mode = resolve_mode(result, mode)
+    check_serving(lm, result, mode, outtype)
     keep = result.keep()
     model = build_export_model(lm.model, keep, mode, result.shape.get("unit", "mlp"))
     if eval_settings is not None and evaluation is None:
@@ -341,12 +392,15 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     settings = {"format": "diet-export/1", "diet_version": __version__, "mode": mode, **source,
                 "tasks": list(result.tasks), "method": getattr(result, "method", "diet"),
                 "mask": asdict(result.settings),
-                "kept_per_layer": [len(k) for k in keep], **(extra or {})}
+                "kept_per_layer": [len(k) for k in keep], "params_logical": int(s["params_after"]),
+                **({"outtype": outtype} if mode == "gguf" else {}), **({"round_to": round_to} if round_to > 1 else {}),
+                **(extra or {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        model.save_pretrained(tmp)
-        lm.tokenizer.save_pretrained(tmp)
+        written = _write_model(mode, model, lm, tmp, outtype, f"{lm.spec.name} pruned with DIET")
+        settings["params_stored"] = int(written["params_stored"])
+        settings.update({k: v for k, v in written.items() if k in ("arch", "bytes")})
         write_mask_files(tmp, result, source)
         atomic_write_json(tmp / "diet_settings.json", settings)
         unit = result.shape.get("unit", "mlp")
@@ -356,7 +410,7 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
             base_model=lm.spec.name, base_identity=lm.identity, mode=mode, tasks=list(result.tasks),
             mask_settings=asdict(result.settings), unit_sparsity=float(s["unit_sparsity"]),
             param_sparsity=float(s["param_sparsity"]), params_before=count_parameters(lm.model),
-            params_stored=count_parameters(model), params_effective=int(s["params_after"]),
+            params_stored=int(written["params_stored"]), params_effective=int(s["params_after"]),
             widths=list(result.shape["widths"]), kept_per_layer=[len(k) for k in keep],
             votes_histogram=s.get("votes_histogram"), disk_before=disk_before, disk_before_estimated=estimated,
             disk_after=sum(p.stat().st_size for p in _weight_files(tmp)), evaluation=_evaluation_dict(evaluation),
@@ -388,7 +442,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def apply_mask(lm, mask_path: str | Path, out: str | Path, mode: str | None = None, overwrite: bool = False,
-               speed=None, eval_settings=None, say: Say = print) -> Path:
+               speed=None, eval_settings=None, say: Say = print, outtype: str = "f32", round_to: int = 1) -> Path:
     """Re-apply a saved mask (a few KB) to its base model and export: the alternative to sharing a checkpoint."""
     from diet import masks as M
     from diet.adapters import model_shape
@@ -401,5 +455,5 @@ def apply_mask(lm, mask_path: str | Path, out: str | Path, mode: str | None = No
     result.summary = {**result.summary, **M.param_summary(result.mask, shape),
                       "kept_per_layer": M.kept_per_layer(result.mask).tolist()}
     return export_model(lm, result, out, mode=mode, overwrite=overwrite, speed=speed, eval_settings=eval_settings,
-                        say=say,
+                        say=say, outtype=outtype, round_to=round_to,
                         extra={"mask_source": {"path": str(Path(mask_path).resolve()), **source}})

@@ -23,7 +23,20 @@ LOAD_SNIPPETS = {
                       'model = AutoModelForCausalLM.from_pretrained("{dir}", trust_remote_code=True)\n'
                       '# or, where diet is installed: `import diet` first, then no trust_remote_code is needed\n'
                       'tokenizer = AutoTokenizer.from_pretrained("{dir}")'),
+    "gguf": ('# llama.cpp (any build with the deci architecture for per-layer widths, e.g. llama-cpp-python 0.3.36)\n'
+             'llama-cli -m {dir}/model.gguf -p "The capital of France is" -n 32\n\n'
+             '# Ollama: a Modelfile pointing at the file (Ollama runs it where its llama.cpp knows the architecture)\n'
+             'printf "FROM ./model.gguf\\n" > {dir}/Modelfile\n'
+             'ollama create my-pruned-model -f {dir}/Modelfile && ollama run my-pruned-model\n\n'
+             '# Python\n'
+             'python -c "from llama_cpp import Llama; print(Llama(\'{dir}/model.gguf\')(\'The capital of France is\', '
+             'max_tokens=16))"'),
+    "vllm": ('# vLLM serves the folder as DeciLMForCausalLM (its own modelling; the config file is config only)\n'
+             'vllm serve {dir} --trust-remote-code\n\n'
+             '# offline, in Python:\n'
+             '# from vllm import LLM; llm = LLM(model="{dir}", trust_remote_code=True)'),
 }
+SNIPPET_LANGUAGE = {"gguf": "bash", "vllm": "bash"}  # default: python
 
 # unit -> (plural name, what the other parameters are)
 UNIT_WORDS = {"mlp": ("MLP channels", "embeddings and attention are untouched"),
@@ -36,6 +49,10 @@ MODE_WORDS = {
               "layer, so the config is stock and the outputs equal the masked model's (less compression).",
     "heterogeneous": "each layer has its own MLP width (`intermediate_sizes` in config.json); loads with "
                      "`trust_remote_code=True` (the modelling file is in this folder) or after `import diet`.",
+    "gguf": "one `model.gguf` that llama.cpp runs natively: per-layer widths as llama.cpp's `deci` architecture "
+            "(per-layer `feed_forward_length` and head counts), uniform widths in the family's own architecture.",
+    "vllm": "a folder vLLM serves as `DeciLMForCausalLM` with each layer's exact MLP width (`block_configs` in "
+            "config.json); the modelling is vLLM's own, `configuration_decilm.py` only gives it the config.",
 }
 
 
@@ -64,6 +81,7 @@ class CardFacts:
     plots: list[str] = field(default_factory=list)  # PNG file names in the folder
     extra: dict = field(default_factory=dict)  # profile settings and the like, shown as JSON
     unit: str = "mlp"  # "mlp" (MLP channels) or "heads" (attention KV groups)
+    engine_speed: dict | None = None  # serving-engine measurement (llama.cpp tokens/s), shown next to the torch one
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -183,6 +201,7 @@ def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
         "",
         f"- Sparsity: **{_pct(f.unit_sparsity)} of {units}**, which is **{_pct(f.param_sparsity)} of all "
         f"parameters** ({untouched}).",
+        f"- {units[0].upper()}{units[1:]} kept per layer: {', '.join(map(str, f.kept_per_layer))}",
         f"- Tasks ({len(f.tasks)}): {', '.join(f.tasks)}",
         f"- Mask settings: `{json.dumps(f.mask_settings, sort_keys=True)}`",
         f"- Base model identity (content fingerprint): `{f.base_identity}`",
@@ -196,6 +215,11 @@ def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
                 "", "Speed depends on the hardware, batch size and kernels; measure on yours."]
     else:
         out.append("Not measured for this export.")
+    if f.engine_speed:
+        e = f.engine_speed
+        out += ["", f"Measured in {e['engine']} ({e['threads']} threads, {e['file']}): prompt processing "
+                f"**{e['prompt_tokens_per_s']:.0f} tokens/s** ({e['n_prompt']} tokens), generation "
+                f"**{e['gen_tokens_per_s']:.0f} tokens/s** ({e['n_gen']} tokens); median of {e['repeats']}."]
     out += ["", "## Evaluation", ""]
     if f.evaluation:
         out += ["Zero-shot multiple-choice accuracy (%, lm-eval scoring) of each task's primary metric:", "",
@@ -209,7 +233,8 @@ def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
         out += [f"![{p[:-4].replace('_', ' ')}]({p})" for p in f.plots]
     else:
         out.append("Not drawn (matplotlib is not installed).")
-    out += ["", "## How to load", "", "```python", LOAD_SNIPPETS[f.mode].format(dir=folder_hint), "```", "",
+    out += ["", "## How to load", "", f"```{SNIPPET_LANGUAGE.get(f.mode, 'python')}",
+            LOAD_SNIPPETS[f.mode].format(dir=folder_hint), "```", "",
             "## Files", "",
             "- `mask.json`: kept channel indices per layer, the tasks, settings and summary (re-apply it to the base "
             "model with `python -m diet apply-mask --model BASE --mask mask.json --out DIR`)",

@@ -1,0 +1,356 @@
+"""Write a pruned model as one GGUF file that llama.cpp (and Ollama, LM Studio, llama-cpp-python) runs natively.
+
+Why two architectures: llama.cpp's `llama` architecture reads one MLP width for every layer, but its `deci`
+architecture (built for NVIDIA's Nemotron-NAS models) reads `feed_forward_length`, `attention.head_count` and
+`attention.head_count_kv` as per-layer arrays and builds every layer at its own width. So a mask that keeps the same
+count everywhere is written in the family's own architecture (quantizers and every llama.cpp build know it), and a
+per-layer mask is written as `deci` — exact widths, no zero padding. Both use NORM rope, so q and k rows are permuted
+exactly as llama.cpp's own converter permutes Llama's (`qwen2` uses NEOX rope: its uniform file keeps HF order).
+
+Why copy the tokenizer from the source GGUF for the embedded model: those arrays are what llama.cpp already tokenizes
+the model with; for other byte-level BPE tokenizers the arrays are built the way llama.cpp's converter builds them,
+and tokenizers we cannot reproduce exactly are refused (a GGUF that tokenizes differently would be silently wrong).
+
+Output types: f32, f16 and bf16 keep any width. Q8_0 stores rows in blocks of 32 values, so every row length
+(ffn_down's row = the layer's kept width) must be a multiple of 32: `--round-to 32` makes it so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diet.errors import DietError
+
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+QUANT_BLOCK = {"q8_0": 32}  # values per block: a row length must be a multiple of it
+UNIFORM_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # family -> llama.cpp's own architecture
+PER_LAYER_ARCH = "deci"
+NEOX_ROPE = ("qwen2",)  # llama.cpp architectures with NEOX rope: q/k keep the Hugging Face row order
+GGUF_NAME = "model.gguf"
+
+
+@dataclass(frozen=True)
+class GGUFSettings:
+    """What the GGUF writer does beyond the mask."""
+
+    outtype: str = "f32"  # f32 / f16 / bf16 (any width) or q8_0 (every row length a multiple of 32)
+
+
+@dataclass(frozen=True)
+class GGUFPlan:
+    """The shape of the file: architecture and per-layer sizes, read from the pruned model's tensors."""
+
+    family: str  # diet family name (llama, mistral, qwen2)
+    arch: str  # llama.cpp general.architecture
+    ffn: list[int]  # MLP width per layer
+    heads: list[int]  # query heads per layer
+    kv_heads: list[int]  # key/value heads per layer
+    head_dim: int  # per-head size (q/k/v)
+
+    @property
+    def uniform(self) -> bool:
+        return len(set(self.ffn)) == 1 and len(set(self.heads)) == 1 and len(set(self.kv_heads)) == 1
+
+
+def _qtype(outtype: str):
+    from gguf import GGMLQuantizationType as Q
+
+    return {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}[outtype]
+
+
+def _file_type(outtype: str):
+    from gguf import LlamaFileType as F
+
+    return {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0}[outtype]
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def check_request(family: str, kept_per_layer: Sequence[int], outtype: str, hidden: int | None = None) -> None:
+    """Refuse, before any expensive work, what the GGUF writer cannot write exactly (one line each)."""
+    if outtype not in OUTTYPES:
+        raise DietError(f"unknown GGUF output type {outtype!r}: use one of {', '.join(OUTTYPES)}")
+    kept = [int(k) for k in kept_per_layer]
+    uniform = len(set(kept)) == 1
+    if family not in UNIFORM_ARCH:
+        if family in ("gemma2", "gemma3") and not uniform:
+            raise DietError(f"{family} cannot run per-layer MLP widths in llama.cpp (its `deci` architecture has no "
+                            "sandwich norms, soft-capping or embedding scale): export --export-mode uniform (same "
+                            "width in every layer) or padded instead")
+        raise DietError(f"GGUF export supports {', '.join(UNIFORM_ARCH)} models; for {family}, export "
+                        "--export-mode uniform or padded (a stock folder llama.cpp's converter reads)")
+    if min(kept) < 1:
+        raise DietError("a layer keeps no MLP channel; llama.cpp's deci architecture then also drops that layer's "
+                        "attention: lower the threshold or the sparsity")
+    block = QUANT_BLOCK.get(outtype)
+    if block:
+        odd = [i for i, k in enumerate(kept) if k % block]
+        if odd:
+            raise DietError(f"{outtype} stores rows in blocks of {block}, but layer {odd[0]} keeps {kept[odd[0]]} "
+                            f"channels ({len(odd)} layer(s) not a multiple of {block}): add --round-to {block} "
+                            "(or 64/128/256), or use f16/bf16/f32")
+        if hidden is not None and hidden % block:
+            raise DietError(f"{outtype} needs a hidden size divisible by {block}; this model's is {hidden}: use "
+                            "f16, bf16 or f32")
+
+
+def plan_for(model) -> GGUFPlan:
+    """Read the per-layer sizes from a pruned model's own tensors (no config field is trusted)."""
+    from diet.adapters import get_family, llama_like_parts
+
+    family = get_family(model).name
+    _, layers = llama_like_parts(model)
+    cfg = model.config
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    ffn = [int(p["ffn_down"].in_features) for p in layers]
+    heads = [int(p["attn_q"].out_features) // head_dim for p in layers]
+    kv = [int(p["attn_k"].out_features) // head_dim for p in layers]
+    uniform = len(set(ffn)) == 1 and len(set(heads)) == 1 and len(set(kv)) == 1
+    return GGUFPlan(family, UNIFORM_ARCH[family] if uniform else PER_LAYER_ARCH, ffn, heads, kv, head_dim)
+
+
+def _rope_theta(config) -> float:
+    params = getattr(config, "rope_parameters", None) or {}
+    kind = params.get("rope_type", "default")
+    if kind not in ("default", None):
+        raise DietError(f"GGUF export does not write {kind!r} rope scaling yet (only plain rope)")
+    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+    if theta is None:
+        raise DietError("the model config names no rope_theta")
+    return float(theta)
+
+
+# ------------------------------------------------------------------------------------------------ tensors
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp converter's permute for NORM rope: each head's rows (or bias entries) go from the Hugging Face
+    half-split order to interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def _tensors(model, plan: GGUFPlan) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, fp32 array in Hugging Face [out, in] layout) for every tensor the file holds."""
+    from diet.adapters import llama_like_parts
+
+    top, layers = llama_like_parts(model)
+    out = [("token_embd.weight", _np(top["token_embd"].weight)), ("output_norm.weight", _np(top["output_norm"].weight))]
+    if top["output"] is not None and top["output"].weight is not top["token_embd"].weight:
+        out.append(("output.weight", _np(top["output"].weight)))
+    permute = plan.arch not in NEOX_ROPE
+    for i, parts in enumerate(layers):
+        for role, mod in parts.items():
+            for kind in ("weight", "bias"):
+                t = getattr(mod, kind, None)
+                if t is None:
+                    continue
+                a = _np(t)
+                if permute and role == "attn_q":
+                    a = permute_qk(a, plan.heads[i])
+                elif permute and role == "attn_k":
+                    a = permute_qk(a, plan.kv_heads[i])
+                out.append((f"blk.{i}.{role}.{kind}", a))
+    return out
+
+
+def _encode(name: str, a: np.ndarray, outtype: str):
+    """(data, raw dtype) as llama.cpp's converter stores it: 1-D tensors (norms, biases) in F32, matrices in the
+    output type."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize
+
+    if a.ndim == 1 or outtype == "f32":
+        return np.ascontiguousarray(a, dtype=np.float32), Q.F32
+    qtype = _qtype(outtype)
+    block = QUANT_BLOCK.get(outtype)
+    if block and a.shape[-1] % block:
+        raise DietError(f"{name}: rows of {a.shape[-1]} values do not fill {outtype} blocks of {block}: add "
+                        f"--round-to {block}, or use f16/bf16/f32")
+    return quantize(np.ascontiguousarray(a, dtype=np.float32), qtype), qtype
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+
+
+def embedded_tokenizer_fields(name: str) -> list[tuple[str, object, object, object]]:
+    """(key, value, type, array item type) of every `tokenizer.*` field of an embedded model's source GGUF."""
+    from gguf import GGUFReader, GGUFValueType
+
+    from diet.models import embedded_gguf
+
+    reader = GGUFReader(embedded_gguf(name))
+    out = []
+    for key, field in reader.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[1] if vtype == GGUFValueType.ARRAY and len(field.types) > 1 else None
+        out.append((key, field.contents(), vtype, sub))
+    return out
+
+
+def tokenizer_fields(lm) -> list[tuple[str, object, object, object]]:
+    """The tokenizer metadata for `lm`: copied from the source GGUF (embedded models) or built from tokenizer.json."""
+    from diet.models import EMBEDDED
+
+    if lm.spec.name in EMBEDDED:
+        return embedded_tokenizer_fields(lm.spec.name)
+    return bpe_tokenizer_fields(lm.tokenizer, vocab_size=int(lm.model.config.vocab_size))
+
+
+# llama.cpp names a byte-level BPE pre-tokenizer by the sha256 of str(tokenizer.encode(CHECK_TEXT)); these are the
+# values its converter (conversion/base.py, get_vocab_base_pre) lists for the tokenizers we can write.
+CHECK_TEXT = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ '
+              '(multiple emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 '
+              '3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ '
+              '------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been '
+              '\'told he\'s there, \'RE you sure? \'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL')
+PRE_TOKENIZERS = {
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",
+    "0fe1cf6eda062318a1af7270f3331a85c539a01778ff948e24388e949c5282f4": "gpt-2",
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+}
+
+
+def _looks_special(token: str) -> bool:
+    """The converter's `does_token_look_special` (added tokens some models forget to mark special)."""
+    pairs = (("<|", "|>"), ("<｜", "｜>"), ("<unused", ">"))
+    return token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or any(
+        token.startswith(a) and token.endswith(b) for a, b in pairs)
+
+
+def _bpe_pre(tokenizer) -> str:
+    """llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer, or a one-line refusal."""
+    import hashlib
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = json.loads(backend.to_str()).get("model", {}) if backend is not None else {}
+    if model.get("type") != "BPE" or "Ġ" not in " ".join(list(tokenizer.get_vocab())[:5000]):
+        raise DietError("GGUF export builds tokenizer metadata for byte-level BPE tokenizers only (GPT-2 style); "
+                        "this tokenizer is not one: convert the exported uniform/padded folder with llama.cpp's "
+                        "convert_hf_to_gguf.py instead")
+    digest = hashlib.sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest()
+    if digest not in PRE_TOKENIZERS:
+        raise DietError(f"unknown BPE pre-tokenizer (llama.cpp hash {digest[:12]}…): GGUF export knows "
+                        f"{', '.join(sorted(set(PRE_TOKENIZERS.values())))}; convert an exported folder with "
+                        "llama.cpp's convert_hf_to_gguf.py instead")
+    return PRE_TOKENIZERS[digest]
+
+
+def _bpe_tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
+    """Token strings and types exactly as the converter's `get_vocab_base` makes them."""
+    from gguf import TokenType
+
+    reverse = {i: t for t, i in tokenizer.get_vocab().items()}
+    added = tokenizer.get_added_vocab()
+    decoder = tokenizer.added_tokens_decoder
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in reverse:
+            tokens.append(f"[PAD{i}]")
+            types.append(TokenType.UNUSED)
+            continue
+        token = reverse[i]
+        if token in added:
+            if not decoder[i].normalized:
+                token = tokenizer.decode(tokenizer.encode(token, add_special_tokens=False))
+            if decoder[i].special or _looks_special(token):
+                types.append(TokenType.CONTROL)
+            else:
+                token = token.replace("\u2581", " ")
+                types.append(TokenType.USER_DEFINED)
+        else:
+            types.append(TokenType.NORMAL)
+        tokens.append(token)
+    return tokens, [int(t) for t in types]
+
+
+def bpe_tokenizer_fields(tokenizer, vocab_size: int) -> list[tuple[str, object, object, object]]:
+    """Tokenizer metadata for a byte-level BPE tokenizer, built as llama.cpp's converter builds it (tokens, types,
+    pre-tokenizer, merges and special tokens through gguf's own SpecialVocab)."""
+    import tempfile
+
+    from gguf import GGUFValueType as V
+    from gguf import SpecialVocab
+
+    pre = _bpe_pre(tokenizer)
+    tokens, types = _bpe_tokens(tokenizer, vocab_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        special = SpecialVocab(Path(tmp), load_merges=True, n_vocab=vocab_size)
+    if not special.merges:
+        raise DietError("the tokenizer has no BPE merges to write")
+    fields = [("tokenizer.ggml.model", "gpt2", V.STRING, None), ("tokenizer.ggml.pre", pre, V.STRING, None),
+              ("tokenizer.ggml.tokens", tokens, V.ARRAY, V.STRING),
+              ("tokenizer.ggml.token_type", types, V.ARRAY, V.INT32),
+              ("tokenizer.ggml.merges", list(special.merges), V.ARRAY, V.STRING)]
+    for kind, tid in special.special_token_ids.items():
+        key = {"sep": "seperator", "pad": "padding", "unk": "unknown"}.get(kind, kind)
+        fields.append((f"tokenizer.ggml.{key}_token_id", int(tid), V.UINT32, None))
+    probe = tokenizer.encode("a")  # what the transformers tokenizer really adds, written out explicitly
+    adds = {**special.add_special_token,
+            "bos": tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id],
+            "eos": tokenizer.eos_token_id is not None and len(probe) > 1 and probe[-1:] == [tokenizer.eos_token_id]}
+    for kind, on in adds.items():
+        fields.append((f"tokenizer.ggml.add_{kind}_token", bool(on), V.BOOL, None))
+    if isinstance(special.chat_template, str):
+        fields.append(("tokenizer.chat_template", special.chat_template, V.STRING, None))
+    return fields
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def write_gguf(model, fields: list, path: str | Path, settings: GGUFSettings = GGUFSettings(),
+               name: str = "pruned model", extra: dict | None = None) -> dict:
+    """Write `model` (already pruned, Llama-shaped) with tokenizer `fields` to `path`; returns what was written:
+    {"arch", "outtype", "params_stored", "bytes", "ffn", "heads", "kv_heads"}."""
+    from gguf import GGUFValueType, GGUFWriter
+
+    plan = plan_for(model)
+    cfg = model.config
+    check_request(plan.family, plan.ffn, settings.outtype, int(cfg.hidden_size))
+    theta = _rope_theta(cfg)
+    arrays = _tensors(model, plan)  # before opening the file: a refusal leaves nothing behind
+    encoded = [(n, *_encode(n, a, settings.outtype)) for n, a in arrays]
+    w = GGUFWriter(str(path), plan.arch)
+    w.add_name(name)
+    w.add_block_count(len(plan.ffn))
+    w.add_context_length(int(cfg.max_position_embeddings))
+    w.add_embedding_length(int(cfg.hidden_size))
+    per_layer = plan.arch == PER_LAYER_ARCH
+    w.add_feed_forward_length(plan.ffn if per_layer else plan.ffn[0])
+    w.add_head_count(plan.heads if per_layer else plan.heads[0])
+    w.add_head_count_kv(plan.kv_heads if per_layer else plan.kv_heads[0])
+    w.add_key_length(plan.head_dim)
+    w.add_value_length(plan.head_dim)
+    w.add_rope_freq_base(theta)
+    w.add_rope_dimension_count(plan.head_dim)
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_vocab_size(int(cfg.vocab_size))
+    w.add_file_type(_file_type(settings.outtype))
+    for key, value in (extra or {}).items():  # provenance (diet.*): llama.cpp ignores unknown keys
+        w.add_key_value(key, value, GGUFValueType.STRING)
+    for key, value, vtype, sub in fields:
+        w.add_key_value(key, value, vtype, sub_type=sub)
+    for n, data, qtype in encoded:
+        w.add_tensor(n, data, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"arch": plan.arch, "outtype": settings.outtype, "params_stored": int(sum(a.size for _, a in arrays)),
+            "bytes": Path(path).stat().st_size, "ffn": plan.ffn, "heads": plan.heads, "kv_heads": plan.kv_heads}
