@@ -15,7 +15,6 @@ Why only the decoder body runs: no score needs the logits, and the lm_head is a 
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -107,7 +106,28 @@ def texts_hash(texts: list[str]) -> str:
     return sha256_of(texts)
 
 
-class _Accumulator:
+class HalfSums:
+    """Base of every hook set that sums activations per half: `set_batch` gives each token of the next batch the
+    weight 1 in its text's half (0 for padding), so every hook adds `weights @ x` — padding never counts.
+
+    Subclasses register their hooks and own their sums; `run_batches` drives any of them through the same loop.
+    """
+
+    weights: torch.Tensor | None = None  # (2, B*T): 1 where a token is real and in that half
+    handles: list
+    count: torch.Tensor  # (2,) float64 tokens per half
+
+    def set_batch(self, attention_mask: torch.Tensor, halves: torch.Tensor) -> None:
+        m = attention_mask.float()  # (B, T)
+        self.weights = torch.stack([m * (halves == 0)[:, None], m * (halves == 1)[:, None]]).reshape(2, -1)
+        self.count += self.weights.sum(1).double().cpu()
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class _Accumulator(HalfSums):
     """Forward pre-hooks that add one batch's per-channel sums, per half, into fp32 buffers."""
 
     def __init__(self, model: torch.nn.Module, unit: str):
@@ -125,7 +145,6 @@ class _Accumulator:
         self.seq_sq_sum = torch.zeros(shape, dtype=torch.float32, device=dev)
         self.count = torch.zeros(2, dtype=torch.float64)
         self.seqs = torch.zeros(2, dtype=torch.float64)
-        self.weights: torch.Tensor | None = None  # (2, B*T): 1 where a token is real and in that half
         self.seq_weights: torch.Tensor | None = None  # (B, B*T): 1/len(sequence) on that sequence's real tokens
         self.seq_halves: torch.Tensor | None = None  # (2, B): one-hot half of each sequence
         self.handles = [self.unit.hook_module(layer).register_forward_pre_hook(self._hook(i))
@@ -146,30 +165,24 @@ class _Accumulator:
         return hook
 
     def set_batch(self, attention_mask: torch.Tensor, halves: torch.Tensor) -> None:
-        m = attention_mask.float()  # (B, T)
-        w = torch.stack([m * (halves == 0)[:, None], m * (halves == 1)[:, None]]).reshape(2, -1)
-        self.weights = w
-        self.count += w.sum(1).double().cpu()
+        super().set_batch(attention_mask, halves)
+        m = attention_mask.float()
         B, T = m.shape
         per_seq = m / m.sum(1, keepdim=True).clamp(min=1.0)  # (B, T)
         self.seq_weights = (torch.eye(B)[:, :, None] * per_seq[None]).reshape(B, B * T)
         self.seq_halves = torch.stack([(halves == 0), (halves == 1)]).float() * (m.sum(1) > 0)[None]
         self.seqs += self.seq_halves.sum(1).double()
 
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
 
-
-def profile_texts(model: torch.nn.Module, tokenizer, texts: list[str], settings: ProfileSettings,
-                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> Stats:
-    """Run `texts` through the model's decoder body and return the summed unit statistics.
+def run_batches(model: torch.nn.Module, tokenizer, texts: list[str], settings: ProfileSettings, sums: HalfSums,
+                progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> None:
+    """The one profiling loop: `texts` through the decoder body in batches, `sums`' hooks collecting; hooks removed.
 
     Texts are sorted by length so batches carry little padding; padding tokens never reach the sums (they get
-    weight 0). `should_stop` is polled between batches: returning True raises `Cancelled`.
+    weight 0); texts alternate between the two halves by their index. `should_stop` is polled between batches:
+    returning True raises `Cancelled`.
     """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    acc = _Accumulator(model, settings.unit)
     body = model.base_model  # the decoder without the lm_head
     device = next(model.parameters()).device
     done = 0
@@ -181,26 +194,21 @@ def profile_texts(model: torch.nn.Module, tokenizer, texts: list[str], settings:
                 idx = order[start : start + settings.batch_size]
                 enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
                                 max_length=settings.max_length)
-                halves = torch.tensor([i % 2 for i in idx])
-                acc.set_batch(enc["attention_mask"], halves)
+                sums.set_batch(enc["attention_mask"], torch.tensor([i % 2 for i in idx]))
                 body(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
                      use_cache=False)
                 done += len(idx)
                 if progress is not None:
                     progress(done, len(texts))
     finally:
-        acc.close()
+        sums.close()
+
+
+def profile_texts(model: torch.nn.Module, tokenizer, texts: list[str], settings: ProfileSettings,
+                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> Stats:
+    """Run `texts` through the model's decoder body and return the summed unit statistics."""
+    acc = _Accumulator(model, settings.unit)
+    run_batches(model, tokenizer, texts, settings, acc, progress, should_stop)
     return Stats(abs_sum=acc.abs_sum.cpu().numpy(), sq_sum=acc.sq_sum.cpu().numpy(), sum=acc.sum.cpu().numpy(),
                  count=acc.count.numpy().astype(np.float64), meta={"shape": model_shape(model, settings.unit)},
                  seq_sq_sum=acc.seq_sq_sum.cpu().numpy(), seqs=acc.seqs.numpy().astype(np.float64))
-
-
-def tokens_per_second(seconds: float, n_tokens: float) -> float:
-    return n_tokens / max(seconds, 1e-9)
-
-
-def timed_profile(model, tokenizer, texts, settings, progress=None, should_stop=None) -> tuple[Stats, float]:
-    """profile_texts and its wall time (used to learn this machine's speed for time estimates)."""
-    t0 = time.perf_counter()
-    stats = profile_texts(model, tokenizer, texts, settings, progress, should_stop)
-    return stats, time.perf_counter() - t0
