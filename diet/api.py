@@ -183,10 +183,22 @@ def split_half_overlap(stats: Stats, settings: MaskSettings) -> float:
     return float(M.jaccard_matrix(np.stack([a, b]))[0, 1])
 
 
-def prune_copy(lm: LoadedModel, result: MaskResult):
-    """A pruned deep copy of the model (the loaded one stays dense, so the app can compare side by side)."""
+def prune_copy(lm: LoadedModel, result: MaskResult, compensation=None, texts: Sequence[str] | None = None):
+    """A pruned deep copy of the model (the loaded one stays dense, so the app can compare side by side).
+
+    `compensation` (a `diet.settings.CompensationSettings`): with method "lstsq" the copy's output projections are
+    refitted on `texts` (default: `compensation.samples` calibration texts of each of the result's tasks) before
+    slicing; FLAP's / "bias" compensation rides on `result.compensation` as before.
+    """
     import copy
 
     from diet.prune import prune_units
 
-    return prune_units(copy.deepcopy(lm.model), result.keep(), result.unit, compensation=result.compensation)
+    model = copy.deepcopy(lm.model)
+    if compensation is not None and compensation.method == "lstsq":
+        from diet.compensate import fit_lstsq, fit_texts
+
+        texts = list(texts) if texts is not None else fit_texts([_task(t) for t in result.tasks], compensation)
+        fit_lstsq(model, lm.tokenizer, texts, result.keep(), result.unit, compensation)
+        return prune_units(model, result.keep(), result.unit)
+    return prune_units(model, result.keep(), result.unit, compensation=result.compensation)

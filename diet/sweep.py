@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from diet.errors import DietError
-from diet.settings import MaskSettings, MethodSettings, ProfileSettings, sha256_of
+from diet.settings import CompensationSettings, MaskSettings, MethodSettings, ProfileSettings, sha256_of
 
 Say = Callable[[str], None]
 COLUMNS = ("method", "variant", "sparsity", "unit", "unit_sparsity", "param_sparsity", "task", "metric", "value",
-           "acc", "acc_norm", "n", "preview", "seconds")
+           "acc", "acc_norm", "n", "preview", "seconds", "compensation")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class SweepSettings:
     limit: int | None = None  # evaluation items per task (None = all; a limit marks the rows as a preview)
     general: str = "auto"  # general text source (diet.general) for the task-agnostic baselines and task fusion
     batch_size: int = 16  # evaluation batch size (does not change a number; not in the key)
+    compensations: tuple[str, ...] = ("none",)  # after removal: "none", "bias", "lstsq" (diet.compensate); each
+    #                                             method × sparsity is evaluated once per compensation
 
     def __post_init__(self) -> None:
         from diet.methods import get_method
@@ -49,43 +51,54 @@ class SweepSettings:
                 raise DietError(f"sparsity must be in [0, 1), got {s}")
         if self.limit is not None and self.limit < 1:
             raise DietError(f"limit must be at least 1, got {self.limit}")
+        from diet.settings import COMPENSATIONS
+
+        for c in self.compensations:
+            if c not in COMPENSATIONS:
+                raise DietError(f"unknown compensation {c!r}: use one of {', '.join(COMPENSATIONS)}")
 
 
-def cells(settings: SweepSettings) -> list[tuple[str, str, float]]:
-    """(method, variant, sparsity) of every pruned model the sweep evaluates; variant = task for single-task."""
+def cells(settings: SweepSettings) -> list[tuple[str, str, float, str]]:
+    """(method, variant, sparsity, compensation) of every pruned model the sweep evaluates; variant = task for
+    single-task."""
     out = []
     for method in settings.methods:
         variants = list(settings.tasks) if method == "single-task" else [""]
-        out += [(method, v, s) for v in variants for s in settings.sparsities]
+        out += [(method, v, s, c) for v in variants for s in settings.sparsities for c in settings.compensations]
     return out
 
 
-def _cell_key(base: dict, method: str, variant: str, sparsity: float, ms: MethodSettings, task) -> str:
+def _cell_key(base: dict, method: str, variant: str, sparsity: float, ms: MethodSettings, task,
+              comp: dict | None = None) -> str:
+    extra = {"compensation": comp} if comp and comp.get("method") != "none" else {}
     return sha256_of({**base, "method": method, "variant": variant, "sparsity": sparsity,
-                      "method_settings": asdict(ms), "eval_task": task.fingerprint()})[:24]
+                      "method_settings": asdict(ms), "eval_task": task.fingerprint(), **extra})[:24]
 
 
-def _row(method: str, variant: str, sparsity: float, summary: dict, unit: str, r) -> dict:
+def _row(method: str, variant: str, sparsity: float, summary: dict, unit: str, r, comp: str = "none") -> dict:
     return {"method": method, "variant": variant, "sparsity": sparsity, "unit": unit,
             "unit_sparsity": float(summary.get("unit_sparsity", 0.0)),
             "param_sparsity": float(summary.get("param_sparsity", 0.0)), "task": r.task, "metric": r.metric,
             "value": r.value, "acc": r.acc, "acc_norm": r.acc_norm, "n": r.n, "preview": r.preview,
-            "seconds": round(r.seconds, 3)}
+            "seconds": round(r.seconds, 3), "compensation": comp}
 
 
 def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSettings(),
               mask: MaskSettings = MaskSettings(), method: MethodSettings = MethodSettings(), cache=None,
-              say: Say | None = None, lock: Callable | None = None) -> list[dict]:
+              say: Say | None = None, lock: Callable | None = None,
+              lstsq: CompensationSettings = CompensationSettings(method="lstsq")) -> list[dict]:
     """Every cell's rows (cached cells are read, not recomputed), plus the dense model's rows (sparsity 0).
 
     `lock`: an optional context-manager factory held around each model evaluation (the heavy part), so a long
-    sweep lets other torch jobs on a shared machine take turns between cells.
+    sweep lets other torch jobs on a shared machine take turns between cells. `lstsq`: the knobs of the lstsq
+    cells (ridge, texts per task...); it fits on the sweep's calibration tasks' texts.
     """
     from contextlib import nullcontext
 
     from diet.adapters import model_shape
     from diet.api import profile_tasks, prune_copy, stats_key
     from diet.cache import ArtifactCache
+    from diet.compensate import fit_texts
     from diet.evaluate import EvalSettings, evaluate_task
     from diet.general import general_task
     from diet.methods import MethodInputs, needs_general, run_method, weight_stats
@@ -112,11 +125,14 @@ def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSet
             "max_length": eval_settings.max_length}
     inputs = MethodInputs(stats, general, weight_stats(lm.model, profile.unit), model_shape(lm.model, profile.unit))
 
+    lstsq = replace(lstsq, method="lstsq")
+    fit = fit_texts(tasks, lstsq) if "lstsq" in settings.compensations else None
     rows: list[dict] = []
-    todo = [("dense", "", 0.0)] + cells(settings)
-    for i, (name, variant, sparsity) in enumerate(todo):
+    todo = [("dense", "", 0.0, "none")] + cells(settings)
+    for i, (name, variant, sparsity, comp) in enumerate(todo):
         ms = replace(method, method=name, single_task=variant or method.single_task)
-        cell_keys = {t.name: _cell_key(base, name, variant, sparsity, ms, t) for t in eval_tasks}
+        knobs = lstsq.key_fields() if comp == "lstsq" else {"method": comp}
+        cell_keys = {t.name: _cell_key(base, name, variant, sparsity, ms, t, knobs) for t in eval_tasks}
         hits = {n: cache.load_json("sweep", k) for n, k in cell_keys.items()}
         if all(h is not None for h in hits.values()):
             rows += list(hits.values())
@@ -125,20 +141,20 @@ def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSet
         if name == "dense":
             model, summary = lm.model, {"unit_sparsity": 0.0, "param_sparsity": 0.0}
         else:
-            result = run_method(name, inputs, replace(mask, sparsity=sparsity), ms)
+            result = run_method(name, inputs, replace(mask, sparsity=sparsity), ms, comp)
             model, summary = None, result.summary
         with lock():
             if model is None:
-                model = prune_copy(lm, result)
+                model = prune_copy(lm, result, lstsq if comp == "lstsq" else None, fit)
             for t in eval_tasks:
                 if hits[t.name] is not None:
                     rows.append(hits[t.name])
                     continue
-                row = _row(name, variant, sparsity, summary, profile.unit, evaluate_task(model, lm.tokenizer, t,
-                                                                                         eval_settings))
+                row = _row(name, variant, sparsity, summary, profile.unit,
+                           evaluate_task(model, lm.tokenizer, t, eval_settings), comp)
                 cache.save_json("sweep", cell_keys[t.name], row)
                 rows.append(row)
-        label = f"{name}{':' + variant if variant else ''} @ {sparsity:g}"
+        label = f"{name}{':' + variant if variant else ''}{'+' + comp if comp != 'none' else ''} @ {sparsity:g}"
         done = rows[-len(eval_tasks):]
         say(f"[{i + 1}/{len(todo)}] {label}: mean {np.mean([r['value'] for r in done]):.4f} "
             f"({time.perf_counter() - t0:.0f} s)")
@@ -149,13 +165,27 @@ def table(rows: Sequence[dict]):
     """The tidy table as a pandas DataFrame (one row per method × variant × sparsity × evaluation task)."""
     import pandas as pd
 
-    return pd.DataFrame(list(rows), columns=list(COLUMNS))
+    df = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    df["compensation"] = df["compensation"].astype(object).fillna("none")  # rows cached before it existed
+    return df
+
+
+def labels(df):
+    """One name per method × variant × compensation: "diet", "single-task:facts", "pooled+lstsq"."""
+    comp = df["compensation"].map(lambda c: "" if c == "none" else f"+{c}")
+    return df["method"] + df["variant"].map(lambda v: f":{v}" if v else "") + comp
+
+
+def _means(rows: Sequence[dict]):
+    df = table(rows)
+    df["name"] = labels(df)
+    return df.groupby(["name", "method", "sparsity"], sort=False)["value"].mean().reset_index()
 
 
 def mean_table(rows: Sequence[dict]):
-    """Mean over evaluation tasks of each task's primary metric, per method (and variant) × sparsity."""
+    """Mean over evaluation tasks of each task's primary metric, per method (variant, compensation) × sparsity."""
     df = table(rows)
-    df["name"] = df["method"] + df["variant"].map(lambda v: f":{v}" if v else "")
+    df["name"] = labels(df)
     return df.pivot_table(index="name", columns="sparsity", values="value", aggfunc="mean", sort=False)
 
 
@@ -163,15 +193,14 @@ def figure(rows: Sequence[dict]):
     """Plotly accuracy-vs-sparsity figure: one line per method, the dense model as a dashed reference."""
     import plotly.graph_objects as go
 
-    df = table(rows)
-    means = df.groupby(["method", "variant", "sparsity"], sort=False)["value"].mean().reset_index()
+    means = _means(rows)
     fig = go.Figure()
     dense = means[means["method"] == "dense"]["value"]
     if len(dense):
         fig.add_hline(y=float(dense.iloc[0]), line_dash="dash", annotation_text="dense")
-    for (method, variant), g in means[means["method"] != "dense"].groupby(["method", "variant"], sort=False):
+    for name, g in means[means["method"] != "dense"].groupby("name", sort=False):
         fig.add_scatter(x=g["sparsity"].to_numpy(np.float32), y=g["value"].to_numpy(np.float32), mode="lines+markers",
-                        name=f"{method}:{variant}" if variant else method)
+                        name=name)
     fig.update_layout(xaxis_title="sparsity (fraction of units removed)", yaxis_title="mean accuracy over tasks",
                       template="plotly_white")
     return fig
@@ -186,15 +215,13 @@ def save_png(rows: Sequence[dict], path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    df = table(rows)
-    means = df.groupby(["method", "variant", "sparsity"], sort=False)["value"].mean().reset_index()
+    means = _means(rows)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     dense = means[means["method"] == "dense"]["value"]
     if len(dense):
         ax.axhline(float(dense.iloc[0]), color="grey", ls="--", label="dense")
-    for (method, variant), g in means[means["method"] != "dense"].groupby(["method", "variant"], sort=False):
-        ax.plot(g["sparsity"], g["value"], marker="o", label=f"{method}:{variant}" if variant else method,
-                lw=2.5 if method == "diet" else 1.2)
+    for name, g in means[means["method"] != "dense"].groupby("name", sort=False):
+        ax.plot(g["sparsity"], g["value"], marker="o", label=name, lw=2.5 if name == "diet" else 1.2)
     ax.set_xlabel("sparsity (fraction of units removed)")
     ax.set_ylabel("mean accuracy over tasks")
     ax.legend(fontsize=7, ncol=2)

@@ -1,5 +1,7 @@
 """Sweep: the right cells, numbers equal to pruning and evaluating by hand, and resumable from the cache."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -24,9 +26,16 @@ def lm():
 
 
 def test_cells_expand_single_task_per_task():
-    assert cells(SWEEP) == [("diet", "", 0.25), ("diet", "", 0.5), ("random", "", 0.25), ("random", "", 0.5),
-                            ("single-task", "arithmetic", 0.25), ("single-task", "arithmetic", 0.5),
-                            ("single-task", "capitals", 0.25), ("single-task", "capitals", 0.5)]
+    assert [c[:3] for c in cells(SWEEP)] == [
+        ("diet", "", 0.25), ("diet", "", 0.5), ("random", "", 0.25), ("random", "", 0.5),
+        ("single-task", "arithmetic", 0.25), ("single-task", "arithmetic", 0.5),
+        ("single-task", "capitals", 0.25), ("single-task", "capitals", 0.5)]
+    assert {c[3] for c in cells(SWEEP)} == {"none"}
+    both = cells(replace(SWEEP, methods=("diet",), compensations=("none", "lstsq")))
+    assert both == [("diet", "", 0.25, "none"), ("diet", "", 0.25, "lstsq"), ("diet", "", 0.5, "none"),
+                    ("diet", "", 0.5, "lstsq")]
+    with pytest.raises(DietError, match="unknown compensation"):
+        SweepSettings(methods=("diet",), tasks=("arithmetic",), compensations=("obs",))
     with pytest.raises(DietError, match="unknown method"):
         SweepSettings(methods=("obs",), tasks=("arithmetic",))
 
@@ -61,6 +70,29 @@ def test_sweep_rows_equal_direct_evaluation_and_resume(lm, tmp_path, monkeypatch
     again = run_sweep(lm, SWEEP, PROFILE, cache=cache)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert len(calls) == 1 and strip(again) == strip(rows)
+
+
+def test_sweep_compensation_cells_equal_direct_pruning(lm, tmp_path):
+    from diet.api import profile_tasks
+    from diet.compensate import fit_texts
+    from diet.settings import CompensationSettings
+    from diet.tasks import get_task
+
+    cache = ArtifactCache(tmp_path)
+    sweep = replace(SWEEP, methods=("diet",), sparsities=(0.5,), compensations=("none", "bias", "lstsq"))
+    knobs = CompensationSettings(method="lstsq", samples=8)
+    df = table(run_sweep(lm, sweep, PROFILE, cache=cache, lstsq=knobs))
+    assert sorted(set(df[df.method == "diet"]["compensation"])) == ["bias", "lstsq", "none"]
+    assert "diet+lstsq" in mean_table(df.to_dict("records")).index
+    tasks = [get_task("arithmetic"), get_task("capitals")]
+    stats = profile_tasks(lm, tasks, PROFILE, cache=cache)
+    inputs = MethodInputs(stats, weights=weight_stats(lm.model))
+    for comp in ("bias", "lstsq"):
+        result = run_method("diet", inputs, MaskSettings(sparsity=0.5), compensation=comp)
+        model = prune_copy(lm, result, knobs if comp == "lstsq" else None, fit_texts(tasks, knobs))
+        want = E.evaluate_task(model, lm.tokenizer, tasks[0], E.EvalSettings(limit=3))
+        got = df[(df.compensation == comp) & (df.task == "arithmetic") & (df.method == "diet")].iloc[0]
+        assert got["acc"] == want.acc and got["acc_norm"] == want.acc_norm
 
 
 def test_mean_table_and_plots(tmp_path):
