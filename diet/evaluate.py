@@ -61,11 +61,29 @@ class TaskResult:
     preview: bool  # True when a limit cut the item list: not comparable with published numbers
     seconds: float
     logliks: tuple[tuple[float, ...], ...] = field(default=(), repr=False)  # per item, per choice (debugging)
+    calibration_items: int = 0  # items of the task's file its automatic split used for calibration, not scored
+    repeats: int = 0  # scored items that exactly repeat an earlier one (kept, as lm-eval keeps them)
+
+    @property
+    def note(self) -> str:
+        """What the reader of `n` must know: a preview, items held for calibration, repeats ('' for none)."""
+        parts = []
+        if self.calibration_items:
+            whole = self.total + self.calibration_items
+            shown = f"first {self.n} of {self.total}" if self.preview else f"{self.n} of {whole}"
+            parts.append(f"{shown} scored{' (preview)' if self.preview else ''}; {self.calibration_items} used for "
+                         "calibration — set `split` to choose")
+        elif self.preview:
+            parts.append(f"preview: first {self.n} items of {self.total}")
+        if self.repeats:
+            parts.append(f"{self.repeats} exact repeat(s) among the items, each scored")
+        return "; ".join(parts)
 
     def to_dict(self) -> dict:
-        """JSON-ready summary (without the per-item logliks, which can be large)."""
+        """JSON-ready summary (without the per-item logliks, which can be large), with the note in words."""
         d = asdict(self)
         d.pop("logliks")
+        d["note"] = self.note
         return d
 
 
@@ -305,7 +323,9 @@ def evaluate_task(model: torch.nn.Module, tokenizer, task, settings: EvalSetting
     return TaskResult(task=task.name, n=n, total=len(task.evaluation), acc=acc, acc_norm=acc_norm,
                       metric=task.metric, value=acc if task.metric == "acc" else acc_norm,
                       preview=n < len(task.evaluation), seconds=time.perf_counter() - start,
-                      logliks=tuple(tuple(ll) for ll in per_item))
+                      logliks=tuple(tuple(ll) for ll in per_item),
+                      calibration_items=getattr(task, "held_for_calibration", 0),
+                      repeats=n - len({(it.context, it.choices, it.gold, it.contexts) for it in items}))
 
 
 def evaluate_tasks(model: torch.nn.Module, tokenizer, tasks: Sequence, settings: EvalSettings = EvalSettings(),
@@ -335,7 +355,7 @@ def format_table(results: Sequence[TaskResult]) -> str:
     for r in results:
         a = f"{r.acc:.4f}" + ("*" if r.metric == "acc" else " ")
         b = f"{r.acc_norm:.4f}" + ("*" if r.metric == "acc_norm" else " ")
-        note = f"(preview: first {r.n} items of {r.total})" if r.preview else ""
+        note = f"({r.note})" if r.note else ""
         lines.append(f"{r.task:<20} {r.n:>6} {a:>7} {b:>9}  {note}".rstrip())
     if results:
         any_preview = " (includes previews)" if any(r.preview for r in results) else ""

@@ -30,8 +30,8 @@ from diet.errors import DietError
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tasks"
 TARGET_DELIMITER = " "  # lm-evaluation-harness puts this between context and continuation
 SPLITS = ("calibration", "evaluation")
-USER_SPLIT_SEED = 0  # user files without a split column are shuffled with this seed...
-USER_CALIBRATION_FRACTION = 0.4  # ...and cut 40% calibration / 60% evaluation
+USER_SPLIT_SEED = 0  # user files without a split column: groups of identical items are shuffled with this seed...
+USER_CALIBRATION_FRACTION = 0.4  # ...and cut 40% calibration / 60% evaluation (a group never straddles the cut)
 USER_METRIC = "acc_norm"  # harness default for general multiple choice: length-normalised log-likelihood
 MAX_LISTED_PROBLEMS = 50  # a broken 10k-line file should not produce a 10k-line error
 
@@ -86,6 +86,20 @@ class Task:
     metric: str  # "acc" or "acc_norm": the one averages use
     calibration: tuple[str, ...]
     evaluation: tuple[MCItem, ...]
+    held_for_calibration: int = 0  # items of a file without `split` that the automatic split sent to calibration
+    eval_repeats: int = 0  # evaluation items that exactly repeat an earlier one (kept, as lm-eval keeps them)
+
+    def split_note(self) -> str:
+        """What a reader of an item count must know, or '': items of the file the automatic split kept for
+        calibration, and exact repeats in the evaluation pool (each repeat is scored, as lm-eval scores it)."""
+        parts = []
+        if self.held_for_calibration:
+            parts.append(f"{len(self.evaluation)} of {len(self.evaluation) + self.held_for_calibration} items "
+                         f"evaluate; {self.held_for_calibration} used for calibration — set `split` to choose")
+        if self.eval_repeats:
+            parts.append(f"{self.eval_repeats} evaluation item(s) repeat an earlier one exactly (kept, as lm-eval "
+                         "keeps them)")
+        return "; ".join(parts)
 
     def fingerprint(self) -> str:
         """sha256 of everything that defines the texts: cache keys change when the data changes."""
@@ -279,12 +293,36 @@ def _read_text(path: Path) -> str:
         raise DietError(f"{path}: cannot read the file ({exc.strerror})") from None
 
 
-def _build_task(name: str, description: str, source: str, metric: str, parsed: _Parsed) -> Task:
-    """Decide splits (seeded 40/60 for unsplit items), check disjointness with line numbers, build the Task."""
-    unsplit = [i for i, (_, _, split) in enumerate(parsed.items) if split is None]
-    order = list(unsplit)
+def _auto_calibration(parsed: _Parsed) -> set[int]:
+    """Indices (into parsed.items) of the unsplit items the automatic split sends to calibration.
+
+    Why by group: items whose calibration text is identical (exact repeats, common in real data) must all land on
+    the same side, or a repeat would leak an evaluation item into profiling. Groups, in the order of their first
+    line, are shuffled with a fixed seed and taken until 40% of the unsplit items calibrate (without repeats every
+    group is one item, and the split is the seeded item shuffle it always was). A group whose text is also a
+    calibration-only text line calibrates, whatever the shuffle says."""
+    groups: dict[str, list[int]] = {}
+    for i, (_, item, split) in enumerate(parsed.items):
+        if split is None:
+            groups.setdefault(item.calibration_text(), []).append(i)
+    texts = {text for _, text in parsed.texts}
+    forced = [g for t, g in groups.items() if t in texts]
+    order = [g for t, g in groups.items() if t not in texts]
     random.Random(USER_SPLIT_SEED).shuffle(order)
-    auto_cal = set(order[: round(USER_CALIBRATION_FRACTION * len(order))])
+    target = round(USER_CALIBRATION_FRACTION * sum(map(len, groups.values())))
+    chosen = [i for g in forced for i in g]
+    for g in order:
+        if len(chosen) >= target:
+            break
+        chosen += g
+    return set(chosen)
+
+
+def _build_task(name: str, description: str, source: str, metric: str, parsed: _Parsed) -> Task:
+    """Decide splits (seeded 40/60 by group of identical items for unsplit files), refuse explicit splits that
+    put the same item on both sides (both line numbers), count the evaluation pool's exact repeats (kept, as
+    lm-eval keeps them), build the Task."""
+    auto_cal = _auto_calibration(parsed)
     cal: list[tuple[int, str]] = list(parsed.texts)
     ev: list[tuple[int, MCItem]] = []
     for i, (line, item, split) in enumerate(parsed.items):
@@ -296,11 +334,13 @@ def _build_task(name: str, description: str, source: str, metric: str, parsed: _
     leaks = [f"line {line} (calibration) repeats line {eval_lines[text]} (evaluation)"
              for line, text in sorted(cal) if text in eval_lines]
     if leaks:
-        raise DietError(f"{source.removeprefix('file:')}: calibration and evaluation must be disjoint: "
-                        + "; ".join(leaks[:MAX_LISTED_PROBLEMS]))
+        raise DietError(f"{source.removeprefix('file:')}: the same item is marked for calibration and for evaluation "
+                        "(calibration and evaluation must be disjoint): " + "; ".join(leaks[:MAX_LISTED_PROBLEMS]))
     calibration = tuple(text for _, text in sorted(cal))
     evaluation = tuple(item for _, item in sorted(ev, key=lambda x: x[0]))
-    task = Task(name, description, source, metric, calibration, evaluation)
+    repeats = len(evaluation) - len({(it.context, it.choices, it.gold, it.contexts) for it in evaluation})
+    task = Task(name, description, source, metric, calibration, evaluation, held_for_calibration=len(auto_cal),
+                eval_repeats=repeats)
     check_disjoint(name, task.calibration, task.evaluation)  # the contract's check, on the final object
     return task
 

@@ -352,6 +352,66 @@ def test_user_items_without_split_are_split_40_60_deterministically(tmp_path):
         MCItem(r["context"], tuple(r["choices"]), r["gold"]) for r in records[20:])  # shuffled, not a prefix cut
 
 
+def test_user_repeated_items_without_split_load_with_every_copy_on_one_side(tmp_path):
+    # 40 items, some repeated 2-4 times (as real data is): the automatic split keeps each group on one side
+    records = []
+    for i in range(26):  # 7 items three times, 19 once
+        records += [{"context": f"Question {i}?", "choices": ["yes", "no"], "gold": i % 2}] * (1 + (i % 4 == 0) * 2)
+    assert len(records) == 40
+    path = write(tmp_path, "repeats.jsonl", jsonl(*records))
+    task = get_task(str(path))
+    eval_texts = [it.calibration_text() for it in task.evaluation]
+    assert not set(task.calibration) & set(eval_texts)  # no text on both sides
+    assert len(task.calibration) + len(task.evaluation) == 40  # every copy kept somewhere
+    assert task.held_for_calibration == len(task.calibration)
+    assert abs(len(task.calibration) - 16) <= 2  # about 40%, whole groups only
+    assert task.eval_repeats == len(eval_texts) - len(set(eval_texts)) > 0  # repeats kept and counted
+    assert f"{len(task.evaluation)} of 40 items evaluate; {len(task.calibration)} used for calibration" \
+        in task.split_note()
+    assert "repeat an earlier one exactly" in task.split_note()
+
+
+def test_user_split_without_repeats_is_unchanged_by_grouping(tmp_path):
+    # the seeded item shuffle of earlier versions: cached statistics of existing files stay valid
+    import random
+
+    records = [{"context": f"Q{i}:", "choices": ["yes", "no"], "gold": i % 2} for i in range(40)]
+    task = get_task(str(write(tmp_path, "plain.jsonl", jsonl(*records))))
+    order = list(range(40))
+    random.Random(tasks.USER_SPLIT_SEED).shuffle(order)
+    cal = sorted(order[:16])
+    assert task.calibration == tuple(f"Q{i}: {['yes', 'no'][i % 2]}" for i in cal)
+    note = "24 of 40 items evaluate; 16 used for calibration — set `split` to choose"
+    assert (task.held_for_calibration, task.eval_repeats, task.split_note()) == (16, 0, note)
+
+
+def test_user_explicit_conflicting_splits_name_both_lines(tmp_path):
+    item = {"context": "Q?", "choices": ["x", "y"], "gold": 0}
+    path = write(tmp_path, "conflict.jsonl", jsonl({**item, "split": "calibration"},
+                                                   {"context": "R?", "choices": ["x", "y"], "gold": 1,
+                                                    "split": "evaluation"},
+                                                   {**item, "split": "evaluation"}))
+    with pytest.raises(DietError, match=r"line 1 \(calibration\) repeats line 3 \(evaluation\)"):
+        get_task(str(path))
+
+
+def test_eval_table_and_json_say_how_many_items_went_to_calibration(tmp_path):
+    from diet.evaluate import EvalSettings, evaluate_task, format_table
+    from tests.tiny import tiny_model, tiny_tokenizer
+
+    records = [{"context": f"Q{i}:", "choices": ["yes", "no"], "gold": i % 2} for i in range(40)]
+    task = get_task(str(write(tmp_path, "forty.jsonl", jsonl(*records))))
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    r = evaluate_task(model, tok, task, EvalSettings(batch_size=8))
+    assert "(24 of 40 scored; 16 used for calibration — set `split` to choose)" in format_table([r])
+    d = json.loads(json.dumps(r.to_dict()))
+    assert (d["n"], d["calibration_items"]) == (24, 16) and "16 used for calibration" in d["note"]
+    preview = evaluate_task(model, tok, task, EvalSettings(limit=5, batch_size=8))
+    assert "(first 5 of 24 scored (preview); 16 used for calibration" in format_table([preview])
+    suite = evaluate_task(model, tok, get_task("capitals"), EvalSettings(limit=3))
+    assert suite.calibration_items == 0 and "used for calibration" not in format_table([suite])
+
+
 def test_user_text_only_file_has_no_evaluation(tmp_path):
     task = get_task(str(write(tmp_path, "texts.jsonl", jsonl({"text": "a"}, {"text": "b"}))))
     assert task.calibration == ("a", "b") and task.evaluation == ()
