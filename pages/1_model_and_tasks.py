@@ -123,7 +123,11 @@ def profile_section(lm, tasks: list, settings: ProfileSettings) -> None:
         cached = {t.name: is_profiled(lm, t, settings) for t in tasks}
         rows = [{"task": t.name, "source": t.source.split(":")[0], "description": t.description,
                  "calibration texts": min(settings.samples, len(t.calibration)), "evaluation items": len(t.evaluation),
-                 "metric": t.metric, "status": "cached ✓" if cached[t.name] else "to profile"} for t in tasks]
+                 "metric": t.metric, "status": "cached ✓" if cached[t.name] else "to profile",
+                 "note": t.split_note()} for t in tasks]
+        if not any(r["note"] for r in rows):
+            for r in rows:
+                del r["note"]
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         missing = [t for t in tasks if not cached[t.name]]
         if missing:
@@ -142,8 +146,8 @@ def profile_section(lm, tasks: list, settings: ProfileSettings) -> None:
     job_panel(("profile",), key="main")
     stats = st.session_state.get("stats")
     if stats:
-        n = int(next(iter(stats.values())).meta.get("texts", 0))
-        st.markdown(f"Statistics in this session: **{', '.join(stats)}** ({n} texts each).")
+        counts = ", ".join(f"**{name}** ({int(s.meta.get('texts', 0))} texts)" for name, s in stats.items())
+        st.markdown(f"Statistics in this session: {counts}.")
         st.page_link("pages/2_masks.py", label="Explore the masks", icon="➡️")
 
 

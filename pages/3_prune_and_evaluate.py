@@ -22,7 +22,15 @@ from pages._common import (
     runner,
     start_job,
 )
-from pages._work import compare_job, comparison_table, mask_digest, mask_stats, settings_summary, tasks_of
+from pages._work import (
+    compare_job,
+    comparison_table,
+    counts_notes,
+    mask_digest,
+    mask_stats,
+    settings_summary,
+    tasks_of,
+)
 
 
 def eval_settings_section(tasks: list) -> tuple[EvalSettings, list]:
@@ -46,10 +54,8 @@ def comparison_section(comp: dict, digest: str) -> None:
         st.warning(f"These results are for an earlier mask ({comp['sparsity']:.0%} of MLP channels removed, "
                    f"{comp.get('described', comp['settings']['merge'] + ' merge')}). Run again to measure the "
                    "current one.")
-    previews = [r for r in comp["dense"] if r.preview]
-    if previews:
-        st.info("Preview: " + ", ".join(f"{r.task} first {r.n} of {r.total} items" for r in previews)
-                + ". Preview numbers are noisy and not comparable with published ones; set items to 0 for all.")
+    for note in counts_notes(comp["dense"]):
+        st.info(note)
     size, speed = comp["size"], comp["speed"]
     dense_avg, pruned_avg = average(comp["dense"]), average(comp["pruned"])
     p_dense, p_pruned = size["dense"]["params"], size["pruned"]["params"]

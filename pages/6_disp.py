@@ -41,7 +41,7 @@ from pages._disp_work import (
     sets_digest,
     timed_build,
 )
-from pages._work import comparison_table, stats_profile_settings, tasks_of
+from pages._work import comparison_table, counts_notes, stats_profile_settings, tasks_of
 
 KINDS = ("disp_profile", "disp_compare", "disp_export")
 MERGE = {"budget": "exact budget (our default)", "threshold": "voting threshold"}
@@ -66,8 +66,9 @@ def statistics(lm, tasks: list, ps) -> tuple[str, dict | None]:
             names = ", ".join(t.name for t in missing)
             st.info(f"DISP reads its own statistics: at five points of every layer (the inputs of attention and "
                     f"MLP after their norms, what each block writes to the residual, the MLP channels). Not cached "
-                    f"yet for: **{names}**. One forward pass over each task's calibration texts ({ps.samples} "
-                    "samples, the settings of page 1), then cached on disk: the next time they load instantly.")
+                    f"yet for: **{names}**. One forward pass over each task's calibration texts ("
+                    + ", ".join(f"{t.name} {min(ps.samples, len(t.calibration))}" for t in missing)
+                    + " texts, the settings of page 1), then cached on disk: the next time they load instantly.")
             if st.button(f"Profile {len(missing)} task(s) at the five positions", type="primary",
                          disabled=runner().active() is not None, key="btn_disp_profile"):
                 start_job("disp_profile", f"DISP statistics of {len(tasks)} task(s)",
@@ -187,10 +188,8 @@ def comparison(comp: dict, digest: str) -> None:
     if comp["digest"] != digest:
         st.warning(f"These results are for earlier index sets (p = {comp['block_kept_fraction']:.1%}). Run again to "
                    "measure the current ones.")
-    previews = [r for r in comp["dense"] if r.preview]
-    if previews:
-        st.info("Preview: " + ", ".join(f"{r.task} first {r.n} of {r.total} items" for r in previews)
-                + ". Preview numbers are noisy; set items to 0 for all.")
+    for note in counts_notes(comp["dense"]):
+        st.info(note)
     size, speed = comp["size"], comp["speed"]
     d_avg, p_avg = average(comp["dense"]), average(comp["pruned"])
     c = st.columns(3)

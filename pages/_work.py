@@ -500,12 +500,27 @@ def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodS
     return run
 
 
+def counts_notes(results: list) -> list[str]:
+    """One line per kind of note on the item counts of evaluation results: previews, then tasks whose file gave
+    items to calibration (the automatic split) or repeats items. [] when every task was scored whole and plain."""
+    out = []
+    previews = [r for r in results if r.preview]
+    if previews:
+        out.append("Preview: " + ", ".join(f"{r.task} first {r.n} of {r.total} items" for r in previews)
+                   + ". Preview numbers are noisy and not comparable with published ones; set items to 0 for all.")
+    held = [r for r in results if r.calibration_items or r.repeats]
+    if held:
+        out.append("Item counts: " + "; ".join(f"{r.task}: {r.note}" for r in held) + ".")
+    return out
+
+
 def comparison_table(comp: dict) -> list[dict]:
     """Rows for the dense-vs-pruned table (fractions; the page formats them), then the unweighted average."""
     rows = []
     for d, p in zip(comp["dense"], comp["pruned"]):
         rows.append({"task": d.task, "metric": d.metric,
-                     "items": f"{d.n} of {d.total}" + (" (preview)" if d.preview else ""),
+                     "items": d.note if d.calibration_items else f"{d.n} of {d.total}" + (" (preview)" if d.preview
+                                                                                          else ""),
                      "dense": d.value, "pruned": p.value, "Δ": p.value - d.value, "dense acc": d.acc,
                      "pruned acc": p.acc, "dense acc_norm": d.acc_norm, "pruned acc_norm": p.acc_norm})
     numeric = [k for k in rows[0] if k not in ("task", "metric", "items")]

@@ -202,6 +202,36 @@ def test_uploaded_task_files_are_used_and_bad_ones_explained(cache_dir, tiny_lm)
     assert list(table["evaluation items"]) == [12]  # 60% of 20 items, the rest calibrates
 
 
+def test_every_task_shows_its_own_counts(cache_dir, tiny_lm):
+    # an uploaded 60-item file next to an offline task: 24 of its items calibrate, the offline task has 100 texts
+    at = open_page(MODEL, tiny_lm)
+    items = "\n".join(json.dumps({"context": f"Q: {i} plus one?\nA:", "choices": [str(i + 1), str(i + 2)],
+                                  "gold": 0}) for i in range(60)).encode()
+    at.file_uploader(key="uploads").set_value([("mine.jsonl", items, "application/json")]).run()
+    at.multiselect(key="p_offline").set_value(["arithmetic"]).run()
+    table = at.dataframe[0].value.set_index("task")
+    assert table.loc["mine", "calibration texts"] == 24 and table.loc["arithmetic", "calibration texts"] == 100
+    assert table.loc["mine", "note"].startswith("36 of 60 items evaluate; 24 used for calibration")
+    at.button(key="btn_profile").click().run()
+    finish_jobs(at)
+    ok(at)
+    line = next(m.value for m in at.markdown if m.value.startswith("Statistics in this session"))
+    assert "**arithmetic** (100 texts)" in line and "**mine** (24 texts)" in line, line
+
+
+def test_results_say_when_items_went_to_calibration(tmp_path, tiny_lm):
+    from pages._work import comparison_table, counts_notes
+
+    records = [{"context": f"Q{i}:", "choices": ["yes", "no"], "gold": i % 2} for i in range(40)]
+    path = tmp_path / "forty.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    r = evaluate_task(tiny_lm.model, tiny_lm.tokenizer, get_task(str(path)), EvalSettings())
+    table = comparison_table({"dense": [r], "pruned": [r]})
+    assert table[0]["items"] == "24 of 40 scored; 16 used for calibration — set `split` to choose"
+    assert counts_notes([r]) == ["Item counts: forty: 24 of 40 scored; 16 used for calibration — set `split` to "
+                                 "choose."]
+
+
 def test_a_bad_model_name_is_a_message_not_a_traceback(cache_dir):
     at = open_page(MODEL, spec=ModelSpec(name="no/such/model/here"))
     assert not at.exception
