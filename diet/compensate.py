@@ -260,3 +260,32 @@ def fit_lstsq(model: nn.Module, tokenizer, texts: list[str], keep: Sequence, uni
             progress(i + 1, len(layers))
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def compensate_masked(model: nn.Module, keep: Sequence, unit: str = "mlp", means=None,
+                      lstsq: CompensationSettings | None = None, tokenizer=None,
+                      texts: Sequence[str] | None = None) -> FitReport | None:
+    """Apply a compensation in place on the *masked* model (removed columns zero, shapes unchanged).
+
+    Any later slicing or padding of this model is then exact: `bias` (FLAP's means) is added with the true kept set
+    before the removed columns are zeroed; `lstsq` refits the kept columns (it needs the tokenizer and texts).
+    """
+    from diet.prune import as_index_list
+
+    if lstsq is not None and lstsq.method == "lstsq":
+        if tokenizer is None or not texts:
+            raise DietError("lstsq compensation needs calibration texts and the tokenizer")
+        return fit_lstsq(model, tokenizer, list(texts), keep, unit, lstsq)
+    if means is None:
+        return None
+    u, layers, idx = as_index_list(model, keep, unit)
+    means = torch.as_tensor(means)
+    if means.shape[0] != len(layers):
+        raise DietError(f"the compensation has {means.shape[0]} layers but the model has {len(layers)}")
+    for i, (layer, k) in enumerate(zip(layers, idx, strict=True)):
+        if means[i].shape[0] != u.stat_width(layer):
+            raise DietError(f"layer {i}: compensation has {means[i].shape[0]} channels, expected "
+                            f"{u.stat_width(layer)}")
+        u.compensate(layer, k, means[i])
+        u.zero(layer, k)
+    return None

@@ -348,9 +348,40 @@ def _write_model(mode: str, model, lm, folder: Path, outtype: str, name: str) ->
     return {"params_stored": count_parameters(model), **info}
 
 
+def _compensated_base(lm, result, mode: str, unit: str, compensation, texts, say: Say) -> tuple:
+    """(the model to cut, what was done): a compensated masked copy when a bias or an lstsq refit is asked for,
+    else the loaded model itself (the cutting code copies it)."""
+    from diet.compensate import bias_supported, compensate_masked, fit_texts
+
+    lstsq = compensation if compensation is not None and compensation.method == "lstsq" else None
+    means = None if lstsq is not None else getattr(result, "compensation", None)
+    if lstsq is None and means is None:
+        return lm.model, {}
+    if means is not None:
+        reason = bias_supported(lm.model, unit)
+        if reason:
+            raise DietError(f"bias compensation cannot be exported for this model: {reason}; use --compensation "
+                            "lstsq (plain weights, every mode) or none (flap: --no-flap-bias)")
+        if mode not in ("uniform", "padded"):
+            raise DietError(f"bias compensation exports in uniform or padded mode only, not {mode}")
+    if lstsq is not None and not texts:
+        from diet.tasks import get_task
+
+        texts = fit_texts([get_task(t) for t in result.tasks], lstsq)
+    base = copy.deepcopy(lm.model)
+    if lstsq is not None:
+        say(f"lstsq: refitting every layer's output projection on {len(texts)} calibration texts...")
+    report = compensate_masked(base, result.keep(), unit, means, lstsq, lm.tokenizer, texts)
+    info = lstsq.key_fields() if lstsq is not None else {"method": "bias"}
+    if report is not None:
+        info.update(tokens=report.tokens, seconds=round(report.seconds, 1))
+    return base, info
+
+
 def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite: bool = False,
                  extra: dict | None = None, evaluation=None, speed=None, eval_settings=None,
-                 say: Say | None = None, outtype: str = "f32", round_to: int = 1) -> Path:
+                 say: Say | None = None, outtype: str = "f32", round_to: int = 1, compensation=None,
+                 texts: list[str] | None = None) -> Path:
     """Prune a copy of `lm.model` per `result` and write the export folder atomically; returns its path.
 
     mode=None picks `uniform` when every layer keeps the same count, else `padded`. `evaluation`: an optional list
@@ -358,7 +389,10 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     `eval_settings` (a `diet.evaluate.EvalSettings`) to evaluate dense and pruned on the mask's tasks here.
     `speed`: a `diet.timing.SpeedSettings` to measure dense vs pruned forward speed for the card (None: skipped).
     `outtype`: the GGUF tensor type (f32, f16, bf16, q8_0); `round_to`: round each layer's kept count to a multiple
-    of this by the mask's own ranking first (1 = exact widths).
+    of this by the mask's own ranking first (1 = exact widths). `compensation`: a
+    `diet.settings.CompensationSettings`; "lstsq" refits the output projections on `texts` (default: calibration
+    texts of the mask's tasks) before cutting; a bias (`result.compensation`, FLAP's or "bias") is written where the
+    family's stock config can carry it (`diet.compensate.bias_supported`) and refused clearly elsewhere.
     """
     from diet import __version__
     from diet.modelcard import CardFacts, render_card, write_plots
@@ -369,16 +403,20 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     check_out_dir(out, overwrite)
     if Path(lm.path).exists() and out.resolve() == Path(lm.path).resolve():
         raise DietError(f"{out} is the base model's own folder: export somewhere else")
-    if getattr(result, "compensation", None) is not None:
-        raise DietError("this mask carries FLAP bias compensation, which export does not support yet: stock "
-                        "configs have no MLP output bias, so transformers would silently drop it on load")
     from diet.api import rounded
 
     result = rounded(result, round_to)
     mode = resolve_mode(result, mode)
     check_serving(lm, result, mode, outtype)
     keep = result.keep()
-    model = build_export_model(lm.model, keep, mode, result.shape.get("unit", "mlp"))
+    unit = result.shape.get("unit", "mlp")
+    base, comp_info = _compensated_base(lm, result, mode, unit, compensation, texts, say)
+    model = build_export_model(base, keep, mode, unit)
+    del base
+    if comp_info.get("method") == "bias":
+        from diet.compensate import enable_output_bias
+
+        enable_output_bias(model, unit)
     if eval_settings is not None and evaluation is None:
         evaluation = evaluate_pair(lm, model, list(result.tasks), eval_settings, say)
     measured = None
@@ -394,7 +432,7 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
                 "mask": asdict(result.settings),
                 "kept_per_layer": [len(k) for k in keep], "params_logical": int(s["params_after"]),
                 **({"outtype": outtype} if mode == "gguf" else {}), **({"round_to": round_to} if round_to > 1 else {}),
-                **(extra or {})}
+                **({"compensation": comp_info} if comp_info else {}), **(extra or {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

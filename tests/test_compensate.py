@@ -139,3 +139,51 @@ def test_enabling_the_bias_keeps_the_function():
     with torch.no_grad():
         assert torch.equal(model(**enc).logits, before(**enc).logits)
     assert model.config.mlp_bias and model.model.layers[0].mlp.gate_proj.bias is not None
+
+
+def _lm_and_result(family: str, tmp_path, compensation: str):
+    from diet.adapters import model_shape
+    from diet.api import profile_tasks
+    from diet.cache import ArtifactCache
+    from diet.methods import MethodInputs, run_method
+    from diet.models import LoadedModel
+    from diet.settings import MaskSettings, ModelSpec, ProfileSettings
+
+    lm = LoadedModel(tiny_model(family), tiny_tokenizer(), ModelSpec(name=f"tiny-{family}"), str(tmp_path / "base"),
+                     f"tiny:{family}:0")
+    stats = profile_tasks(lm, ["arithmetic", "capitals"], ProfileSettings(samples=8, max_length=64),
+                          cache=ArtifactCache(tmp_path / "cache"))
+    inputs = MethodInputs(stats, shape=model_shape(lm.model))
+    return lm, run_method("diet", inputs, MaskSettings(sparsity=0.5), compensation=compensation)
+
+
+@pytest.mark.parametrize(("family", "comp", "mode"), [("llama", "bias", "uniform"), ("llama", "bias", "padded"),
+                                                      ("qwen2", "lstsq", "uniform"), ("gemma2", "lstsq", "padded")])
+def test_exported_compensated_model_reloads_with_plain_transformers(tmp_path, family, comp, mode):
+    from transformers import AutoModelForCausalLM
+
+    from diet.api import prune_copy
+    from diet.export import export_model
+
+    lm, result = _lm_and_result(family, tmp_path, comp)
+    lstsq = LSTSQ if comp == "lstsq" else None
+    folder = export_model(lm, result, tmp_path / "out", mode=mode, compensation=lstsq, texts=FIT)
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    in_memory = prune_copy(lm, result, lstsq, FIT)
+    dense = lm.model
+    enc = tiny_tokenizer()(HELD[:6], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a, b, d = reloaded(**enc).logits, in_memory(**enc).logits, dense(**enc).logits
+    m = enc["attention_mask"].bool()
+    assert torch.allclose(a[m], b[m], atol=1e-5), (a[m] - b[m]).abs().max()
+    assert not torch.allclose(a[m], d[m], atol=1e-3)  # it is the pruned model, not the dense one
+    assert reloaded.num_parameters() < dense.num_parameters() or mode == "padded"
+
+
+def test_bias_export_refused_for_a_family_without_the_flag(tmp_path):
+    from diet.export import export_model
+
+    lm, result = _lm_and_result("mistral", tmp_path, "bias")
+    with pytest.raises(DietError, match="mlp_bias.*lstsq"):
+        export_model(lm, result, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
