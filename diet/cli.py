@@ -79,6 +79,17 @@ def _method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--single-task", default=None, help="single-task: the task whose mask is used")
     g.add_argument("--random-seed", type=int, default=0, help="random: seed of the random mask (default 0)")
     g.add_argument("--no-flap-bias", action="store_true", help="flap: skip its bias compensation")
+    g.add_argument("--pool-weight", default="tokens", choices=["tokens", "tasks"],
+                   help="pooled: tokens = the tasks' texts pooled, every token counts once (default); tasks = the "
+                        "mean of each task's score, every task counts once")
+    g.add_argument("--compensation", default="none",
+                   help="after removal: none (default; flap keeps its own bias), bias (the removed units' mean "
+                        "contribution as an output bias), lstsq (least-squares refit of the output projection from "
+                        "the kept units, layer by layer; plain weights, exports everywhere). sweep: comma-separated")
+    g.add_argument("--ridge", type=float, default=None,
+                   help="lstsq: damping relative to the mean diagonal of E[x xᵀ] (default 0.01)")
+    g.add_argument("--compensation-samples", type=int, default=None,
+                   help="lstsq: calibration texts per task the refit reads (default 32)")
 
 
 def _method_settings(a):
@@ -86,7 +97,25 @@ def _method_settings(a):
 
     return MethodSettings(method=a.method, calibration=a.calibration, tau=a.tau, alpha=a.alpha,
                           fusion_norm=a.fusion_norm, single_task=a.single_task, seed=a.random_seed,
-                          flap_bias=not a.no_flap_bias)
+                          flap_bias=not a.no_flap_bias, pool_weight=a.pool_weight)
+
+
+def _compensations(a) -> tuple[str, ...]:
+    from diet.settings import COMPENSATIONS
+
+    names = tuple(x.strip() for x in a.compensation.split(",") if x.strip()) or ("none",)
+    for n in names:
+        if n not in COMPENSATIONS:
+            raise DietError(f"unknown compensation {n!r}: use one of {', '.join(COMPENSATIONS)}")
+    return names
+
+
+def _lstsq_settings(a):
+    """The lstsq knobs from the flags (None = the CompensationSettings default)."""
+    from diet.settings import CompensationSettings
+
+    given = {"ridge": a.ridge, "samples": a.compensation_samples}
+    return CompensationSettings(method="lstsq", **{k: v for k, v in given.items() if v is not None})
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -348,25 +377,31 @@ def cmd_prune(a) -> None:
     if a.threshold is not None:
         mask_settings.resolved_threshold(len(a.tasks))
     method_settings = _method_settings(a)
+    comp = _compensations(a)
+    if len(comp) != 1:
+        raise DietError("prune takes one --compensation (none, bias or lstsq); sweep takes a list")
+    lstsq = _lstsq_settings(a) if comp[0] == "lstsq" else None
     t0 = time.perf_counter()
     lm, stats, settings = _profile(a)
-    if a.method == "diet" and a.unit == "mlp":
+    if a.method == "diet" and a.unit == "mlp" and comp[0] == "none":
         result = build_mask(stats, mask_settings)
     else:
         from diet.methods import method_mask
 
         result = method_mask(lm, stats, mask_settings, method_settings, settings, general=a.general,
-                             say=lambda m: print(m, file=sys.stderr))
-    if result.compensation is not None:
-        raise DietError("exporting FLAP's bias compensation is not supported yet (the saved config has no "
-                        "down_proj bias); pass --no-flap-bias, or use diet.api.prune_copy in Python")
+                             say=lambda m: print(m, file=sys.stderr), compensation=comp[0])
+    if lstsq is not None:
+        from diet.compensate import fit_texts
+        from diet.tasks import get_task
+
+        options.update(compensation=lstsq, texts=fit_texts([get_task(t) for t in a.tasks], lstsq))
     s = result.summary
     summary = {"model": lm.spec.name, "model_identity": lm.identity, "tasks": result.tasks,
                "unit_sparsity": s["unit_sparsity"], "param_sparsity": s["param_sparsity"],
                "params_before": s["params_total"], "params_after": s["params_after"],
                "kept_per_layer": s["kept_per_layer"], "profile_settings": asdict(settings),
                "mask_settings": asdict(mask_settings), "method": result.method,
-               "method_settings": asdict(method_settings)}
+               "method_settings": asdict(method_settings), "compensation": comp[0]}
     folder = export_model(lm, result, out, extra={"profile": asdict(settings)}, **options)
     written = json.loads((folder / "diet_settings.json").read_text())
     summary.update(_written_sizes(written, s))
@@ -409,13 +444,13 @@ def cmd_sweep(a) -> None:
         raise DietError(f"--sparsities must be comma-separated numbers, got {a.sparsities!r}") from None
     sweep = SweepSettings(methods=tuple(_tasks_arg(a.methods)), sparsities=sparsities, tasks=tuple(a.tasks),
                           eval_tasks=tuple(a.eval_tasks) if a.eval_tasks else None, limit=a.limit,
-                          general=a.general, batch_size=a.eval_batch_size)
+                          general=a.general, batch_size=a.eval_batch_size, compensations=_compensations(a))
     profile = ProfileSettings(samples=a.samples, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size,
                               unit=a.unit)
     mask = MaskSettings(score=a.score, allocation=a.allocation, min_keep=a.min_keep)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     lm = load_model(_spec(a), say=say)
-    rows = run_sweep(lm, sweep, profile, mask, _method_settings(a), say=say)
+    rows = run_sweep(lm, sweep, profile, mask, _method_settings(a), say=say, lstsq=_lstsq_settings(a))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "results.csv", table(rows).to_csv(index=False).encode())

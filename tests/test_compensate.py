@@ -187,3 +187,29 @@ def test_bias_export_refused_for_a_family_without_the_flag(tmp_path):
     with pytest.raises(DietError, match="mlp_bias.*lstsq"):
         export_model(lm, result, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("method", "comp"), [("pooled", "lstsq"), ("diet-weighted", "bias")])
+def test_cli_prune_with_new_methods_and_compensation(tmp_path, monkeypatch, capsys, method, comp):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from diet.cli import main
+
+    monkeypatch.setenv("DIET_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    out = tmp_path / "out"
+    rc = main(["prune", "--method", method, "--compensation", comp, "--compensation-samples", "16", "--model",
+               str(folder), "--device", "cpu", "--tasks", "arithmetic,capitals", "--samples", "8", "--sparsity",
+               "0.5", "--speed-repeats", "0", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    settings = json.loads((out / "diet_settings.json").read_text())
+    assert settings["method"] == method and settings["compensation"]["method"] == comp
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.intermediate_size == 24 and bool(getattr(model.config, "mlp_bias", False)) == (comp == "bias")
+    rc = main(["prune", "--method", method, "--compensation", "obs", "--model", str(folder), "--tasks", "arithmetic",
+               "--sparsity", "0.5", "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "unknown compensation 'obs'" in capsys.readouterr().err
