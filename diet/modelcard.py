@@ -154,6 +154,8 @@ def _evaluation_table(evaluation: dict[str, list[dict]]) -> str:
     for task, per in by_task.items():
         any_r = next(iter(per.values()))
         items = f"{any_r['n']} of {any_r['total']}" + (" (preview)" if any_r.get("preview") else "")
+        if any_r.get("calibration_items"):  # a file without `split`: say where the other items went
+            items = any_r.get("note") or items
         cells = [f"{100 * per[lb]['value']:.1f}" if lb in per else "–" for lb in labels]
         lines.append(f"| {task} | {any_r['metric']} | {items} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
