@@ -266,7 +266,22 @@ def who_loses(inputs: MethodInputs, settings: MaskSettings, masks: dict[str, np.
             layer.append(both / np.maximum(own.sum(-1), 1))
         out["topk"][m_name], out["mass"][m_name] = topk, mass
         out["layer_topk"][m_name] = np.stack(layer)  # (T, L)
+    out["reading"] = _loss_reading(out)
     return out
+
+
+def _loss_reading(w: dict) -> str:
+    """One line: how much of each task's own choice the first mask keeps, against the others, and where it loses."""
+    first, names = w["masks"][0], w["tasks"]
+    topk = np.asarray(w["topk"][first])
+    worst = int(np.argmin(topk))
+    lost = 1.0 - w["layer_topk"][first].mean(axis=0)
+    layers = np.argsort(-lost, kind="stable")[:3]
+    others = "; ".join(f"{m} {min(w['topk'][m]):.0%}–{max(w['topk'][m]):.0%}" for m in w["masks"][1:])
+    return (f"The {first} mask keeps {topk.min():.0%}–{topk.max():.0%} of each task's own top-k"
+            + (f" ({others})" if others else "") + f"; {names[worst]} loses most ({1 - topk[worst]:.0%} of its "
+            f"top-k dropped, {1 - w['mass'][first][worst]:.0%} of its score mass), and the losses are largest in "
+            f"layers {', '.join(str(int(i)) for i in sorted(layers))}.")
 
 
 # ---------------------------------------------------------------- task-agnostic baselines

@@ -48,6 +48,9 @@ CAPTIONS = {
     "params": "Where the model's parameters go: kept MLP channels, removed MLP channels, and everything else "
               "(attention, embeddings, norms).",
     "accuracy": "Zero-shot accuracy per task (each task's primary metric), dense vs pruned, measured side by side.",
+    "who_loses": "Top: for each task, the share of its own top-k channels each mask keeps (bars) and the share of "
+                 "its importance mass (sum of its per-layer-normalised scores) kept (diamonds). Bottom: per layer, "
+                 "the share of the tasks' own top-k that each mask drops, averaged over tasks.",
     "sweep": "Accuracy of the pruned model at each sparsity (each task's primary metric); the dense model is the "
              "dashed line. Measured, not predicted.",
 }
@@ -409,6 +412,34 @@ def sweep_curves(sparsities: Sequence[float], values: Mapping[str, Sequence[floa
     return _layout(fig, "Accuracy vs sparsity", 380,
                    xaxis=dict(title="sparsity (fraction of MLP channels removed)", tickformat=".0%"),
                    yaxis=dict(title="accuracy", tickformat=".0%", range=[0, 1.02]))
+
+
+def who_loses(data: Mapping) -> go.Figure:
+    """Who loses in the merge (`diet.methods.who_loses` output): top, per task, the share of its own top-k each mask
+    keeps (bars) and the share of its importance mass kept (diamonds); bottom, per layer, the share of the tasks'
+    own top-k each mask drops (mean over tasks), which shows where the losses concentrate."""
+    tasks, masks = list(data["tasks"]), list(data["masks"])
+    palette = [PRUNED, "#ff7f0e", "#7f7f7f", "#9467bd", "#8c564b"]
+    fig = _two_rows(0.55)
+    for i, m in enumerate(masks):
+        colour = palette[i % len(palette)]
+        fig.add_trace(go.Bar(x=tasks, y=np.asarray(data["topk"][m], dtype=np.float32), name=f"{m}: own top-k kept",
+                             marker_color=colour, offsetgroup=str(i), legendgroup=m,
+                             hovertemplate=f"{m}<br>%{{x}}: %{{y:.1%}} of its own top-k kept<extra></extra>"))
+        fig.add_trace(go.Scatter(x=tasks, y=np.asarray(data["mass"][m], dtype=np.float32), mode="markers",
+                                 name=f"{m}: importance mass kept", legendgroup=m, offsetgroup=str(i),
+                                 marker=dict(symbol="diamond", size=9, color=colour, line=dict(color="black", width=1)),
+                                 hovertemplate=f"{m}<br>%{{x}}: %{{y:.1%}} of its score mass kept<extra></extra>"))
+        lost = 1.0 - np.asarray(data["layer_topk"][m], dtype=np.float32).mean(axis=0)
+        fig.add_trace(go.Scatter(x=np.arange(lost.size, dtype=np.int32), y=lost, mode="lines+markers", xaxis="x2",
+                                 yaxis="y2", name=f"{m}: lost per layer", legendgroup=m, showlegend=False,
+                                 line=dict(color=colour),
+                                 hovertemplate=f"{m}<br>layer %{{x}}: %{{y:.1%}} of the tasks' top-k lost"
+                                               "<extra></extra>"))
+    fig.update_layout(barmode="group", xaxis=dict(anchor="y"), xaxis2=dict(anchor="y2", title="layer"),
+                      yaxis=dict(title="share kept", tickformat=".0%", range=[0, 1.05]),
+                      yaxis2=dict(title="top-k lost", tickformat=".0%", rangemode="tozero"))
+    return _layout(fig, "Who loses in the merge", 560, legend=dict(orientation="h", y=-0.15))
 
 
 # ----------------------------------------------------------------------------------------------- report

@@ -50,6 +50,7 @@ from pages._work import (
     stats_profile_settings,
     task_scores,
     upset_figure,
+    who_loses_view,
 )
 
 MERGE = {"budget": "exact budget (our default)", "threshold": "voting threshold"}
@@ -353,6 +354,16 @@ def overlap_tab(result, stats: dict, key: tuple) -> None:
             refs_block(refs, T, names)
 
 
+def who_loses_section(result, stats: dict, key: tuple) -> None:
+    """Each task's own top-k and score mass kept by this mask, against pooled and random masks of the same size."""
+    st.subheader("Who loses in the merge")
+    s = result.settings
+    fig, reading = memo((*key, "who_loses", result.method, s.sparsity, s.merge, s.threshold, s.allocation,
+                         s.min_keep, result.mask.tobytes()), lambda: who_loses_view(result, stats))
+    st.markdown(f"**{reading}**")
+    chart(fig, "who_loses", viz.CAPTIONS["who_loses"])
+
+
 def layers_tab(result) -> None:
     s = result.summary
     per_task = result.task_masks.sum(-1) if not single_mask(result) else None
@@ -384,6 +395,7 @@ def page(stats: dict, slot) -> None:
         votes_tab(result)
     with t3:
         overlap_tab(result, sub, key)
+        who_loses_section(result, stats, key)
     with t4:
         layers_tab(result)
 

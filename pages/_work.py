@@ -299,6 +299,8 @@ def mask_figures(result: MaskResult, stats: dict, refs: OverlapRefs | None = Non
              viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape["widths"],
                                 result.task_masks.sum(-1) if per_task else None, names)),
             ("Parameters", viz.CAPTIONS["params"], viz.params_breakdown(result.summary))]
+    fig, reading = who_loses_view(result, stats)
+    out.append(("Who loses in the merge", f"{reading} {viz.CAPTIONS['who_loses']}", fig))
     if per_task and len(names) > 1:
         refs = refs or overlap_refs(result, sub)
         out += [("Overlap between task masks", viz.CAPTIONS["jaccard_matrix"],
@@ -310,6 +312,24 @@ def mask_figures(result: MaskResult, stats: dict, refs: OverlapRefs | None = Non
                  viz.jaccard_layers(result.task_masks, names, float(np.mean(list(refs.split_half.values()))))),
                 ("Intersections", viz.CAPTIONS["upset"], upset_figure(result))]
     return out
+
+
+def who_loses_view(result: MaskResult, stats: dict) -> tuple:
+    """(figure, one-line reading) of who loses in the merge: each task's own top-k and score mass kept by this
+    mask, next to the pooled mask and a random mask of the same size (diet.methods.who_loses)."""
+    from dataclasses import replace
+
+    sub = mask_stats(result, stats)
+    inputs = MethodInputs(sub, shape=result.shape)
+    settings = replace(result.settings, merge="budget")
+    masks = {method_label(result): result.mask}
+    if result.method != "pooled":
+        masks["pooled"] = run_method("pooled", inputs, settings).mask
+    masks["random"] = run_method("random", inputs, settings).mask
+    from diet.methods import who_loses
+
+    w = who_loses(inputs, settings, masks)
+    return viz.who_loses(w), w["reading"]
 
 
 def upset_figure(result: MaskResult):

@@ -185,3 +185,21 @@ def test_report_html_inlines_plotly_once_and_keeps_captions(masks3):
     assert page.count("plotly.js v") == 1  # the library is inlined once, for the first figure
     assert "Each row is a layer" in page and "<table>" in page
     assert len(page) > 1_000_000  # plotly.js itself is inside: the report opens offline
+
+
+def test_who_loses_figure_carries_the_shares_and_the_per_layer_losses():
+    from diet.methods import MethodInputs, run_method, who_loses
+    from diet.settings import MaskSettings
+    from tests.test_methods import SHAPE, TASKS
+
+    half = MaskSettings(sparsity=0.5)
+    inputs = MethodInputs(TASKS, shape=SHAPE)
+    masks = {"vote": run_method("diet", inputs, half).mask, "random": run_method("random", inputs, half).mask}
+    w = who_loses(inputs, half, masks)
+    fig = viz.who_loses(w).to_dict()
+    bars = [t for t in fig["data"] if t["type"] == "bar"]
+    assert [b["name"] for b in bars] == ["vote: own top-k kept", "random: own top-k kept"]
+    assert np.allclose(arr(bars[0]["y"]), w["topk"]["vote"]) and list(bars[0]["x"]) == ["A", "B", "C"]
+    lost = [t for t in fig["data"] if t.get("yaxis") == "y2"]
+    assert np.allclose(arr(lost[0]["y"]), 1 - w["layer_topk"]["vote"].mean(0))
+    assert w["reading"].startswith("The vote mask keeps 50%–100% of each task's own top-k (random")
