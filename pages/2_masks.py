@@ -33,6 +33,7 @@ from pages._common import (
     start_job,
 )
 from pages._work import (
+    COMPENSATION,
     OWN_ALLOCATION,
     cached_general,
     general_job,
@@ -51,6 +52,7 @@ from pages._work import (
     task_scores,
     upset_figure,
     who_loses_view,
+    with_compensation,
 )
 
 MERGE = {"budget": "exact budget (our default)", "threshold": "voting threshold"}
@@ -131,8 +133,14 @@ def method_controls(names_all: list[str]) -> tuple[MethodSettings, str]:
                 col.number_input("Seed of the random choice", min_value=0, step=1, key="p_seed")
             elif k == "flap_bias":
                 col.toggle("Bias compensation (FLAP): pruned channels' mean contribution added back as a bias",
-                           key="p_flap_bias", help="the pruned model then has a bias on down_proj; export does not "
-                                                   "support that yet, Prune and evaluate does")
+                           key="p_flap_bias", help="the pruned model then has a bias on down_proj; export writes it "
+                                                   "where the model's stock config can carry one (Llama)")
+        defaults(p_compensation="none")
+        st.radio("Compensation after removal", list(COMPENSATION), key="p_compensation", horizontal=True,
+                 format_func=COMPENSATION.get,
+                 help="training-free, closed form; the mask stays the same. bias: exports where the stock config "
+                      "carries an output bias (Llama); lstsq: plain weights, exports everywhere, costs a few forward "
+                      "passes over calibration texts when the model is pruned (docs/methods.md)")
     values = {"calibration": ss["p_calibration"], "tau": float(ss["p_tau"]), "alpha": float(ss["p_alpha"]),
               "fusion_norm": ss["p_fusion_norm"], "single_task": ss["p_single_task"], "seed": int(ss["p_seed"]),
               "flap_bias": bool(ss["p_flap_bias"])}
@@ -379,6 +387,11 @@ def page(stats: dict, slot) -> None:
     active = runner().active()
     if result is None:
         return
+    comp = st.session_state.get("p_compensation", "none")
+    if comp != "none":
+        general = general_stats(current_model(), source, stats_profile_settings(stats, profile_settings())) \
+            if comp == "bias" and needs_general(ms.method, ms) else None
+        result = with_compensation(result, comp, stats, ms, general)
     if active is not None and active.kind == "general":  # switched method while it runs: progress stays here
         job_panel(("general",), key="main")
     st.session_state["mask_result"] = result

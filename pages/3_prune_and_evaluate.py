@@ -26,8 +26,9 @@ from pages._work import (
     compare_job,
     comparison_table,
     counts_notes,
-    mask_digest,
+    lstsq_settings,
     mask_stats,
+    result_digest,
     settings_summary,
     tasks_of,
 )
@@ -88,7 +89,8 @@ def page(lm, stats: dict) -> None:
     s = result.summary
     st.markdown(f"Current mask: **{settings_summary(result)}** on tasks **{', '.join(mask_stats(result, stats))}**, "
                 f"**{s['unit_sparsity']:.1%}** of MLP channels removed = **{s['param_sparsity']:.1%}** of all "
-                "parameters" + (" (with FLAP's bias compensation)." if result.compensation is not None else "."))
+                "parameters" + (" (with FLAP's bias compensation)." if result.compensation is not None else
+                                " (with the lstsq refit)." if lstsq_settings(result) is not None else "."))
     st.page_link("pages/2_masks.py", label="Change the mask or the method", icon="⬅️")
     tasks = tasks_of(stats)
     settings, chosen = eval_settings_section(tasks)
@@ -97,12 +99,12 @@ def page(lm, stats: dict) -> None:
     if st.button(f"Prune and evaluate, dense vs pruned ({n_req:,} scored choices per model)", type="primary",
                  disabled=busy or not chosen, key="btn_evaluate"):
         memo = st.session_state.setdefault("eval_memo", {})
-        start_job("compare", "Evaluating dense vs pruned", compare_job(lm, result, chosen, settings, memo))
+        start_job("compare", "Evaluating dense vs pruned", compare_job(lm, result, chosen, settings, memo, stats))
         st.rerun()
     job_panel(("compare",), key="main")
     comp = st.session_state.get("comparison")
     if comp:
-        comparison_section(comp, mask_digest(result.mask))
+        comparison_section(comp, result_digest(result))
     st.page_link("pages/5_sweep.py", label="Accuracy vs sparsity, several methods side by side: the Sweep page",
                  icon="➡️")
 

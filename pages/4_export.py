@@ -10,7 +10,15 @@ import streamlit as st
 
 from diet.export import mask_json
 from pages._common import current_mask, current_model, job_panel, need_stats, page_errors, prologue, runner, start_job
-from pages._work import export_folder, export_job, export_options, mask_digest, mask_stats, report, settings_summary
+from pages._work import (
+    export_folder,
+    export_job,
+    export_options,
+    mask_stats,
+    report,
+    result_digest,
+    settings_summary,
+)
 
 MODE_HELP = {
     "auto": "auto: uniform when every layer keeps the same count, else padded (our default)",
@@ -24,7 +32,7 @@ def default_folder(lm, result) -> str:
     return export_folder(lm, result.method, result.summary["unit_sparsity"])
 
 
-def model_folder_section(lm, result) -> None:
+def model_folder_section(lm, result, stats: dict | None = None) -> None:
     modes, params = export_options()
     c1, c2 = st.columns([3, 2])
     out = c1.text_input("Output folder", value=default_folder(lm, result), key="out_dir",
@@ -39,24 +47,25 @@ def model_folder_section(lm, result) -> None:
 
         optional["speed"] = SpeedSettings()
     comp = st.session_state.get("comparison")
-    if comp and comp["digest"] == mask_digest(result.mask):  # measured results of exactly this mask
+    if comp and comp["digest"] == result_digest(result):  # measured results of exactly this mask
         optional["evaluation"] = {"dense": [r.to_dict() for r in comp["dense"]],
                                   "pruned": [r.to_dict() for r in comp["pruned"]]}
         st.caption("The dense-vs-pruned results measured on the Prune and evaluate page go into the model card.")
     elif "evaluation" in params:
         st.caption("No measured results of this mask yet: evaluate it on the Prune and evaluate page first to put "
                    "them in the model card.")
-    flap_bias = result.compensation is not None
-    if flap_bias:  # the engine refuses too (export_model); say why before anyone presses the button
-        st.warning("This mask carries FLAP's bias compensation, which export does not support yet: stock model "
-                   "configs have no MLP output bias, so transformers would silently drop it on load. Switch "
-                   "**bias compensation** off on the Masks page (or pick another method) to export a folder; the "
-                   "mask JSON and the report below work as they are, and Prune and evaluate measures the "
-                   "compensated model.")
-    if st.button("Export the pruned model", type="primary", disabled=runner().active() is not None or flap_bias,
+    from diet.compensate import bias_supported
+
+    reason = bias_supported(lm.model, result.unit) if result.compensation is not None else None
+    if reason:  # the engine refuses too (export_model); say why before anyone presses the button
+        st.warning(f"This mask carries a bias compensation, which export does not support for this model: {reason}. "
+                   "Choose **lstsq** or **none** as the compensation on the Masks page (or switch FLAP's bias off) "
+                   "to export a folder; the mask JSON and the report below work as they are, and Prune and "
+                   "evaluate measures the compensated model.")
+    if st.button("Export the pruned model", type="primary", disabled=runner().active() is not None or bool(reason),
                  key="btn_export"):
         start_job("export", f"Exporting to {out}",
-                  export_job(lm, result, out.strip(), None if mode == "auto" else mode, overwrite, optional))
+                  export_job(lm, result, out.strip(), None if mode == "auto" else mode, overwrite, optional, stats))
         st.rerun()
     job_panel(("export",), key="main")
     path = st.session_state.get("exported")
@@ -89,7 +98,7 @@ def page(lm, stats) -> None:
                 f"**{s['unit_sparsity']:.1%}** of MLP channels removed = **{s['param_sparsity']:.1%}** of all "
                 f"parameters; layer widths {'uniform' if s['uniform'] else 'differ per layer'}.")
     st.subheader("Model folder")
-    model_folder_section(lm, result)
+    model_folder_section(lm, result, stats)
     st.subheader("Downloads")
     downloads_section(lm, stats, result)
 

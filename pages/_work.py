@@ -235,10 +235,58 @@ def settings_summary(result: MaskResult) -> str:
         parts.append(f"seed {ms.seed}")
     if "flap_bias" in knobs:
         parts.append("with bias compensation" if ms.flap_bias else "without bias compensation")
+    if summary.get("compensation", "none") != "none":
+        parts.append(f"{summary['compensation']} compensation")
     return f"{method_label(result)} ({'; '.join(parts)})"
 
 
 # ----------------------------------------------------------------------------------------------- masks
+
+
+COMPENSATION = {"none": "none (the method's own: FLAP keeps its bias)",
+                "bias": "bias: removed units' mean contribution added back",
+                "lstsq": "lstsq: refit the output projection from the kept units (layer by layer, at pruning)"}
+
+
+def with_compensation(result: MaskResult, comp: str, stats: dict, ms: MethodSettings, general=None) -> MaskResult:
+    """The mask with the compensation chosen next to the method: "bias" gives it the mean input of its calibration
+    data (as diet.methods.run_method does); "lstsq" is marked in the summary and done when the model is pruned."""
+    from dataclasses import replace
+
+    from diet.methods import calibration_means
+
+    if comp == "none" or result.summary.get("compensation") == comp:
+        return result
+    means = result.compensation
+    if comp == "bias" and means is None:
+        means = calibration_means(MethodInputs(mask_stats(result, stats), general, shape=result.shape), ms)
+    elif comp == "lstsq":
+        means = None
+    return replace(result, compensation=means, summary={**result.summary, "compensation": comp})
+
+
+def lstsq_settings(result: MaskResult):
+    """CompensationSettings for pruning this result (None unless its compensation is lstsq)."""
+    from diet.settings import CompensationSettings
+
+    return CompensationSettings(method="lstsq") if result.summary.get("compensation") == "lstsq" else None
+
+
+def pruned_copy(lm, result: MaskResult, stats: dict):
+    """The pruned model of a mask, with its lstsq refit (on the calibration texts of the mask's tasks) if any."""
+    comp = lstsq_settings(result)
+    if comp is None:
+        return prune_copy(lm, result)
+    from diet.compensate import fit_texts
+
+    return prune_copy(lm, result, comp, fit_texts(tasks_of(mask_stats(result, stats)), comp))
+
+
+def result_digest(result: MaskResult) -> str:
+    """The evaluation cache key of a mask's pruned model: its kept channels, and the compensation when it is not
+    the method's own."""
+    comp = result.summary.get("compensation", "none")
+    return mask_digest(result.mask) + ("" if comp == "none" else f"+{comp}")
 
 
 def mask_digest(mask: np.ndarray) -> str:
@@ -428,14 +476,15 @@ def evaluate_dense_and_pruned(ctx: JobContext, lm, make_pruned, digest: str, tas
     return out
 
 
-def compare_job(lm, result: MaskResult, tasks: list, settings: EvalSettings, memo: dict):
+def compare_job(lm, result: MaskResult, tasks: list, settings: EvalSettings, memo: dict, stats: dict | None = None):
     """Job body: dense vs pruned on the same tasks, parameters, size and measured forward speed."""
 
     def run(ctx: JobContext) -> dict:
-        digest = mask_digest(result.mask)
+        digest = result_digest(result)
         out = {"digest": digest, "settings": asdict(result.settings), "eval": asdict(settings),
                "sparsity": result.summary["unit_sparsity"], "described": settings_summary(result)}
-        out.update(evaluate_dense_and_pruned(ctx, lm, lambda: prune_copy(lm, result), digest, tasks, settings, memo))
+        out.update(evaluate_dense_and_pruned(ctx, lm, lambda: pruned_copy(lm, result, stats or {}), digest, tasks,
+                                             settings, memo))
         return out
 
     return run
@@ -561,7 +610,8 @@ def export_options() -> tuple[list[str], set[str]]:
     return modes, params
 
 
-def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bool, optional: dict):
+def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bool, optional: dict,
+               stats: dict | None = None):
     """Job body: export_model with those `optional` arguments it accepts (evaluation table, speed settings, say):
     the export module grows, the page passes what it can."""
 
@@ -571,6 +621,11 @@ def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bo
         ctx.report("export", 0, 1)
         ctx.note(f"writing {out}")
         _, params = export_options()
+        comp = lstsq_settings(result)
+        if comp is not None:
+            from diet.compensate import fit_texts
+
+            optional.update(compensation=comp, texts=fit_texts(tasks_of(mask_stats(result, stats or {})), comp))
         kwargs = {k: v for k, v in {**optional, "say": ctx.note}.items() if k in params}
         path = export_model(lm, result, out, mode=mode, overwrite=overwrite, **kwargs)
         ctx.report("export", 1, 1)

@@ -423,8 +423,7 @@ def test_flap_compensation_reaches_pruning_and_export_explains_itself(cache_dir,
 
     at.switch_page(EXPORT).run()
     assert not at.exception and not at.error
-    assert any("bias compensation" in w.value and "export does not support" in w.value for w in at.warning)
-    assert at.button(key="btn_export").disabled
+    assert not at.warning and not at.button(key="btn_export").disabled  # a Llama config carries the bias (mlp_bias)
     assert [b.label for b in at.get("download_button")][0] == "Download the mask (JSON)"
     import pages._work as W
 
@@ -711,3 +710,33 @@ def test_runner_runs_one_job_at_a_time():
     first.collected = True
     runner.start("y", "Second", lambda ctx: None).wait(10)
     assert [j.title for j in runner.jobs] == ["Second"]
+
+
+def test_compensation_next_to_the_method_reaches_pruning_and_the_report(cache_dir, tiny_lm):
+    from diet.compensate import fit_texts
+    from diet.settings import CompensationSettings
+
+    stats = tiny_stats(tiny_lm)
+    at = open_page(MASKS, tiny_lm, stats=stats, profile_settings=PS)
+    at.selectbox(key="p_method").set_value("pooled").run()
+    at.radio(key="p_compensation").set_value("lstsq").run()
+    ok(at)
+    result = at.session_state["mask_result"]
+    assert result.summary["compensation"] == "lstsq" and result.compensation is None
+    assert "Who loses in the merge" in " ".join(figs(at))
+    at.switch_page(PRUNE).run()
+    ok(at)
+    at.number_input(key="p_limit").set_value(2).run()
+    at.button(key="btn_evaluate").click().run()
+    finish_jobs(at)
+    ok(at)
+    comp = CompensationSettings(method="lstsq")
+    pruned = prune_copy(tiny_lm, result, comp, fit_texts([get_task("arithmetic"), get_task("capitals")], comp))
+    direct = [evaluate_task(pruned, tiny_lm.tokenizer, t, EvalSettings(limit=2)).value
+              for t in (get_task("arithmetic"), get_task("capitals"))]
+    assert [r.value for r in at.session_state["comparison"]["pruned"]] == direct
+    assert at.session_state["comparison"]["digest"].endswith("+lstsq")
+    at.switch_page(MASKS).run()
+    at.radio(key="p_compensation").set_value("bias").run()
+    ok(at)
+    assert at.session_state["mask_result"].compensation is not None
