@@ -1,0 +1,129 @@
+"""llama.cpp speed of a pruned GGUF ÷ the dense GGUF of the same type, next to the ideal (the parameter ratio).
+
+    flock /tmp/diet-torch.lock .venv/bin/python bench/gguf_speed.py [--outtype f32] [--repeats 5]
+
+Writes the dense and the pruned SmolLM2-135M GGUF (DIET voting threshold 2 of 3 tasks at 25%: per-layer widths, the
+`deci` architecture; q8_0 rounds the widths to multiples of 32 first), then measures both in llama.cpp through
+llama-cpp-python, dense and pruned alternating, each run in its own child process (so its peak RSS is its own):
+prompt processing (a 128-token prompt in one batch) and generation (64 tokens, one at a time, greedy). Prints
+tokens/s, the speedup pruned ÷ dense, the ideal speedup (dense ÷ pruned parameters stored) and the fraction of the
+ideal reached, and peak RSS ÷ file bytes for each model. Target: generation speedup ≥ 0.9 × ideal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def measure(path: str, n_prompt: int, n_gen: int, threads: int, queue) -> None:
+    """In a child process: load the GGUF, time prompt processing and generation, report peak RSS."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=path, n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_threads=threads,
+                n_threads_batch=threads, verbose=False, seed=0)
+    prompt = [int(t) for t in range(1000, 1000 + n_prompt)]
+    llm.reset()
+    llm.eval(prompt[:16])  # warm-up (allocations, first kernels)
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(prompt)
+    t_prompt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n_gen):
+        nxt = int(llm.scores[llm.n_tokens - 1].argmax())
+        llm.eval([nxt])
+    t_gen = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    queue.put({"prompt_tps": n_prompt / t_prompt, "gen_tps": n_gen / t_gen, "peak_rss": peak})
+
+
+def run_child(path: Path, args) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=measure, args=(str(path), args.prompt, args.gen, args.threads, q))
+    p.start()
+    out = q.get(timeout=600)
+    p.join()
+    return out
+
+
+def build_files(args, folder: Path) -> dict:
+    """Dense and pruned GGUF files of `args.outtype`; {name: (path, parameters stored, widths)}."""
+    from diet.api import build_mask, profile_tasks, prune_copy, rounded
+    from diet.gguf_export import GGUFSettings, tokenizer_fields, write_gguf
+    from diet.models import load_model
+    from diet.settings import MaskSettings, ProfileSettings
+
+    lm = load_model("smollm2-135m", say=lambda m: None)
+    stats = profile_tasks(lm, args.tasks.split(","), ProfileSettings(samples=args.samples))
+    result = build_mask(stats, MaskSettings(sparsity=args.sparsity, merge="threshold", threshold=args.threshold))
+    if args.outtype == "q8_0":
+        result = rounded(result, 32)
+    fields = tokenizer_fields(lm)
+    settings = GGUFSettings(outtype=args.outtype)
+    files = {}
+    for name, model in (("dense", lm.model), ("pruned", prune_copy(lm, result))):
+        path = folder / f"{name}.gguf"
+        info = write_gguf(model, fields, path, settings, name=name)
+        files[name] = (path, info["params_stored"], info["ffn"])
+    return files
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
+    ap.add_argument("--repeats", type=int, default=5, help="alternating dense/pruned runs (median reported)")
+    ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (one batch)")
+    ap.add_argument("--gen", type=int, default=64, help="generated tokens (one at a time)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tasks", default="arithmetic,capitals,facts")
+    ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--sparsity", type=float, default=0.25)
+    ap.add_argument("--threshold", type=int, default=2)
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    with tempfile.TemporaryDirectory() as tmp:
+        files = build_files(args, Path(tmp))
+        runs: dict[str, list[dict]] = {"dense": [], "pruned": []}
+        for _ in range(args.repeats):
+            for name in ("dense", "pruned"):
+                runs[name].append(run_child(files[name][0], args))
+        sizes = {n: files[n][0].stat().st_size for n in files}
+    med = {n: {k: statistics.median(r[k] for r in rs) for k in ("prompt_tps", "gen_tps", "peak_rss")}
+           for n, rs in runs.items()}
+    ideal = files["dense"][1] / files["pruned"][1]
+    report = {"outtype": args.outtype, "threads": args.threads, "repeats": args.repeats, "n_prompt": args.prompt,
+              "n_gen": args.gen, "params": {n: files[n][1] for n in files}, "file_bytes": sizes,
+              "pruned_ffn": files["pruned"][2], "ideal_speedup": ideal, "median": med,
+              "prompt_speedup": med["pruned"]["prompt_tps"] / med["dense"]["prompt_tps"],
+              "gen_speedup": med["pruned"]["gen_tps"] / med["dense"]["gen_tps"],
+              "peak_rss_over_file": {n: med[n]["peak_rss"] / sizes[n] for n in sizes}}
+    report["gen_fraction_of_ideal"] = report["gen_speedup"] / ideal
+    report["prompt_fraction_of_ideal"] = report["prompt_speedup"] / ideal
+    print(f"SmolLM2-135M {args.outtype}, llama.cpp {args.threads} threads, median of {args.repeats} alternating runs")
+    print(f"parameters: dense {files['dense'][1]:,}  pruned {files['pruned'][1]:,}  ideal speedup {ideal:.3f}x")
+    for n in ("dense", "pruned"):
+        print(f"{n:7s} prompt {med[n]['prompt_tps']:8.1f} tok/s  generation {med[n]['gen_tps']:7.1f} tok/s  "
+              f"peak RSS / file {report['peak_rss_over_file'][n]:.2f} ({med[n]['peak_rss'] / 1e6:.0f} MB / "
+              f"{sizes[n] / 1e6:.0f} MB)")
+    print(f"speedup pruned/dense: prompt {report['prompt_speedup']:.3f}x ({report['prompt_fraction_of_ideal']:.2f} "
+          f"of ideal), generation {report['gen_speedup']:.3f}x ({report['gen_fraction_of_ideal']:.2f} of ideal; "
+          "target >= 0.90)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
