@@ -13,10 +13,12 @@ stopping between batches can never leave a half-written artifact. Killing a thre
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +51,7 @@ class Snapshot:
     message: str  # latest free-text note from the worker, or the error message when failed
     elapsed: float  # seconds since start (frozen at the end)
     stop_requested: bool  # cancel was asked and the worker has not stopped yet
+    waiting: str = ""  # what the job waits for before it can start (another session's job), "" once running
 
     @property
     def finished(self) -> bool:
@@ -70,6 +73,10 @@ class JobContext:
     def should_stop(self) -> bool:
         return self._job._stop.is_set()
 
+    def wait_for(self, what: str) -> None:
+        """Say what the job is waiting for ('' when it no longer waits): the page shows it instead of progress."""
+        self._job._set_waiting(what)
+
 
 @dataclass
 class Job:
@@ -89,19 +96,27 @@ class Job:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
+    _waiting: str = ""
+    gate: TorchGate | None = None  # the server's one-job-at-a-time gate, shared by every session (None: no gate)
     collected: bool = False  # set by the UI once it has taken the result (so it is applied exactly once)
 
     @classmethod
-    def start(cls, kind: str, title: str, fn: Callable[[JobContext], Any]) -> Job:
-        job = cls(kind, title, fn)
+    def start(cls, kind: str, title: str, fn: Callable[[JobContext], Any], gate: TorchGate | None = None) -> Job:
+        job = cls(kind, title, fn, gate=gate)
         job._thread = threading.Thread(target=job._run, name=f"diet-job-{kind}", daemon=True)
         job._thread.start()
         return job
 
+    def _work(self, ctx: JobContext) -> Any:
+        if self.gate is None:
+            return self.fn(ctx)
+        with self.gate.turn(self, ctx):
+            return self.fn(ctx)
+
     def _run(self) -> None:
         status, result, error, detail = DONE, None, "", ""
         try:
-            result = self.fn(JobContext(self))
+            result = self._work(JobContext(self))
         except DietError as e:
             from diet.profile import Cancelled
 
@@ -123,6 +138,10 @@ class Job:
         with self._lock:
             self._message = message
 
+    def _set_waiting(self, what: str) -> None:
+        with self._lock:
+            self._waiting = what
+
     def cancel(self) -> None:
         """Ask the worker to stop at its next check; it raises Cancelled and writes nothing."""
         self._stop.set()
@@ -137,15 +156,18 @@ class Job:
         with self._lock:
             end = self._ended if self._ended is not None else time.monotonic()
             return Snapshot(self.kind, self.title, self._status, tuple(self._lines.values()), self._message,
-                            end - self._started, self._stop.is_set() and self._status == RUNNING)
+                            end - self._started, self._stop.is_set() and self._status == RUNNING, self._waiting)
 
 
 class JobRunner:
-    """At most one job at a time (heavy torch work must not run in parallel on a small machine), plus the
-    finished ones not yet collected by the UI."""
+    """One session's jobs: at most one running at a time, plus the finished ones not yet collected by the UI.
 
-    def __init__(self) -> None:
+    `gate`: the server's TorchGate, shared by every session's runner, so jobs of different sessions take turns
+    (heavy torch work must not run in parallel on a small machine: two jobs at once are each far slower)."""
+
+    def __init__(self, gate: TorchGate | None = None) -> None:
         self.jobs: list[Job] = []
+        self.gate = gate
 
     def active(self) -> Job | None:
         return next((j for j in self.jobs if not j.snapshot().finished), None)
@@ -155,7 +177,7 @@ class JobRunner:
         if running is not None:
             raise DietError(f"'{running.title}' is still running: wait for it or cancel it first")
         self.jobs = [j for j in self.jobs if not j.collected]
-        job = Job.start(kind, title, fn)
+        job = Job.start(kind, title, fn, self.gate)
         self.jobs.append(job)
         return job
 
@@ -165,3 +187,152 @@ class JobRunner:
 
     def latest(self, kind: str) -> Job | None:
         return next((j for j in reversed(self.jobs) if j.kind == kind), None)
+
+
+# ----------------------------------------------------------------------------------------------- the server's gate
+
+WAIT_POLL_SECONDS = 0.25  # how often a waiting job checks for its turn and for a cancel
+
+
+def free_cores(sample_seconds: float = 0.2) -> float:
+    """Cores idle right now, measured over `sample_seconds` from /proc/stat (Linux); the core count elsewhere.
+
+    Why measure: a browser on the same machine, a second app or a build all take cores, and torch with more
+    threads than free cores spins in its barriers: with one of two cores busy, 2 threads run ~4× slower than 1."""
+    def idle_total() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v[:8])  # idle + iowait, all (guest time is already inside user)
+
+    cores = os.cpu_count() or 1
+    try:
+        i0, t0 = idle_total()
+        time.sleep(sample_seconds)
+        i1, t1 = idle_total()
+    except (OSError, ValueError, IndexError):
+        return float(cores)
+    return cores * (i1 - i0) / max(t1 - t0, 1)
+
+
+def thread_count(idle: float, cores: int | None = None) -> int:
+    """Torch threads for `idle` free cores: one per whole free core (at least one, at most the cores)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(cores, int(idle + 0.25)))
+
+
+class TorchGate:
+    """One heavy job at a time across the whole server; a job waiting for its turn says for what.
+
+    Why a gate and not parallel jobs: on a small CPU machine two torch jobs at once are each several times slower
+    than one after the other, and the second viewer's job often needs exactly what the first one is computing
+    (the same statistics): after its turn it finds them in the cache. When a job gets its turn, torch's thread
+    count is sized to the cores free at that moment (`threads`: a fixed count instead, e.g. from DIET_THREADS)."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self._holder: Job | None = None
+        self.threads = threads
+        self.last_threads = 0  # torch threads the last job ran with (shown on the page, checked by tests)
+
+    def holder(self) -> Job | None:
+        return self._holder
+
+    @contextmanager
+    def turn(self, job: Job, ctx: JobContext) -> Iterator[None]:
+        from diet.profile import Cancelled
+
+        while not self._lock.acquire(timeout=WAIT_POLL_SECONDS):
+            if ctx.should_stop():
+                raise Cancelled("cancelled while waiting; nothing was written")
+            other = self._holder
+            ctx.wait_for(f"another job is running: {other.title}" if other is not None else "another job is running")
+        self._holder = job
+        ctx.wait_for("")
+        try:
+            self._size_threads()
+            yield
+        finally:
+            self._holder = None
+            self._lock.release()
+
+    def _size_threads(self) -> None:
+        import torch
+
+        n = self.threads or thread_count(free_cores())
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+        self.last_threads = n
+
+
+# ----------------------------------------------------------------------------------------------- shared models
+
+
+class SharedModels:
+    """The server's loaded models, by key, shared by every session (a model is loaded once, not once per viewer).
+
+    A model used by a running job is never dropped under it (`hold`). When a new model does not fit next to the
+    loaded ones (`capacity` models at most), the idle ones are dropped first — `would_replace` says which, so the
+    page can say so before it loads — and if every loaded model is busy, the load is refused with a message."""
+
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = max(1, capacity)
+        self._lock = threading.RLock()
+        self._models: dict[Any, Any] = {}
+        self._busy: dict[Any, int] = {}
+        self._loading: dict[Any, threading.Lock] = {}
+
+    def loaded(self) -> list:
+        with self._lock:
+            return list(self._models)
+
+    def would_replace(self, key) -> list:
+        """Keys of the loaded models that loading `key` would drop (idle ones, oldest first)."""
+        with self._lock:
+            if key in self._models or len(self._models) < self.capacity:
+                return []
+            idle = [k for k in self._models if not self._busy.get(k)]
+            return idle[: len(self._models) - self.capacity + 1]
+
+    def get(self, key, load: Callable[[], Any], describe: Callable[[Any], str] = str):
+        """The model of `key`, loaded once (a second session asking meanwhile waits for the same load)."""
+        with self._lock:
+            if key in self._models:
+                return self._models[key]
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+                drop = self.would_replace(key)
+                if len(self._models) - len(drop) >= self.capacity:
+                    busy = ", ".join(describe(k) for k in self._models if self._busy.get(k))
+                    raise DietError(f"cannot load {describe(key)} now: memory holds {self.capacity} model(s) and "
+                                    f"{busy} is in use by a running job; try again when it has finished")
+                for k in drop:
+                    del self._models[k]
+            model = load()
+            with self._lock:
+                self._models[key] = model
+                self._loading.pop(key, None)
+            return model
+
+    def hold(self, key) -> Callable[[], None]:
+        """Mark `key` in use (by a job) until the returned release function is called."""
+        with self._lock:
+            self._busy[key] = self._busy.get(key, 0) + 1
+        done = threading.Event()
+
+        def release() -> None:
+            if done.is_set():
+                return
+            done.set()
+            with self._lock:
+                self._busy[key] -= 1
+                if not self._busy[key]:
+                    del self._busy[key]
+
+        return release
+
+    def busy(self, key) -> bool:
+        with self._lock:
+            return bool(self._busy.get(key))

@@ -15,7 +15,7 @@ import streamlit as st
 
 from diet import masks as M
 from diet import viz
-from diet.api import build_mask, estimate_seconds
+from diet.api import estimate_seconds
 from diet.methods import get_method, list_methods, needs_general, weight_stats
 from diet.settings import MaskSettings, MethodSettings
 from pages._common import (
@@ -36,8 +36,10 @@ from pages._work import (
     COMPENSATION,
     OWN_ALLOCATION,
     cached_general,
+    diet_mask,
     general_job,
     general_key,
+    half_ranks,
     mask_knobs,
     mask_stats,
     method_knobs,
@@ -45,6 +47,7 @@ from pages._work import (
     method_result,
     needs_model,
     overlap_refs,
+    ranked_scores,
     settings_summary,
     single_mask,
     split_halves,
@@ -78,6 +81,16 @@ def memo(key: tuple, make):
     if key not in store:
         if len(store) > 16:
             store.clear()
+        store[key] = make()
+    return store[key]
+
+
+def ranks_memo(key: tuple, make):
+    """Like `memo`, for the large per-unit ranks (tens of MB at 9B scale): the three latest only."""
+    store = st.session_state.setdefault("ranks_memo", {})
+    if key not in store:
+        while len(store) >= 3:
+            store.pop(next(iter(store)))
         store[key] = make()
     return store[key]
 
@@ -239,8 +252,10 @@ def general_section(lm, ms: MethodSettings, source: str, ps) -> None:
 def build(stats: dict, settings: MaskSettings, vote_tasks: list[str], ms: MethodSettings, source: str):
     """The mask of the chosen method, or None while its general-text statistics are being made."""
     sub = {n: stats[n] for n in vote_tasks}
-    if ms.method == "diet":
-        return build_mask(sub, settings)  # no model, no forward pass
+    if ms.method == "diet":  # no model, no forward pass; build_mask's result from ranks computed once
+        ranked = ranks_memo((tuple(id(sub[n]) for n in sub), settings.score, "ranked"),
+                            lambda: ranked_scores(sub, settings.score))
+        return diet_mask(sub, settings, ranked)
     ps = stats_profile_settings(stats, profile_settings())
     lm = current_model() if needs_model(ms.method, ms) else None
     general = None
@@ -341,7 +356,8 @@ def overlap_tab(result, stats: dict, key: tuple) -> None:
         st.info("Overlap needs at least two tasks in the vote.")
         return
     s = result.settings
-    split = memo((*key, "split", s.sparsity, s.allocation, s.min_keep), lambda: split_halves(result, stats))
+    halves = ranks_memo((*key, "halves"), lambda: half_ranks(stats, s.score))
+    split = memo((*key, "split", s.sparsity, s.allocation, s.min_keep), lambda: split_halves(result, stats, halves))
     refs = overlap_refs(result, stats, split)
     st.caption("A Jaccard number alone misleads: random masks of the same size already overlap. Each figure is "
                "shown next to its references. Nothing here says the voted mask is better: measure it on the "

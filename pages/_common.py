@@ -6,6 +6,7 @@ Why here and not in diet/: this is the only UI glue that needs `st`; the engine 
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 import streamlit as st
 
 from diet.errors import DietError
-from diet.jobs import CANCELLED, DONE, JobRunner
+from diet.jobs import CANCELLED, DONE, JobRunner, SharedModels, TorchGate
 from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
 
 TEST_MODEL = "_test_model"  # session-state seed: tests put a LoadedModel (a tiny random model) here
@@ -21,7 +22,7 @@ PERSIST = "p_"  # widget keys starting with this keep their value when the user 
 RESULT_KEYS = {"profile": "stats", "compare": "comparison", "sweep": "sweep", "export": "exported"}
 MEMO_KEYS = {"general": "general_stats"}  # jobs whose result ({key: value}) is added to a memo in the session
 CANCELLED_NOTE = {"sweep": "the finished cells are kept in the cache: run the sweep again to resume"}
-POLL_SECONDS = 0.5  # how often a running job's progress is redrawn
+POLL_SECONDS = 1.0  # how often a running job's progress is redrawn (each redraw is a small script run + render)
 
 
 @contextmanager
@@ -53,26 +54,54 @@ def keep_widget_state() -> None:
 # ----------------------------------------------------------------------------------------------- model
 
 
-@st.cache_resource(max_entries=1, show_spinner=False)
-def _load(name: str, revision: str | None, dtype: str, quantization: str | None, device: str):
-    """One model in memory at a time, keyed by the strings that define it (never by hashing a module)."""
+@st.cache_resource(show_spinner=False)
+def server() -> tuple[TorchGate, SharedModels]:
+    """What every session of this server shares: the gate that lets one heavy job run at a time, and the loaded
+    models by key. DIET_APP_MODELS: how many models memory holds at once (default 1); DIET_THREADS: a fixed torch
+    thread count for jobs (default: the cores free when the job starts)."""
+    threads = int(os.environ["DIET_THREADS"]) if os.environ.get("DIET_THREADS") else None
+    return TorchGate(threads), SharedModels(int(os.environ.get("DIET_APP_MODELS", "1")))
+
+
+def _load(spec: ModelSpec):
     from diet.models import load_model
 
-    spec = ModelSpec(name=name, revision=revision, dtype=dtype, quantization=quantization, device=device)
     return load_model(spec, say=lambda m: print(m, file=sys.stderr))
+
+
+def model_key(s: ModelSpec) -> tuple:
+    """A model is keyed by the strings that define it (never by hashing a module)."""
+    return (s.name, s.revision, s.dtype, s.quantization, s.device)
 
 
 def model_spec() -> ModelSpec:
     return st.session_state.get("spec") or ModelSpec()
 
 
+def replaced_by(s: ModelSpec) -> list[str]:
+    """Names of the models other sessions may be using that loading `s` would drop from memory."""
+    return [k[0] for k in server()[1].would_replace(model_key(s))]
+
+
 def current_model():
-    """The loaded model of the chosen spec (the embedded default unless the user picked another)."""
+    """The loaded model of the chosen spec (the embedded default unless the user picked another), shared by every
+    session of the server that chose the same one."""
     if TEST_MODEL in st.session_state:
         return st.session_state[TEST_MODEL]
     s = model_spec()
-    with st.spinner(f"Loading {s.name} (the first use of the embedded default converts it once, about 30 s)…"):
-        return _load(s.name, s.revision, s.dtype, s.quantization, s.device)
+    models = server()[1]
+    key = model_key(s)
+    if key in models.loaded():
+        return models.get(key, lambda: _load(s))
+    drop = replaced_by(s)
+    note = f"; it replaces {', '.join(drop)} in memory, which holds one model at a time" if drop else ""
+    with st.spinner(f"Loading {s.name}{note} (the first use of the embedded default converts it once, about 30 s)…"):
+        lm = models.get(key, lambda: _load(s), describe=lambda k: k[0])
+    if drop:
+        st.session_state["replaced_note"] = (f"Loaded {s.name}: it replaced {', '.join(drop)} in memory (this server "
+                                             "holds one model at a time); a session still using it loads it again "
+                                             "when it needs it.")
+    return lm
 
 
 def profile_settings() -> ProfileSettings:
@@ -101,7 +130,7 @@ def knob_settings() -> tuple[MaskSettings, MethodSettings, str]:
 
 def forget_results() -> None:
     """A different model or different profiling settings: earlier statistics and results no longer apply."""
-    for k in ("stats", "mask_result", "comparison", "sweep", "exported", "mask_memo", "weights_memo"):
+    for k in ("stats", "mask_result", "comparison", "sweep", "exported", "mask_memo", "ranks_memo", "weights_memo"):
         st.session_state.pop(k, None)
 
 
@@ -110,7 +139,7 @@ def forget_results() -> None:
 
 def runner() -> JobRunner:
     if "runner" not in st.session_state:
-        st.session_state["runner"] = JobRunner()
+        st.session_state["runner"] = JobRunner(server()[0])
     return st.session_state["runner"]
 
 
@@ -130,7 +159,20 @@ def collect_jobs() -> None:
 
 
 def start_job(kind: str, title: str, fn) -> None:
-    runner().start(kind, title, fn)
+    """Start a job of this session; the session's model stays in memory (shared, never dropped) until it ends."""
+    release = server()[1].hold(model_key(model_spec())) if TEST_MODEL not in st.session_state else (lambda: None)
+
+    def run(ctx):
+        try:
+            return fn(ctx)
+        finally:
+            release()
+
+    try:
+        runner().start(kind, title, run)
+    except BaseException:
+        release()
+        raise
     st.session_state.setdefault("job_outcomes", {}).pop(kind, None)
 
 
@@ -161,6 +203,9 @@ def _progress(key: str) -> None:
         st.rerun()
     snap = job.snapshot()
     st.markdown(f"**{snap.title}** · {snap.elapsed:.0f} s")
+    if snap.waiting:
+        st.info(f"Waiting — {snap.waiting}. This server runs one job at a time and computes each result once: "
+                "this job goes on as soon as that one ends, reading from the cache whatever it computed.")
     for line in snap.lines:
         st.progress(line.fraction, text=f"{line.label}: {line.done} / {line.total}")
     if snap.message:

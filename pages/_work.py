@@ -7,11 +7,16 @@ Everything goes through the engine's public API (diet.api, diet.evaluate, diet.e
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import html
 import inspect
+import os
 import re
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,13 +24,13 @@ import numpy as np
 
 from diet import masks as M
 from diet import viz
-from diet.api import MaskResult, is_profiled, profile_tasks, prune_copy, split_half_overlap
+from diet.api import MaskResult, is_profiled, profile_tasks, prune_copy, split_half_overlap, stats_key
 from diet.cache import ArtifactCache
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, TaskResult, average, evaluate_task
 from diet.jobs import JobContext
 from diet.methods import MethodInputs, get_method, needs_general, run_method
-from diet.profile import Cancelled
+from diet.profile import Cancelled, choose_texts
 from diet.settings import MaskSettings, MethodSettings, ProfileSettings, sha256_of
 
 # ----------------------------------------------------------------------------------------------- uploads
@@ -43,7 +48,71 @@ def save_upload(name: str, data: bytes, root: Path | None = None) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------------------------- shared cache
+
+COUNT_ENV = "DIET_COUNT_COMPUTED"  # tests: a file that gets one line per cache entry computed (not read) by the app
+
+
+class CountingCache(ArtifactCache):
+    """The engine's cache; with DIET_COUNT_COMPUTED set, each entry written (= computed, never a cache hit) also
+    appends "<kind> <key>" to that file. Why: the several-viewers test counts computations from outside the
+    server process, at the one place every computed statistic and score passes through."""
+
+    def _count(self, kind: str, key: str) -> None:
+        path = os.environ.get(COUNT_ENV)
+        if path and kind in ("stats", "eval"):
+            with open(path, "a") as f:  # one short append per entry: atomic on a local file system
+                f.write(f"{kind} {key}\n")
+
+    def save_tensors(self, kind: str, key: str, tensors: dict, meta: dict) -> None:
+        super().save_tensors(kind, key, tensors, meta)
+        self._count(kind, key)
+
+    def save_json(self, kind: str, key: str, obj: dict) -> None:
+        super().save_json(kind, key, obj)
+        self._count(kind, key)
+
+
+@contextmanager
+def entry_lock(cache: ArtifactCache, kind: str, key: str, ctx: JobContext, what: str) -> Iterator[None]:
+    """Hold the lock file next to one cache entry while it is computed: another job (another session, another
+    server, the CLI) about to compute the same entry waits, says so, then reads it from the cache.
+
+    fcntl.flock locks belong to the open file, so two threads of one process exclude each other too. The lock file
+    stays (empty, harmless); the entry itself is still written atomically by the cache."""
+    path = cache.root / kind / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if ctx.should_stop():
+                    raise Cancelled("cancelled while waiting; nothing was written") from None
+                ctx.wait_for(f"another session is computing {what}; its result will be used here")
+                time.sleep(0.25)
+        ctx.wait_for("")
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # ----------------------------------------------------------------------------------------------- profiling
+
+
+def profile_shared(ctx: JobContext, lm, tasks: list, settings: ProfileSettings, progress=None) -> dict:
+    """profile_tasks, one task at a time under the lock of its cache entry: statistics of the same (model,
+    settings, task) are computed once, whoever asks for them first; the others wait and read them."""
+    cache = CountingCache()
+    out = {}
+    for t in tasks:
+        key = stats_key(lm, choose_texts(t.calibration, settings), settings)
+        with entry_lock(cache, "stats", key, ctx, f"the statistics of {t.name}"):
+            out.update(profile_tasks(lm, [t], settings, progress=progress or ctx.report, should_stop=ctx.should_stop,
+                                     cache=cache))
+    return out
 
 
 def profile_job(lm, tasks: list, settings: ProfileSettings):
@@ -52,7 +121,7 @@ def profile_job(lm, tasks: list, settings: ProfileSettings):
     def run(ctx: JobContext) -> dict:
         for t in tasks:
             ctx.report(t.name, 0, min(settings.samples, len(t.calibration)))
-        return profile_tasks(lm, tasks, settings, progress=ctx.report, should_stop=ctx.should_stop)
+        return profile_shared(ctx, lm, tasks, settings)
 
     return run
 
@@ -183,8 +252,7 @@ def general_job(lm, source: str, ps: ProfileSettings):
         ctx.note(f"reading the general text ({source})")
         task = general_task(source, ctx.note)
         ctx.report("general text", 0, min(ps.samples, len(task.calibration)))
-        out = profile_tasks(lm, [task], ps, progress=lambda _n, d, t: ctx.report("general text", d, t),
-                            should_stop=ctx.should_stop)
+        out = profile_shared(ctx, lm, [task], ps, progress=lambda _n, d, t: ctx.report("general text", d, t))
         return {general_key(lm, source, ps): out["general"]}
 
     return run
@@ -308,9 +376,58 @@ class OverlapRefs:
     kept_by_one_expected: float
 
 
-def split_halves(result: MaskResult, stats: dict) -> dict:
-    """Each task's split-half self-overlap at the current mask settings."""
-    return {n: split_half_overlap(stats[n], result.settings) for n in result.tasks}
+def split_halves(result: MaskResult, stats: dict, halves: dict | None = None) -> dict:
+    """Each task's split-half self-overlap at the current mask settings. `halves`: `half_ranks(stats, score)`,
+    computed once per statistics: each sparsity then costs comparisons (equal to api.split_half_overlap)."""
+    if halves is None:
+        return {n: split_half_overlap(stats[n], result.settings) for n in result.tasks}
+    out = {}
+    for n in result.tasks:
+        (sa, ra), (sb, rb) = halves[n]
+        pair = np.stack([M.task_mask(sa, result.settings, ra), M.task_mask(sb, result.settings, rb)])
+        out[n] = float(M.jaccard_matrix(pair)[0, 1])
+    return out
+
+
+def half_ranks(stats: dict, score: str) -> dict:
+    """Per task, (scores, desc_ranks of the normalised scores) of each half of its samples: what `split_halves`
+    needs that no slider changes."""
+    from diet.methods import unit_scores
+
+    out = {}
+    for n, st_ in stats.items():
+        pair = [unit_scores(st_.half(h), score) for h in (0, 1)]
+        out[n] = [(sc, M.desc_ranks(M.normalise(sc))) for sc in pair]
+    return out
+
+
+def ranked_scores(stats: dict, score: str) -> M.RankedScores:
+    """The tasks' scores with their per-layer ranks and tie scores: computed once per (statistics, score)."""
+    from diet.methods import unit_scores
+
+    return M.RankedScores.of(np.stack([unit_scores(stats[n], score) for n in stats]))
+
+
+def diet_mask(stats: dict, settings: MaskSettings, ranked: M.RankedScores) -> MaskResult:
+    """diet.api.build_mask(stats, settings), the same result, from `ranked_scores(stats, settings.score)`: what a
+    slider move on the Masks page runs (tests/test_app.py checks the two agree on random statistics)."""
+    names = list(stats)
+    if len(names) != len(ranked.scores):
+        raise DietError("the ranked scores are not those of these statistics")
+    if settings.merge == "threshold":
+        settings.resolved_threshold(len(names))  # refuses k > T, as build_mask does
+    task_masks, mask = M.build_masks(None, settings, ranked)
+    v = M.votes(task_masks)
+    shape = stats[names[0]].meta["shape"]
+    summary = {
+        **M.param_summary(mask, shape),
+        "kept_per_layer": M.kept_per_layer(mask).tolist(),
+        "votes_histogram": M.votes_histogram(v, len(names)).tolist(),
+        "jaccard": M.jaccard_matrix(task_masks).round(4).tolist(),
+        **M.independence_expectations(task_masks),
+    }
+    return MaskResult(names, settings, task_masks, mask, v, shape, summary,
+                      ranking=M.vote_ranking(v, ranked.scores, ranked.tie))
 
 
 def overlap_refs(result: MaskResult, stats: dict, split: dict | None = None) -> OverlapRefs:
@@ -395,18 +512,29 @@ def eval_key(lm, task, settings: EvalSettings, digest: str) -> str:
                       "limit": settings.limit, "max_length": settings.max_length, "mask": digest})[:24]
 
 
-def cached_evaluate(lm, model, task, settings: EvalSettings, digest: str, memo: dict, progress=None) -> TaskResult:
-    """evaluate_task, remembered in `memo` (this session) and on disk (kind "eval"): a number is computed once."""
+def cached_evaluate(lm, model, task, settings: EvalSettings, digest: str, memo: dict, progress=None,
+                    ctx: JobContext | None = None) -> TaskResult:
+    """evaluate_task, remembered in `memo` (this session) and on disk (kind "eval"): a number is computed once,
+    also across sessions (with `ctx`, under the lock of its cache entry: a second session waits and reads it)."""
     key = eval_key(lm, task, settings, digest)
     if key in memo:
         return memo[key]
-    cache = ArtifactCache()
-    hit = cache.load_json("eval", key)
-    if hit is not None:
-        res = TaskResult(**hit)
-    else:
+    cache = CountingCache()
+
+    def get() -> TaskResult:
+        hit = cache.load_json("eval", key)
+        if hit is not None:
+            hit.pop("note", None)  # a derived field of to_dict()
+            return TaskResult(**hit)
         res = evaluate_task(model, lm.tokenizer, task, settings, progress)
         cache.save_json("eval", key, res.to_dict())
+        return res
+
+    if ctx is None:
+        res = get()
+    else:
+        with entry_lock(cache, "eval", key, ctx, f"the {task.name} score of this model"):
+            res = get()
     memo[key] = res
     return res
 
@@ -466,7 +594,8 @@ def evaluate_dense_and_pruned(ctx: JobContext, lm, make_pruned, digest: str, tas
             if ctx.should_stop():
                 raise Cancelled("evaluation cancelled")
             cb = lambda d, _n, o=offset, lab=name: ctx.report(lab, o + d, per)  # noqa: E731
-            rows.append(cached_evaluate(lm, model, t, settings, "dense" if label == "dense" else digest, memo, cb))
+            rows.append(cached_evaluate(lm, model, t, settings, "dense" if label == "dense" else digest, memo, cb,
+                                        ctx))
             offset += n
             ctx.report(name, offset, per)
         out[label] = rows
@@ -551,8 +680,7 @@ def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodS
             tasks.append(general_task(settings.general, ctx.note))
         for t in tasks:
             ctx.report(f"statistics: {t.name}", 0, min(ps.samples, len(t.calibration)))
-        profile_tasks(lm, tasks, ps, progress=lambda n, d, t: ctx.report(f"statistics: {n}", d, t),
-                      should_stop=ctx.should_stop)
+        profile_shared(ctx, lm, tasks, ps, progress=lambda n, d, t: ctx.report(f"statistics: {n}", d, t))
         ctx.report("cells", 0, total)
         cache = _SweepCache(lambda done: ctx.report("cells", done, total))
 

@@ -50,6 +50,15 @@ def finish_jobs(at: AppTest, timeout: float = 120) -> None:
     at.run()
 
 
+def wait_reported(at: AppTest, lines: int, timeout: float = 10) -> None:
+    """Until the running job has reported `lines` progress lines (it does once it has its turn on the server's
+    gate, after sizing torch's threads), then rerun the page so it draws them (as the poller would)."""
+    deadline = time.time() + timeout
+    while len(at.session_state["runner"].jobs[-1].snapshot().lines) < lines and time.time() < deadline:
+        time.sleep(0.05)
+    at.run()
+
+
 def ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -175,6 +184,7 @@ def test_cancel_stops_profiling_and_writes_nothing(cache_dir, tiny_lm, monkeypat
     at.multiselect(key="p_offline").set_value(["arithmetic", "sentiment"]).run()
     at.number_input(key="p_samples").set_value(8).run()
     at.button(key="btn_profile").click().run()
+    wait_reported(at, 2)
     assert len(at.get("progress")) == 2  # one live bar per task
     at.button(key="cancel-main").click().run()
     job = at.session_state["runner"].jobs[-1]
@@ -230,6 +240,27 @@ def test_results_say_when_items_went_to_calibration(tmp_path, tiny_lm):
     assert table[0]["items"] == "24 of 40 scored; 16 used for calibration — set `split` to choose"
     assert counts_notes([r]) == ["Item counts: forty: 24 of 40 scored; 16 used for calibration — set `split` to "
                                  "choose."]
+
+
+def test_slider_fast_path_equals_build_mask_and_split_half_overlap():
+    # what a slider move runs on the Masks page (ranks computed once) against the engine, on random statistics
+    from diet.api import split_half_overlap
+    from pages._work import diet_mask, half_ranks, ranked_scores, split_halves
+
+    rng = np.random.default_rng(11)
+    for case in range(12):
+        names = [f"t{i}" for i in range(int(rng.integers(1, 6)))]
+        stats = synthetic_stats(names, layers=int(rng.integers(1, 5)), width=int(rng.integers(8, 120)), seed=case)
+        for score in ("mean_abs", "rms"):
+            ranked, halves = ranked_scores(stats, score), half_ranks(stats, score)
+            for sparsity in (0.0, 0.2, 0.55, 0.9):
+                settings = MaskSettings(sparsity=sparsity, score=score, merge=str(rng.choice(["budget", "threshold"])),
+                                        allocation=str(rng.choice(["layer", "global"])), min_keep=0.05)
+                want, got = build_mask(stats, settings), diet_mask(stats, settings, ranked)
+                for field in ("task_masks", "mask", "votes", "ranking"):
+                    np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+                assert got.summary == want.summary and got.tasks == want.tasks and got.shape == want.shape
+                assert split_halves(want, stats, halves) == {n: split_half_overlap(stats[n], settings) for n in names}
 
 
 def test_a_bad_model_name_is_a_message_not_a_traceback(cache_dir):
@@ -643,6 +674,7 @@ def test_sweep_cancel_keeps_finished_cells_and_the_rerun_resumes(cache_dir, tiny
     monkeypatch.setattr(E, "evaluate_task", gated)
     at = open_page(SWEEP, tiny_lm, stats=tiny_stats(tiny_lm), profile_settings=PS)
     run_sweep_page(at, ["diet"], [0.2, 0.5], 2)
+    wait_reported(at, 1)
     assert at.get("progress")
     at.button(key="cancel-main").click().run()
     job = at.session_state["runner"].jobs[-1]

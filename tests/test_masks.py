@@ -126,3 +126,42 @@ def test_param_summary_two_denominators():
 def test_bad_settings_are_refused(bad):
     with pytest.raises(DietError):
         MaskSettings(**bad)
+
+
+def _random_scores(rng, T: int, L: int, n: int) -> np.ndarray:
+    """Random scores with many exact ties (values from a small set) and, sometimes, whole rows of one value."""
+    s = rng.integers(1, 6, size=(T, L, n)).astype(np.float64) if rng.random() < 0.5 else rng.gamma(2.0, 1.0, (T, L, n))
+    if rng.random() < 0.3:
+        s[:, 0] = 2.0
+    return s
+
+
+def test_ranked_masks_equal_the_partition_ones_on_random_cases():
+    # RankedScores (what a slider move uses) against the plain path, ties and global allocation included
+    rng = np.random.default_rng(7)
+    for case in range(150):
+        T, L, n = int(rng.integers(1, 6)), int(rng.integers(1, 5)), int(rng.integers(2, 60))
+        scores = _random_scores(rng, T, L, n)
+        ranked = M.RankedScores.of(scores)
+        settings = MaskSettings(sparsity=float(rng.choice([0.0, 0.1, 0.33, 0.5, 0.9])),
+                                merge=str(rng.choice(["budget", "threshold"])),
+                                allocation=str(rng.choice(["layer", "global"])), min_keep=0.05)
+        want = M.build_masks(scores, settings)
+        got = M.build_masks(None, settings, ranked)
+        np.testing.assert_array_equal(got[0], want[0], err_msg=f"task masks, case {case}")
+        np.testing.assert_array_equal(got[1], want[1], err_msg=f"merged mask, case {case}")
+        assert (M.desc_ranks(M.normalise(scores[0])) < 3).tolist() == M.topk_rows(M.normalise(scores[0]),
+                                                                                  min(3, n)).tolist() or n < 3
+
+
+def test_jaccard_matrix_counts_match_a_plain_count():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        tm = rng.random((int(rng.integers(1, 7)), 3, int(rng.integers(1, 100)))) < rng.random()
+        J = M.jaccard_matrix(tm)
+        flat = tm.reshape(tm.shape[0], -1)
+        for a in range(len(flat)):
+            for b in range(len(flat)):
+                union = (flat[a] | flat[b]).sum()
+                want = np.float32((flat[a] & flat[b]).sum()) / np.float32(union) if union else 1.0
+                assert J[a, b] == want and J.dtype == np.float32

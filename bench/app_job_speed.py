@@ -1,0 +1,145 @@
+"""Is a job in the app as fast as the same job from the CLI? In-app seconds ÷ CLI seconds, model load excluded.
+
+Two jobs on the embedded SmolLM2-135M, each timed both ways in one run:
+1. profile 2 offline tasks × 100 calibration texts (the Model and tasks page's Profile button vs `diet profile`);
+2. dense-vs-pruned evaluation of 2 tasks × 50 items (the Prune and evaluate page vs `diet eval` on the dense model
+   and on the pruned folder `diet prune` writes, the same mask: DIET, sparsity 0.2, those 2 tasks × 100 texts).
+
+In-app: `streamlit run app.py` as `make run` starts it (.streamlit/config.toml), on a free localhost port with a
+private, empty DIET_CACHE; headless chromium (Playwright, system chromium) opens the page, waits until the model is
+loaded, clicks, and the clock runs from the click until the page shows the result — everything the user waits for.
+For the evaluation the app's own numbers are also printed: the seconds its scorer recorded per task (what
+`diet eval` records too) and the rest of its job (pruning the copy, the side-by-side speed measurement).
+CLI: a fresh process per command with an equally empty cache; its seconds are the ones the engine records (the
+statistics' `seconds`, the eval JSON's per-task `seconds`), so the model load is excluded there as well.
+
+    PYTHONPATH=. .venv/bin/python bench/app_job_speed.py        # ~3 min on 2 idle cores; run under the torch lock
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.appdriver import (
+    ROOT,
+    app_server,
+    choose_offline_tasks,
+    launch,
+    missing,
+    nav,
+    private_cache,
+    set_number,
+    wait_idle,
+)
+
+TASKS = ("arithmetic", "capitals")
+SAMPLES = 100
+ITEMS = 50
+TARGET = 1.3
+
+
+def cli(cache: Path, *args: str) -> None:
+    env = {**os.environ, "DIET_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "diet", *args], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stats_seconds(cache: Path) -> float:
+    """Seconds the profiler recorded (forward passes, tokenization) for every statistics entry of a cache."""
+    return sum(json.loads(p.read_text())["meta"]["seconds"] for p in (cache / "artifacts" / "stats").glob("*.json"))
+
+
+def eval_seconds(cache: Path) -> float:
+    """Seconds the scorer recorded for every cached evaluation of the app (dense and pruned, every task)."""
+    return sum(json.loads(p.read_text())["meta"]["seconds"] for p in (cache / "artifacts" / "eval").glob("*.json"))
+
+
+def cli_runs(work: Path) -> dict:
+    """Profile, then dense and pruned evaluation, each in a fresh process on an empty cache."""
+    cache = private_cache(work / "cli-cache")
+    tasks = ",".join(TASKS)
+    cli(cache, "profile", "--tasks", tasks, "--samples", str(SAMPLES))
+    profile = stats_seconds(cache)
+    folder = work / "cli-pruned"
+    cli(cache, "prune", "--tasks", tasks, "--samples", str(SAMPLES), "--sparsity", "0.2", "--out", str(folder))
+    evals = 0.0
+    for model, name in ((None, "dense"), (str(folder), "pruned")):
+        out = work / f"cli-eval-{name}.json"
+        cli(cache, "eval", "--tasks", tasks, "--limit", str(ITEMS), "--json", str(out),
+            *(("--model", model) if model else ()))
+        evals += sum(r["seconds"] for r in json.loads(out.read_text())["results"])
+    return {"profile": profile, "evaluate": evals}
+
+
+def app_runs(work: Path) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    cache = private_cache(work / "app-cache")
+    out: dict = {}
+    with app_server(cache, work / "streamlit.log") as url, sync_playwright() as p:
+        browser = launch(p, work / "user-data")
+        page = browser.pages[0] if browser.pages else browser.new_page()
+        page.set_default_timeout(600_000)
+        page.goto(url)
+        page.get_by_role("heading", name="DIET Explorer").wait_for()
+        nav(page, "Model and tasks")
+        page.get_by_text("is loaded").wait_for()  # the model load is not timed
+        choose_offline_tasks(page, TASKS)
+        set_number(page, "Calibration samples", SAMPLES)
+        button = page.get_by_role("button", name=re.compile(r"^Profile 2 task\(s\)"))
+        button.wait_for()
+        out["estimate"] = button.inner_text()
+        t0 = time.perf_counter()
+        button.click()
+        page.get_by_text("Statistics in this session").wait_for()
+        out["profile"] = time.perf_counter() - t0
+        out["profile_engine"] = stats_seconds(cache)
+
+        nav(page, "Prune and evaluate")
+        set_number(page, "Items per task", ITEMS)
+        t0 = time.perf_counter()
+        page.get_by_role("button", name=re.compile(r"^Prune and evaluate, dense vs pruned")).click()
+        page.get_by_text("Forward speed (measured)").wait_for()
+        out["evaluate"] = time.perf_counter() - t0
+        out["evaluate_engine"] = eval_seconds(cache)
+        wait_idle(page)
+        browser.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keep", help="keep the work folder here (logs, caches) instead of a temp folder")
+    a = ap.parse_args()
+    why = missing()
+    if why:
+        sys.exit(f"error: {why}")
+    work = Path(a.keep or tempfile.mkdtemp(prefix="diet-app-speed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"{len(TASKS)} offline tasks ({', '.join(TASKS)}); profile {SAMPLES} texts each, evaluate {ITEMS} items "
+          f"each, dense and pruned (DIET, sparsity 0.2); {os.cpu_count()} cores; work folder {work}\n", flush=True)
+    app = app_runs(work)
+    ref = cli_runs(work)
+    print(f"{'job':<28} {'in-app s':>9} {'CLI s':>8} {'ratio':>6}   target ≤ {TARGET}")
+    for job in ("profile", "evaluate"):
+        ratio = app[job] / ref[job]
+        print(f"{job + ' (click to result)':<28} {app[job]:9.1f} {ref[job]:8.1f} {ratio:6.2f}   "
+              f"{'OK' if ratio <= TARGET else 'OVER'}")
+    print(f"{'evaluate (scorer only)':<28} {app['evaluate_engine']:9.1f} {ref['evaluate']:8.1f} "
+          f"{app['evaluate_engine'] / ref['evaluate']:6.2f}   (the rest of the app's job: pruning the copy and "
+          f"the side-by-side speed measurement, {app['evaluate'] - app['evaluate_engine']:.1f} s)")
+    print(f"{'profile (profiler only)':<28} {app['profile_engine']:9.1f} {ref['profile']:8.1f} "
+          f"{app['profile_engine'] / ref['profile']:6.2f}")
+    print(f"\nthe page's estimate before profiling: {app['estimate']!r}; measured in-app {app['profile']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
