@@ -165,9 +165,8 @@ def table(rows: Sequence[dict]):
     """The tidy table as a pandas DataFrame (one row per method × variant × sparsity × evaluation task)."""
     import pandas as pd
 
-    df = pd.DataFrame(list(rows), columns=list(COLUMNS))
-    df["compensation"] = df["compensation"].astype(object).fillna("none")  # rows cached before it existed
-    return df
+    rows = [r if r.get("compensation") else {**r, "compensation": "none"} for r in rows]  # cached before it existed
+    return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def labels(df):

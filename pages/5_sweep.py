@@ -13,7 +13,7 @@ import streamlit as st
 from diet import sweep as S
 from diet.errors import DietError
 from diet.methods import get_method, list_methods, needs_general
-from diet.settings import MaskSettings, MethodSettings
+from diet.settings import COMPENSATIONS, MaskSettings, MethodSettings
 from diet.sweep import SweepSettings
 from pages._common import (
     current_model,
@@ -61,6 +61,12 @@ def controls(names: list[str]) -> tuple[list[str], list[float], list[str], int |
                              "comparable with published numbers; it is marked as such in the table")
         c4.number_input("Evaluation batch size", min_value=1, max_value=512, step=1, key="p_sweep_batch",
                         help="does not change any number (not part of the cache key)")
+        defaults(p_sweep_compensations=["none"])
+        st.multiselect("Compensation after removal (each method × sparsity once per choice)", list(COMPENSATIONS),
+                       key="p_sweep_compensations",
+                       help="none: the method's own; bias: removed units' mean contribution added back; lstsq: the "
+                            "output projection refitted from the kept units on the tasks' calibration texts "
+                            "(a few forward passes per pruned model); see docs/methods.md")
     methods = list(ss["p_sweep_methods"])
     sparsities = sorted(float(s) for s in ss["p_sweep_sparsities"])
     return methods, sparsities, list(ss["p_sweep_tasks"]), int(ss["p_sweep_limit"]) or None, int(ss["p_sweep_batch"])
@@ -147,7 +153,8 @@ def page(stats: dict) -> None:
             calib = tuple(refs[n] for n in chosen)
             settings = SweepSettings(methods=tuple(methods), sparsities=tuple(sparsities), tasks=calib,
                                      eval_tasks=None if evals == calib else evals, limit=limit, general=general,
-                                     batch_size=batch)
+                                     batch_size=batch,
+                                     compensations=tuple(st.session_state["p_sweep_compensations"]) or ("none",))
         except DietError as e:
             problem = str(e)
     if settings is not None:
