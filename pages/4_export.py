@@ -8,9 +8,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from diet.export import mask_json
+from diet.export import SERVING_MODES, mask_json
 from pages._common import current_mask, current_model, job_panel, need_stats, page_errors, prologue, runner, start_job
 from pages._work import (
+    compare_job,
     export_folder,
     export_job,
     export_options,
@@ -25,7 +26,52 @@ MODE_HELP = {
     "uniform": "uniform: same kept count per layer, a smaller stock model that loads anywhere",
     "padded": "padded: per-layer masks, pruned channels zeroed, stock shapes (identical outputs, no size gain)",
     "heterogeneous": "heterogeneous: per-layer widths, smallest model; loads with trust_remote_code=True",
+    "gguf": "gguf: one model.gguf for llama.cpp / Ollama, exact per-layer widths (llama.cpp's deci architecture)",
+    "vllm": "vllm: a folder vLLM serves as DeciLMForCausalLM, exact per-layer widths",
 }
+OUTTYPE_HELP = {"f32": "f32 (exact)", "f16": "f16", "bf16": "bf16", "q8_0": "q8_0 (widths must be multiples of 32)"}
+
+
+def rounding_section(lm, result, stats: dict | None) -> int:
+    """--round-to and its cost next to the unrounded mask: parameters at once, accuracy from an evaluation of the
+    rounded mask on the tasks and items the unrounded one was evaluated on (Prune and evaluate page)."""
+    from diet.api import rounded
+    from diet.masks import ROUND_TO
+
+    n = st.selectbox("Round each layer's kept channels to a multiple of", ROUND_TO, key="round_to",
+                     format_func=lambda v: "1 (exact widths)" if v == 1 else str(v),
+                     help="by the mask's own ranking (votes, then score): for quantized GGUF types (q8_0 needs 32) "
+                          "and tensor parallelism")
+    if n == 1 or result.unit != "mlp":
+        return 1
+    r = rounded(result, n)
+    seen = st.session_state.setdefault("comparisons", {})  # every dense-vs-pruned result of this session, by mask
+    comp = st.session_state.get("comparison")
+    if comp:
+        seen[comp["digest"]] = comp
+    before, after = seen.get(result_digest(result)), seen.get(result_digest(r))
+
+    def acc(c):
+        return f"{100 * sum(p.value for p in c['pruned']) / len(c['pruned']):.1f}" if c else "not evaluated"
+
+    s0, s1 = result.summary, r.summary
+    st.table({"": ["MLP channels kept", "parameters", "average accuracy (%)"],
+              "exact mask": [f"{sum(s0['kept_per_layer']):,}", f"{s0['params_after']:,}", acc(before)],
+              f"rounded to {n}": [f"{sum(s1['kept_per_layer']):,}", f"{s1['params_after']:,}", acc(after)]})
+    if before and not after and st.button("Evaluate the rounded mask (same tasks and items as the exact one)",
+                                          disabled=runner().active() is not None, key="btn_eval_rounded"):
+        from diet.evaluate import EvalSettings
+        from diet.tasks import get_task
+
+        tasks = [get_task(p.task) for p in before["pruned"]]
+        memo = st.session_state.setdefault("eval_memo", {})
+        start_job("compare", f"Evaluating the mask rounded to {n}",
+                  compare_job(lm, r, tasks, EvalSettings(**before["eval"]), memo, stats))
+        st.rerun()
+    if not before:
+        st.caption("Evaluate the exact mask on the Prune and evaluate page to compare the rounding's accuracy cost.")
+    job_panel(("compare",), key="round")
+    return n
 
 
 def default_folder(lm, result) -> str:
@@ -41,6 +87,11 @@ def model_folder_section(lm, result, stats: dict | None = None) -> None:
                         format_func=lambda m: MODE_HELP.get(m, m))
     overwrite = st.checkbox("Overwrite a non-empty folder", key="overwrite")
     optional: dict = {}
+    if "round_to" in params:
+        if mode == "gguf":
+            optional["outtype"] = st.selectbox("GGUF tensor type", list(OUTTYPE_HELP), key="gguf_outtype",
+                                               format_func=OUTTYPE_HELP.get)
+        optional["round_to"] = rounding_section(lm, result, stats)
     if "speed" in params and st.checkbox("Measure dense vs pruned forward speed for the model card", value=True,
                                          key="export_speed"):
         from diet.timing import SpeedSettings
@@ -71,8 +122,14 @@ def model_folder_section(lm, result, stats: dict | None = None) -> None:
     path = st.session_state.get("exported")
     if path:
         written = Path(path) / "diet_settings.json"
-        remote = written.is_file() and json.loads(written.read_text()).get("mode") == "heterogeneous"
-        arg = ", trust_remote_code=True" if remote else ""
+        written_mode = json.loads(written.read_text()).get("mode") if written.is_file() else None
+        if written_mode in SERVING_MODES:  # the model card's own run instructions for that engine
+            from diet.modelcard import LOAD_SNIPPETS, SNIPPET_LANGUAGE
+
+            st.markdown(f"Written to `{path}`. Run it:")
+            st.code(LOAD_SNIPPETS[written_mode].format(dir=path), language=SNIPPET_LANGUAGE[written_mode])
+            return
+        arg = ", trust_remote_code=True" if written_mode == "heterogeneous" else ""
         st.markdown(f"Written to `{path}`. Load it anywhere:")
         st.code(f'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("{path}"'
                 f'{arg})', language="python")
