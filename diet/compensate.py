@@ -17,8 +17,8 @@ Two training-free, closed-form options (`CompensationSettings.method`):
 
 Why the second-moment matrices are never cached: after layer 0 they depend on the mask (the inputs come from the
 pruned model), so there is nothing mask-free to reuse. They are built one layer at a time, in fp64 from fp32
-products, and freed before the next layer: the peak is one k × k and one d × k matrix (0.9 + 0.4 GB for a
-14336-channel, 4096-wide layer at 20%; 12 + 5.6 MB on SmolLM2), plus the hidden states of the calibration tokens.
+products, and freed before the next layer: the peak is one k × k and one d × k matrix (1.05 + 0.38 GB for a
+14336-channel, 4096-wide layer at 20%; 12 + 5.7 MB on SmolLM2), plus the hidden states of the calibration tokens.
 
 The fit works on the masked model (removed columns set to zero, shapes unchanged); the caller then slices with
 `prune_units` as usual — zeroed columns and sliced ones are the same function, which the exactness tests check.
