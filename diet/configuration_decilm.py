@@ -48,11 +48,12 @@ class DeciLMConfig(LlamaConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        blocks = self.block_configs or []
-        if len(blocks) != self.num_hidden_layers:
-            raise ValueError(f"block_configs has {len(blocks)} entries but the model has {self.num_hidden_layers} "
-                             "layers")
-        self.block_configs = [b if isinstance(b, BlockConfig) else BlockConfig(**b) for b in blocks]
+        if self.block_configs is None:  # a default instance (transformers builds one to diff against)
+            return
+        if len(self.block_configs) != self.num_hidden_layers:
+            raise ValueError(f"block_configs has {len(self.block_configs)} entries but the model has "
+                             f"{self.num_hidden_layers} layers")
+        self.block_configs = [b if isinstance(b, BlockConfig) else BlockConfig(**b) for b in self.block_configs]
 
     def to_dict(self) -> dict:
         d = super().to_dict()
