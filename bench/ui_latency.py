@@ -1,8 +1,16 @@
-"""How long one slider move on the Masks page takes at Gemma-2-9B scale: re-mask + statistics, then the figures.
+"""How long one slider move on the Masks page takes at Gemma-2-9B scale, now and with the previous implementation.
 
 Synthetic statistics shaped like Gemma-2-9B's MLP (42 layers × 14336 channels) for 7 tasks (the paper's seven
-benchmarks). No model is involved: the Masks page never runs one. Prints the median of several repeats of each
-step, the totals, and the targets (≤ 50 ms for vote + statistics, ≤ 150 ms for the figures).
+benchmarks). No model is involved: the Masks page never runs one. One slider move (the sparsity) reruns the page:
+the mask and its statistics, the split-half references of the Overlap tab, every figure of the four tabs (Streamlit
+renders every tab) and what Streamlit does with each figure before it is sent (`st.plotly_chart`: the figure as a
+dict, its JSON, the hash of that JSON for the element id). What the page computes once per statistics and score (no
+slider changes it: scores, per-unit ranks, the score order of the overview) is timed separately.
+
+"previous" is the code before the ranks: diet/masks.py at git revision PREVIOUS, with build_mask and
+split_half_overlap exactly as diet/api.py runs them, and the page's figures. Both paths are first checked to give
+the same masks, summaries and split-half overlaps on random cases (and on the big one). Targets: vote + statistics
+≤ 50 ms, one slider move end to end ≤ 150 ms (medians).
 
     PYTHONPATH=. .venv/bin/python bench/ui_latency.py [--repeats 7] [--layers 42] [--width 14336] [--tasks 7]
 """
@@ -10,20 +18,41 @@ step, the totals, and the targets (≤ 50 ms for vote + statistics, ≤ 150 ms f
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import plotly.io
+import plotly.tools
 
 from diet import masks as M
 from diet import viz
-from diet.api import build_mask, split_half_overlap
+from diet.api import MaskResult
+from diet.methods import unit_scores
 from diet.profile import Stats
 from diet.settings import MaskSettings
+from pages import _work as W
 
+PREVIOUS = "d0ea84e"  # the last commit before the ranked masks (diet/masks.py as it was)
 VOTE_TARGET_MS = 50.0
-FIGURES_TARGET_MS = 150.0
+MOVE_TARGET_MS = 150.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def previous_masks():
+    """diet/masks.py at PREVIOUS, imported as its own module."""
+    source = subprocess.run(["git", "show", f"{PREVIOUS}:diet/masks.py"], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout
+    spec = importlib.util.spec_from_loader("previous_masks", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(source, f"{PREVIOUS}:diet/masks.py", "exec"), module.__dict__)
+    return module
 
 
 def synthetic_stats(tasks: int, layers: int, width: int, seed: int = 0) -> dict[str, Stats]:
@@ -40,6 +69,55 @@ def synthetic_stats(tasks: int, layers: int, width: int, seed: int = 0) -> dict[
     return out
 
 
+def previous_build_mask(PM, stats: dict, settings: MaskSettings) -> MaskResult:
+    """diet.api.build_mask on the previous mask module."""
+    names = list(stats)
+    scores = np.stack([unit_scores(stats[n], settings.score) for n in names])
+    task_masks, mask = PM.build_masks(scores, settings)
+    v = PM.votes(task_masks)
+    shape = stats[names[0]].meta["shape"]
+    summary = {**PM.param_summary(mask, shape), "kept_per_layer": PM.kept_per_layer(mask).tolist(),
+               "votes_histogram": PM.votes_histogram(v, len(names)).tolist(),
+               "jaccard": PM.jaccard_matrix(task_masks).round(4).tolist(), **PM.independence_expectations(task_masks)}
+    return MaskResult(names, settings, task_masks, mask, v, shape, summary, ranking=PM.vote_ranking(v, scores))
+
+
+def previous_split_halves(PM, result: MaskResult, stats: dict) -> dict:
+    """diet.api.split_half_overlap for each task, on the previous mask module."""
+    out = {}
+    for n in result.tasks:
+        a = PM.task_mask(unit_scores(stats[n].half(0), result.settings.score), result.settings)
+        b = PM.task_mask(unit_scores(stats[n].half(1), result.settings.score), result.settings)
+        out[n] = float(PM.jaccard_matrix(np.stack([a, b]))[0, 1])
+    return out
+
+
+def check_same(PM, stats: dict, settings: MaskSettings, ranked, halves) -> None:
+    want, got = previous_build_mask(PM, stats, settings), W.diet_mask(stats, settings, ranked)
+    for field in ("task_masks", "mask", "votes", "ranking"):
+        if not np.array_equal(getattr(want, field), getattr(got, field)):
+            raise SystemExit(f"error: {field} differs from the previous implementation at {settings}")
+    if want.summary != got.summary:
+        raise SystemExit(f"error: the summary differs from the previous implementation at {settings}")
+    if previous_split_halves(PM, want, stats) != W.split_halves(got, stats, halves):
+        raise SystemExit(f"error: the split-half overlaps differ from the previous implementation at {settings}")
+
+
+def random_checks(PM, cases: int = 60) -> None:
+    rng = np.random.default_rng(1)
+    for case in range(cases):
+        stats = synthetic_stats(int(rng.integers(1, 8)), int(rng.integers(1, 6)), int(rng.integers(4, 400)), case)
+        if case % 3 == 0:  # exact ties: scores from a handful of values
+            for s in stats.values():
+                s.abs_sum[:] = np.round(s.abs_sum / 2000.0) * 1000.0
+        for score in ("mean_abs", "rms"):
+            ranked, halves = W.ranked_scores(stats, score), W.half_ranks(stats, score)
+            for sparsity in (0.0, 0.13, 0.5, 0.9):
+                settings = MaskSettings(sparsity=sparsity, score=score, merge=str(rng.choice(["budget", "threshold"])),
+                                        allocation=str(rng.choice(["layer", "global"])), min_keep=0.02)
+                check_same(PM, stats, settings, ranked, halves)
+
+
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up (imports, allocations)
     times = []
@@ -50,6 +128,45 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def streamlit_sends(fig) -> str:
+    """What st.plotly_chart does with a figure before sending it: a dict, its JSON, the JSON's hash (element id)."""
+    spec = plotly.io.to_json(plotly.tools.return_figure_from_figure_or_data(fig, validate_figure=True),
+                             validate=False)
+    hashlib.md5(spec.encode(), usedforsecurity=False).hexdigest()
+    return spec
+
+
+def figure_builders(result: MaskResult, stats: dict, split: dict, norm: np.ndarray, order: np.ndarray,
+                    ranked) -> dict:
+    """Every figure the Masks page draws (DIET, all four tabs), as the page builds them: {label: build}."""
+    names = result.tasks
+    layer = 3
+    rows = {"merged": result.mask[layer], **{n: result.task_masks[i, layer] for i, n in enumerate(names)}}
+
+    def refs():
+        return W.overlap_refs(result, stats, split)
+
+    out = {
+        "kept_overview (binned, sorted)": lambda: viz.kept_overview(result.mask, "Merged mask: kept channels", order),
+        "layer_strip (8 rows × width)": lambda: viz.layer_strip(layer, rows, norm.mean(0)[layer], sort=True),
+        "votes_map (binned)": lambda: viz.votes_map(result.votes, len(names)),
+        "jaccard_matrix + chance": lambda: viz.jaccard_matrix(np.asarray(result.summary["jaccard"]), names,
+                                                              viz.chance_matrix(result.task_masks)),
+        "references (+ overlap_refs)": lambda: viz.references(names, refs().split_half, refs().mean_jaccard,
+                                                              refs().chance),
+        "jaccard_layers (all pairs)": lambda: viz.jaccard_layers(result.task_masks, names,
+                                                                 float(np.mean(list(split.values())))),
+        "upset (intersections + expected)": lambda: W.upset_figure(result),
+        "kept_per_layer": lambda: viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape["widths"],
+                                                     result.task_masks.sum(-1), names),
+        "params_breakdown": lambda: viz.params_breakdown(result.summary),
+    }
+    if hasattr(W, "who_loses_view"):  # the Overlap tab's "who loses in the merge"
+        wl = W.who_loses_ranks(stats, result.settings.score, ranked) if ranked is not None else None
+        out["who_loses (own masks, pooled, random)"] = lambda: W.who_loses_view(result, stats, wl)[0]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -57,79 +174,70 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=14336)
     ap.add_argument("--tasks", type=int, default=7)
     a = ap.parse_args()
+    PM = previous_masks()
+    random_checks(PM)
     stats = synthetic_stats(a.tasks, a.layers, a.width)
-    names = list(stats)
     settings = MaskSettings(sparsity=0.3)
-    print(f"synthetic statistics: {a.tasks} tasks × {a.layers} layers × {a.width} channels; "
-          f"median of {a.repeats} runs each\n")
+    once = {"ranked scores (scores, ranks, tie)": lambda: W.ranked_scores(stats, settings.score),
+            "split-half ranks": lambda: W.half_ranks(stats, settings.score),
+            "who-loses ranks (pooled, random, normalised)": lambda: W.who_loses_ranks(stats, settings.score, ranked),
+            "normalised scores + score order": lambda: viz.order_by(W.task_scores(stats, list(stats), "mean_abs")
+                                                                    .mean(0))}
+    ranked, halves = W.ranked_scores(stats, settings.score), W.half_ranks(stats, settings.score)
+    check_same(PM, stats, settings, ranked, halves)
+    print(f"synthetic statistics: {a.tasks} tasks × {a.layers} layers × {a.width} channels; median of {a.repeats} "
+          f"runs each; previous = diet/masks.py at {PREVIOUS}. Same masks, summaries and split-half overlaps as the "
+          "previous implementation: checked on 480 random cases (ties included) and on this one.\n")
+    print("once per statistics and score (no slider changes these; the page keeps them)")
+    for label, fn in once.items():
+        print(f"  {label:44s} {median_ms(fn, 3):8.1f} ms")
 
-    # ---- vote + statistics: what build_mask does on every slider move
-    scores = np.stack([M.scores_from(stats[n], settings.score) for n in names])
-    tm, mask = M.build_masks(scores, settings)
-    steps = {
-        "scores_from (all tasks)": lambda: [M.scores_from(stats[n], settings.score) for n in names],
-        "build_masks (task top-k + vote)": lambda: M.build_masks(scores, settings),
-        "  task_mask (all tasks)": lambda: [M.task_mask(s, settings) for s in scores],
-        "  merge (vote, exact budget)": lambda: M.merge(tm, scores, settings),
-        "votes + histogram": lambda: M.votes_histogram(M.votes(tm), a.tasks),
-        "jaccard_matrix": lambda: M.jaccard_matrix(tm),
-        "independence_expectations": lambda: M.independence_expectations(tm),
-        "param_summary + kept_per_layer": lambda: (M.param_summary(mask, stats[names[0]].meta["shape"]),
-                                                   M.kept_per_layer(mask)),
-    }
-    print("vote + statistics")
-    for label, fn in steps.items():
-        print(f"  {label:38s} {median_ms(fn, a.repeats):8.1f} ms")
-    def vote_and_stats() -> None:  # build_mask minus scores_from (the scores change only with the score choice)
-        t, merged = M.build_masks(scores, settings)
-        v = M.votes(t)
-        M.param_summary(merged, stats[names[0]].meta["shape"]), M.kept_per_layer(merged)
-        M.votes_histogram(v, a.tasks), M.jaccard_matrix(t), M.independence_expectations(t)
+    norm = W.task_scores(stats, list(stats), settings.score)
+    order = viz.order_by(norm.mean(0))
+    moves = [replace(settings, sparsity=s) for s in (0.3, 0.31)]  # alternate: nothing is cached across a move
+    i = [0]
 
-    cached_ms = median_ms(vote_and_stats, a.repeats)
-    print(f"  {'= vote + statistics from cached scores':38s} {cached_ms:8.1f} ms   target ≤ {VOTE_TARGET_MS:.0f} ms "
-          f"-> {'OK' if cached_ms <= VOTE_TARGET_MS else 'OVER'} (×{cached_ms / VOTE_TARGET_MS:.2f} of target)")
-    vote_ms = median_ms(lambda: build_mask(stats, settings), a.repeats)
-    print(f"  {'= build_mask (what the page calls)':38s} {vote_ms:8.1f} ms   (includes scores_from for every task)")
-    split_ms = median_ms(lambda: [split_half_overlap(stats[n], settings) for n in names], a.repeats)
-    print(f"  {'split_half_overlap (all tasks; cached per sparsity in the app)':38s} {split_ms:8.1f} ms\n")
+    def nxt() -> MaskSettings:
+        i[0] += 1
+        return moves[i[0] % 2]
 
-    # ---- figures: what the Masks page draws after a slider move (score order is cached in the app)
-    result = build_mask(stats, settings)
-    norm = np.stack([M.normalise(s) for s in scores])
-    mean_norm = norm.mean(0)
-    order = viz.order_by(mean_norm)
-    refs_split = {n: 0.9 for n in names}
-    J = np.asarray(result.summary["jaccard"])
-    inter = M.intersections(result.task_masks)
-    combos = sorted(inter, key=lambda c: (-inter[c], len(c), c))[: viz.MAX_UPSET_BARS]
-    figures = {
-        "kept_overview (binned, sorted)": lambda: viz.kept_overview(result.mask, "merged", order),
-        "layer_strip (8 rows × 14336)": lambda: viz.layer_strip(
-            3, {"merged": result.mask[3], **{n: result.task_masks[i, 3] for i, n in enumerate(names)}},
-            mean_norm[3], sort=True),
-        "votes_map (binned)": lambda: viz.votes_map(result.votes, a.tasks),
-        "jaccard_matrix + chance": lambda: viz.jaccard_matrix(J, names, viz.chance_matrix(result.task_masks)),
-        "references": lambda: viz.references(names, refs_split, [0.5] * a.tasks, 0.4),
-        "jaccard_layers (21 pairs)": lambda: viz.jaccard_layers(result.task_masks, names, 0.9),
-        "upset (intersections + expected)": lambda: viz.upset(
-            M.intersections(result.task_masks), names, viz.expected_intersections(result.task_masks, combos)),
-        "kept_per_layer": lambda: viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape["widths"],
-                                                     result.task_masks.sum(-1), names),
-        "params_breakdown": lambda: viz.params_breakdown(result.summary),
-    }
-    print("figures (build / build + JSON serialisation as Streamlit sends it)")
-    build_total = json_total = 0.0
-    for label, fn in figures.items():
-        b = median_ms(fn, a.repeats)
-        j = median_ms(lambda fn=fn: fn().to_json(), a.repeats)
-        build_total += b
-        json_total += j
-        print(f"  {label:38s} {b:8.1f} ms {j:8.1f} ms")
-    print(f"  {'= all figures of the page':38s} {build_total:8.1f} ms {json_total:8.1f} ms   target ≤ "
-          f"{FIGURES_TARGET_MS:.0f} ms (build) -> {'OK' if build_total <= FIGURES_TARGET_MS else 'OVER'} "
-          f"(×{build_total / FIGURES_TARGET_MS:.2f} of target)")
-    print(f"\none slider move, end to end (build_mask + figures + JSON): {vote_ms + json_total:.0f} ms")
+    prev = {"vote + statistics (build_mask)": lambda: previous_build_mask(PM, stats, nxt()),
+            "split-half references": lambda: previous_split_halves(PM, previous_build_mask(PM, stats, nxt()), stats)}
+    cur = {"vote + statistics (build_mask)": lambda: W.diet_mask(stats, nxt(), ranked),
+           "split-half references": lambda: W.split_halves(W.diet_mask(stats, nxt(), ranked), stats, halves)}
+    print(f"\n{'one slider move':46s} {'previous':>9s} {'now':>9s}")
+    timed = {}
+    for label in prev:
+        timed[label] = (median_ms(prev[label], a.repeats), median_ms(cur[label], a.repeats))
+    # the split-half line above includes a build_mask: count only its own share
+    for label in ("split-half references",):
+        p, c = timed[label]
+        timed[label] = (p - timed["vote + statistics (build_mask)"][0], c - timed["vote + statistics (build_mask)"][1])
+    result = W.diet_mask(stats, settings, ranked)
+    split = W.split_halves(result, stats, halves)
+    builders = figure_builders(result, stats, split, norm, order, ranked)
+    before = figure_builders(result, stats, split, norm, order, None)  # who loses as diet.methods computes it
+    figs = {label: build() for label, build in builders.items()}
+    for label, build in before.items():
+        if build().to_json() != figs[label].to_json():
+            raise SystemExit(f"error: the figure {label} differs from the previous implementation")
+    per_figure = {label: (median_ms(build, a.repeats), median_ms(lambda f=figs[label]: streamlit_sends(f), a.repeats))
+                  for label, build in builders.items()}
+    timed["figures: build"] = (sum(median_ms(b, a.repeats) for b in before.values()),
+                               sum(b for b, _ in per_figure.values()))
+    timed["figures: what Streamlit sends"] = (sum(j for _, j in per_figure.values()),) * 2
+    for label, (p, c) in timed.items():
+        print(f"  {label:44s} {p:8.1f} ms {c:8.1f} ms")
+    total_prev, total_now = (sum(t[k] for t in timed.values()) for k in (0, 1))
+    vote_now = timed["vote + statistics (build_mask)"][1]
+    print(f"  {'= one slider move, end to end':44s} {total_prev:8.1f} ms {total_now:8.1f} ms   target ≤ "
+          f"{MOVE_TARGET_MS:.0f} ms -> {'OK' if total_now <= MOVE_TARGET_MS else 'OVER'}")
+    vote_prev = timed["vote + statistics (build_mask)"][0]
+    print(f"\nvote + statistics now {vote_now:.1f} ms (target ≤ {VOTE_TARGET_MS:.0f} ms -> "
+          f"{'OK' if vote_now <= VOTE_TARGET_MS else 'OVER'}); previous {vote_prev:.1f} ms")
+    print("\nper figure, now (build / what Streamlit sends)")
+    for label, (b, j) in per_figure.items():
+        print(f"  {label:44s} {b:8.1f} ms {j:8.1f} ms")
 
 
 if __name__ == "__main__":

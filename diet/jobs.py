@@ -194,30 +194,36 @@ class JobRunner:
 WAIT_POLL_SECONDS = 0.25  # how often a waiting job checks for its turn and for a cancel
 
 
-def free_cores(sample_seconds: float = 0.2) -> float:
-    """Cores idle right now, measured over `sample_seconds` from /proc/stat (Linux); the core count elsewhere.
+def free_cores(sample_seconds: float = 0.4) -> float:
+    """Cores not used by other processes right now, measured over `sample_seconds` from /proc (Linux); the core
+    count elsewhere. This process's own use (the app's script runs, its server) does not count: the job is about to
+    be the main user of this process.
 
     Why measure: a browser on the same machine, a second app or a build all take cores, and torch with more
     threads than free cores spins in its barriers: with one of two cores busy, 2 threads run ~4× slower than 1."""
-    def idle_total() -> tuple[int, int]:
+    def sample() -> tuple[int, int, int]:
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + v[4], sum(v[:8])  # idle + iowait, all (guest time is already inside user)
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()  # fields after the command name; utime, stime are 12, 13
+        return v[3] + v[4], sum(v[:8]), int(own[11]) + int(own[12])  # idle + iowait, all, this process
 
     cores = os.cpu_count() or 1
     try:
-        i0, t0 = idle_total()
+        i0, t0, o0 = sample()
         time.sleep(sample_seconds)
-        i1, t1 = idle_total()
+        i1, t1, o1 = sample()
     except (OSError, ValueError, IndexError):
         return float(cores)
-    return cores * (i1 - i0) / max(t1 - t0, 1)
+    total = max(t1 - t0, 1)
+    others = max(0, (total - (i1 - i0)) - (o1 - o0))
+    return max(0.0, cores * (1 - others / total))
 
 
-def thread_count(idle: float, cores: int | None = None) -> int:
-    """Torch threads for `idle` free cores: one per whole free core (at least one, at most the cores)."""
+def thread_count(free: float, cores: int | None = None) -> int:
+    """Torch threads for `free` cores: rounded to the nearest whole core (at least one, at most the cores)."""
     cores = cores or os.cpu_count() or 1
-    return max(1, min(cores, int(idle + 0.25)))
+    return max(1, min(cores, int(free + 0.5)))
 
 
 class TorchGate:
@@ -249,19 +255,24 @@ class TorchGate:
         self._holder = job
         ctx.wait_for("")
         try:
-            self._size_threads()
+            self._size_threads(ctx)
             yield
         finally:
             self._holder = None
             self._lock.release()
 
-    def _size_threads(self) -> None:
+    def _size_threads(self, ctx: JobContext) -> None:
         import torch
 
-        n = self.threads or thread_count(free_cores())
+        if self.threads:
+            n, why = self.threads, "DIET_THREADS"
+        else:
+            free = free_cores()
+            n, why = thread_count(free), f"{free:.1f} of {os.cpu_count()} cores free"
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
         self.last_threads = n
+        ctx.note(f"torch threads: {n} ({why})")
 
 
 # ----------------------------------------------------------------------------------------------- shared models

@@ -54,6 +54,7 @@ from pages._work import (
     stats_profile_settings,
     task_scores,
     upset_figure,
+    who_loses_ranks,
     who_loses_view,
     with_compensation,
 )
@@ -382,8 +383,14 @@ def who_loses_section(result, stats: dict, key: tuple) -> None:
     """Each task's own top-k and score mass kept by this mask, against pooled and random masks of the same size."""
     st.subheader("Who loses in the merge")
     s = result.settings
+    ranks = None
+    if result.method == "diet":  # ranks computed once per statistics: a slider move then only compares
+        sub = mask_stats(result, stats)
+        ids = tuple(id(sub[n]) for n in sub)
+        ranked = ranks_memo((ids, s.score, "ranked"), lambda: ranked_scores(sub, s.score))
+        ranks = ranks_memo((ids, s.score, "who_loses"), lambda: who_loses_ranks(sub, s.score, ranked))
     fig, reading = memo((*key, "who_loses", result.method, s.sparsity, s.merge, s.threshold, s.allocation,
-                         s.min_keep, result.mask.tobytes()), lambda: who_loses_view(result, stats))
+                         s.min_keep, result.mask.tobytes()), lambda: who_loses_view(result, stats, ranks))
     st.markdown(f"**{reading}**")
     chart(fig, "who_loses", viz.CAPTIONS["who_loses"])
 

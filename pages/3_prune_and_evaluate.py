@@ -23,6 +23,8 @@ from pages._common import (
     start_job,
 )
 from pages._work import (
+    SPEED_BATCH,
+    SPEED_TOKENS,
     compare_job,
     comparison_table,
     counts_notes,
@@ -70,8 +72,9 @@ def comparison_section(comp: dict, digest: str) -> None:
                 delta_color="inverse")
     c[3].metric("Forward speed (measured)", f"{speed['pruned']:,.0f} tok/s",
                 f"{speed['pruned'] / speed['dense'] - 1:+.0%} vs dense {speed['dense']:,.0f} tok/s",
-                help="the same batch (8 × 64 tokens) through both models, timed alternately; median of 3 after a "
-                     "warm-up. On a busy shared CPU the ratio is noisy: measure again before concluding")
+                help=f"the same batch ({SPEED_BATCH} × {SPEED_TOKENS} tokens) through both models, timed alternately; "
+                     "median of 3 after a warm-up. On a busy shared CPU the ratio is noisy: measure again before "
+                     "concluding")
     tasks = comp["tasks"]
     st.plotly_chart(viz.accuracy_bars(tasks + ["average"], [r.value for r in comp["dense"]] + [average(comp["dense"])],
                                       [r.value for r in comp["pruned"]] + [average(comp["pruned"])]), key="accuracy")

@@ -479,22 +479,41 @@ def mask_figures(result: MaskResult, stats: dict, refs: OverlapRefs | None = Non
     return out
 
 
-def who_loses_view(result: MaskResult, stats: dict) -> tuple:
+def who_loses_view(result: MaskResult, stats: dict, ranks: dict | None = None) -> tuple:
     """(figure, one-line reading) of who loses in the merge: each task's own top-k and score mass kept by this
-    mask, next to the pooled mask and a random mask of the same size (diet.methods.who_loses)."""
+    mask, next to the pooled mask and a random mask of the same size (diet.methods.who_loses).
+
+    `ranks`: `who_loses_ranks(...)` of these statistics, computed once: for a DIET mask with the same count in every
+    layer, the task masks, pooled and random masks then come from comparisons (the same masks; tests check it)."""
     from dataclasses import replace
+
+    from diet.methods import who_loses
 
     sub = mask_stats(result, stats)
     inputs = MethodInputs(sub, shape=result.shape)
     settings = replace(result.settings, merge="budget")
+    fast = ranks is not None and result.method == "diet" and settings.allocation == "layer"
+    k = M.keep_count(result.mask.shape[-1], settings.sparsity)
     masks = {method_label(result): result.mask}
     if result.method != "pooled":
-        masks["pooled"] = run_method("pooled", inputs, settings).mask
-    masks["random"] = run_method("random", inputs, settings).mask
-    from diet.methods import who_loses
-
-    w = who_loses(inputs, settings, masks)
+        masks["pooled"] = ranks["pooled"] < k if fast else run_method("pooled", inputs, settings).mask
+    masks["random"] = ranks["random"] < k if fast else run_method("random", inputs, settings).mask
+    w = who_loses(inputs, settings, masks, own=result.task_masks if fast else None,
+                  norm=ranks["norm"] if fast else None)
     return viz.who_loses(w), w["reading"]
+
+
+def who_loses_ranks(stats: dict, score: str, ranked: M.RankedScores) -> dict:
+    """What `who_loses_view` needs that no slider changes: the tasks' normalised scores (`ranked`: theirs), and the
+    per-layer ranks of the pooled method's scores and of the random method's keys (its default seed), as
+    diet.methods computes them."""
+    from diet.methods import pooled_stats, unit_scores
+
+    pooled = unit_scores(pooled_stats(list(stats.values())), score)
+    L, n = ranked.scores.shape[1:]
+    return {"norm": [M.normalise(s) for s in ranked.scores],
+            "pooled": M.desc_ranks(M.normalise(pooled)),
+            "random": M.desc_ranks(np.random.default_rng(MethodSettings().seed).random((L, n)))}
 
 
 def upset_figure(result: MaskResult):
@@ -551,12 +570,17 @@ def model_size(model) -> dict:
     return {"params": count_parameters(model), "mb": nbytes / 2**20}
 
 
+SPEED_BATCH, SPEED_TOKENS = 1, 64  # the side-by-side forward-speed measurement of the comparison pages
+
+
 def forward_speed(models: dict) -> dict:
     """Tokens per second of each model on the same random batch, timed interleaved by the engine
     (diet.timing.measure_speed: medians, so machine load hits both alike)."""
     from diet.timing import SpeedSettings, measure_speed
 
-    measured = measure_speed(models, SpeedSettings(batch_sizes=(8,), seq_len=64, repeats=3))
+    # One sequence of 64 tokens: a few seconds for both models on a small CPU (8 × 64 took ~15 s, more than the
+    # evaluation itself); the ratio between the models is what the page shows.
+    measured = measure_speed(models, SpeedSettings(batch_sizes=(SPEED_BATCH,), seq_len=SPEED_TOKENS, repeats=3))
     row = measured["rows"][0]
     return {**{n: float(row[f"{n}_tokens_per_s"]) for n in models}, "detail": measured}
 

@@ -245,7 +245,7 @@ def test_results_say_when_items_went_to_calibration(tmp_path, tiny_lm):
 def test_slider_fast_path_equals_build_mask_and_split_half_overlap():
     # what a slider move runs on the Masks page (ranks computed once) against the engine, on random statistics
     from diet.api import split_half_overlap
-    from pages._work import diet_mask, half_ranks, ranked_scores, split_halves
+    from pages._work import diet_mask, half_ranks, ranked_scores, split_halves, who_loses_ranks, who_loses_view
 
     rng = np.random.default_rng(11)
     for case in range(12):
@@ -261,6 +261,10 @@ def test_slider_fast_path_equals_build_mask_and_split_half_overlap():
                     np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
                 assert got.summary == want.summary and got.tasks == want.tasks and got.shape == want.shape
                 assert split_halves(want, stats, halves) == {n: split_half_overlap(stats[n], settings) for n in names}
+                if settings.allocation == "layer":  # who loses: the ranked path against diet.methods' own
+                    fast = who_loses_view(want, stats, who_loses_ranks(stats, score, ranked))
+                    slow = who_loses_view(want, stats)
+                    assert fast[1] == slow[1] and fast[0].to_json() == slow[0].to_json()
 
 
 def test_a_bad_model_name_is_a_message_not_a_traceback(cache_dir):
@@ -772,3 +776,48 @@ def test_compensation_next_to_the_method_reaches_pruning_and_the_report(cache_di
     at.radio(key="p_compensation").set_value("bias").run()
     ok(at)
     assert at.session_state["mask_result"].compensation is not None
+
+
+def test_gate_runs_one_job_at_a_time_across_sessions_and_the_waiting_one_says_so():
+    from diet.jobs import TorchGate
+
+    gate, release = TorchGate(threads=1), threading.Event()
+    a, b = JobRunner(gate), JobRunner(gate)  # two sessions, one server
+    first = a.start("profile", "Profiling 2 task(s)", lambda ctx: release.wait(10) and torch.get_num_threads())
+    time.sleep(0.1)
+    second = b.start("profile", "Profiling 2 task(s)", lambda ctx: "b")
+    deadline = time.time() + 5
+    while not second.snapshot().waiting and time.time() < deadline:
+        time.sleep(0.05)
+    assert second.snapshot().waiting == "another job is running: Profiling 2 task(s)"
+    assert not second.snapshot().finished and gate.holder() is first
+    release.set()
+    assert first.wait(10) and second.wait(10)
+    assert (first.result, second.result, second.snapshot().waiting) == (1, "b", "")  # the job ran on 1 thread
+    assert gate.last_threads == 1 and first.snapshot().message == "torch threads: 1 (DIET_THREADS)"
+
+
+def test_gate_sizes_threads_to_the_free_cores():
+    from diet.jobs import thread_count
+
+    assert [thread_count(idle, cores=2) for idle in (0.0, 0.6, 0.9, 1.8, 2.0)] == [1, 1, 1, 2, 2]
+    assert thread_count(7.9, cores=8) == 8 and thread_count(3.1, cores=8) == 3
+
+
+def test_shared_models_load_once_never_drop_a_busy_one_and_say_what_they_replace():
+    from diet.jobs import SharedModels
+
+    loads = []
+    models = SharedModels(capacity=1)
+    load = lambda name: lambda: loads.append(name) or f"model {name}"  # noqa: E731
+    assert models.get("a", load("a")) == models.get("a", load("a")) == "model a" and loads == ["a"]
+    release = models.hold("a")  # a job of one session uses it
+    assert models.would_replace("b") == []  # nothing idle to drop...
+    with pytest.raises(DietError, match="cannot load b now: memory holds 1 model.*a is in use by a running job"):
+        models.get("b", load("b"))
+    release()
+    assert models.would_replace("b") == ["a"]  # ...now a can go, and the page says so before loading
+    assert models.get("b", load("b")) == "model b" and models.loaded() == ["b"] and loads == ["a", "b"]
+    two = SharedModels(capacity=2)
+    two.get("a", load("a")), two.get("b", load("b"))
+    assert two.would_replace("c") == ["a"] and two.loaded() == ["a", "b"]
