@@ -418,3 +418,28 @@ def test_export_page_shows_the_rounding_cost_and_writes_a_q8_gguf(cache_dir, tmp
     assert written["mode"] == "gguf" and written["outtype"] == "q8_0" and written["round_to"] == 32
     assert written["kept_per_layer"] == [32, 32, 32] and (out / "model.gguf").is_file()
     assert f"llama-cli -m {out}/model.gguf" in at.code[0].value  # how to run it, not a transformers snippet
+
+
+def test_every_export_states_the_parameters_it_stores(tmp_path):
+    """Padded folders store every layer at the widest layer's width: diet_settings.json, the card and the CLI line
+    give that count next to the logical one; exact-width exports store exactly the logical count."""
+    from diet.cli import _size_words, _written_sizes
+    from diet.models import count_parameters
+
+    model = tiny("llama")
+    result = make_result(model, [20, 44, 31])
+    logical = result.summary["params_after"]
+    for mode in ("padded", "heterogeneous", "gguf", "vllm"):
+        out = export_model(make_lm(model, name=EMBEDDED), result, tmp_path / mode, mode=mode)
+        written = json.loads((out / "diet_settings.json").read_text())
+        assert written["params_logical"] == logical
+        stored = written["params_stored"]
+        if mode == "padded":
+            from transformers import AutoModelForCausalLM
+
+            assert stored == count_parameters(AutoModelForCausalLM.from_pretrained(out)) > logical
+            assert f"{stored:,} stored ({logical:,} without the zero padding)" in (out / "README.md").read_text()
+            line = _size_words(_written_sizes(written, result.summary))
+            assert line == f"{logical:,} logical, {stored:,} stored"
+        else:
+            assert stored == logical
