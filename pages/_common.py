@@ -152,6 +152,9 @@ def collect_jobs() -> None:
         if snap.status == DONE and job.kind in RESULT_KEYS:
             if job.kind == "profile":  # new statistics: masks and results built on the old ones no longer apply
                 forget_results()
+                from pages._work import record_profile_speed  # late: pages._work imports torch
+
+                record_profile_speed(job.result)
             st.session_state[RESULT_KEYS[job.kind]] = job.result
         if snap.status == DONE and job.kind in MEMO_KEYS:
             st.session_state.setdefault(MEMO_KEYS[job.kind], {}).update(job.result)

@@ -115,6 +115,39 @@ def profile_shared(ctx: JobContext, lm, tasks: list, settings: ProfileSettings, 
     return out
 
 
+_PROFILE_SPEED: dict = {}  # model identity -> profiling tokens per second measured in this server process
+
+
+def record_profile_speed(stats: dict) -> None:
+    """Learn profiling speed from finished statistics (their tokens and seconds, as the profiler recorded them)."""
+    for st_ in stats.values():
+        meta = st_.meta
+        if meta.get("model_identity") and meta.get("seconds", 0) > 0 and meta.get("tokens", 0) > 0:
+            _PROFILE_SPEED[meta["model_identity"]] = float(meta["tokens"]) / float(meta["seconds"])
+
+
+def estimate_profile_seconds(lm, tasks: list, settings: ProfileSettings, measure: bool = True) -> float | None:
+    """Seconds to profile `tasks` (none cached): their token count over profiling speed on this machine — measured
+    on one batch of their calibration texts the first time (well under a second on a small model), then remembered
+    and refreshed by every profile that finishes. None when there is no measurement and `measure` is False (a job
+    is running: a forward pass now would slow it and be slowed by it)."""
+    from diet.profile import profile_texts
+
+    if lm.identity not in _PROFILE_SPEED:
+        if not measure:
+            return None
+        texts = choose_texts(tasks[0].calibration, settings)[: settings.batch_size]
+        profile_texts(lm.model, lm.tokenizer, texts[:1], settings)  # warm-up: first-call allocations
+        t0 = time.perf_counter()
+        batch = profile_texts(lm.model, lm.tokenizer, texts, settings)
+        _PROFILE_SPEED[lm.identity] = float(batch.count.sum()) / max(time.perf_counter() - t0, 1e-6)
+    tokens = 0
+    for t in tasks:
+        enc = lm.tokenizer(choose_texts(t.calibration, settings), truncation=True, max_length=settings.max_length)
+        tokens += sum(len(ids) for ids in enc["input_ids"])
+    return tokens / _PROFILE_SPEED[lm.identity]
+
+
 def profile_job(lm, tasks: list, settings: ProfileSettings):
     """Job body: statistics per task (cached ones load without a forward pass); progress per task, per batch."""
 

@@ -821,3 +821,17 @@ def test_shared_models_load_once_never_drop_a_busy_one_and_say_what_they_replace
     two = SharedModels(capacity=2)
     two.get("a", load("a")), two.get("b", load("b"))
     assert two.would_replace("c") == ["a"] and two.loaded() == ["a", "b"]
+
+
+def test_profile_estimate_comes_from_a_measured_batch_then_from_finished_profiles(tiny_lm):
+    import pages._work as W
+
+    task, ps = get_task("arithmetic"), ProfileSettings(samples=8)
+    W._PROFILE_SPEED.pop(tiny_lm.identity, None)
+    assert W.estimate_profile_seconds(tiny_lm, [task], ps, measure=False) is None  # no measurement, no forward pass
+    assert W.estimate_profile_seconds(tiny_lm, [task], ps) > 0 and tiny_lm.identity in W._PROFILE_SPEED
+    finished = Stats(np.zeros((2, 1, 1)), np.zeros((2, 1, 1)), np.zeros((2, 1, 1)), np.ones(2),
+                     {"model_identity": tiny_lm.identity, "tokens": 1000.0, "seconds": 4.0})
+    W.record_profile_speed({"arithmetic": finished})  # 250 tokens/s, as a real profile measured it
+    enc = tiny_lm.tokenizer(W.choose_texts(task.calibration, ps), truncation=True, max_length=ps.max_length)
+    assert W.estimate_profile_seconds(tiny_lm, [task], ps) == pytest.approx(sum(map(len, enc["input_ids"])) / 250)
