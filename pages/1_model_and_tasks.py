@@ -21,7 +21,7 @@ from pages._common import (
     runner,
     start_job,
 )
-from pages._work import profile_job, save_upload
+from pages._work import estimate_profile_seconds, profile_job, save_upload
 
 DTYPES = ["float32", "bfloat16", "float16"]
 QUANT = ["none", "8bit", "4bit"]
@@ -133,9 +133,12 @@ def profile_section(lm, tasks: list, settings: ProfileSettings) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         missing = [t for t in tasks if not cached[t.name]]
         if missing:
-            eta = estimate_seconds(lm, missing, settings)
+            eta = estimate_profile_seconds(lm, missing, settings, measure=runner().active() is None)
+            how = "a batch measured on this machine now"
+            if eta is None:  # a job is running: no forward pass for an estimate now
+                eta, how = estimate_seconds(lm, missing, settings), "this machine's last measured speed"
             label = f"Profile {len(missing)} task(s) — about {seconds_text(eta)}"
-            st.caption(f"Estimated from the calibration texts' token counts and this machine's measured speed: about "
+            st.caption(f"Estimated from the calibration texts' token counts and {how}: about "
                        f"{seconds_text(eta)} for {', '.join(t.name for t in missing)}"
                        + (f"; {len(tasks) - len(missing)} cached task(s) load instantly." if len(missing) < len(tasks)
                           else "."))
