@@ -20,32 +20,19 @@ import resource
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def measure(path: str, n_prompt: int, n_gen: int, threads: int, queue) -> None:
-    """In a child process: load the GGUF, time prompt processing and generation, report peak RSS."""
-    from llama_cpp import Llama
+    """In a child process: one timed run of `diet.gguf_export.measure_speed` (the model card's figure), and the
+    child's own peak RSS."""
+    from diet.gguf_export import measure_speed
 
-    llm = Llama(model_path=path, n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_threads=threads,
-                n_threads_batch=threads, verbose=False, seed=0)
-    prompt = [int(t) for t in range(1000, 1000 + n_prompt)]
-    llm.reset()
-    llm.eval(prompt[:16])  # warm-up (allocations, first kernels)
-    llm.reset()
-    t0 = time.perf_counter()
-    llm.eval(prompt)
-    t_prompt = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(n_gen):
-        nxt = int(llm.scores[llm.n_tokens - 1].argmax())
-        llm.eval([nxt])
-    t_gen = time.perf_counter() - t0
+    r = measure_speed(path, repeats=1, n_prompt=n_prompt, n_gen=n_gen, threads=threads)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    queue.put({"prompt_tps": n_prompt / t_prompt, "gen_tps": n_gen / t_gen, "peak_rss": peak})
+    queue.put({"prompt_tps": r["prompt_tokens_per_s"], "gen_tps": r["gen_tokens_per_s"], "peak_rss": peak})
 
 
 def run_child(path: Path, args) -> dict:

@@ -354,3 +354,39 @@ def write_gguf(model, fields: list, path: str | Path, settings: GGUFSettings = G
     w.close()
     return {"arch": plan.arch, "outtype": settings.outtype, "params_stored": int(sum(a.size for _, a in arrays)),
             "bytes": Path(path).stat().st_size, "ffn": plan.ffn, "heads": plan.heads, "kv_heads": plan.kv_heads}
+
+
+# ------------------------------------------------------------------------------------------------ speed
+
+
+def measure_speed(path: str | Path, repeats: int = 3, n_prompt: int = 128, n_gen: int = 32,
+                  threads: int | None = None) -> dict | None:
+    """llama.cpp tokens/s of a GGUF file (prompt processing in one batch, then greedy generation one token at a
+    time), median of `repeats`; None where llama-cpp-python is not installed (the card then says so)."""
+    import os
+    import statistics
+    import time
+
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    threads = threads or min(8, os.cpu_count() or 1)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_threads=threads,
+                          n_threads_batch=threads, verbose=False, seed=0)
+    prompt = list(range(1000, 1000 + n_prompt))  # token ids; the content does not change the cost
+    llm.reset()
+    llm.eval(prompt[:16])  # warm-up: allocations and first kernels
+    runs = []
+    for _ in range(max(1, repeats)):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        t1 = time.perf_counter()
+        for _ in range(n_gen):
+            llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+        runs.append((n_prompt / (t1 - t0), n_gen / (time.perf_counter() - t1)))
+    return {"engine": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})", "threads": threads,
+            "file": Path(path).name, "n_prompt": n_prompt, "n_gen": n_gen, "repeats": max(1, repeats),
+            "prompt_tokens_per_s": statistics.median(r[0] for r in runs),
+            "gen_tokens_per_s": statistics.median(r[1] for r in runs)}
