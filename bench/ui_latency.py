@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -45,14 +46,19 @@ MOVE_TARGET_MS = 150.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def previous_masks():
-    """diet/masks.py at PREVIOUS, imported as its own module."""
-    source = subprocess.run(["git", "show", f"{PREVIOUS}:diet/masks.py"], cwd=ROOT, check=True, capture_output=True,
+def previous(path: str):
+    """A module of the repository at PREVIOUS (e.g. diet/masks.py), imported as its own module."""
+    source = subprocess.run(["git", "show", f"{PREVIOUS}:{path}"], cwd=ROOT, check=True, capture_output=True,
                             text=True).stdout
-    spec = importlib.util.spec_from_loader("previous_masks", loader=None)
+    spec = importlib.util.spec_from_loader("previous_" + Path(path).stem, loader=None)
     module = importlib.util.module_from_spec(spec)
-    exec(compile(source, f"{PREVIOUS}:diet/masks.py", "exec"), module.__dict__)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    exec(compile(source, f"{PREVIOUS}:{path}", "exec"), module.__dict__)
     return module
+
+
+def previous_masks():
+    return previous("diet/masks.py")
 
 
 def synthetic_stats(tasks: int, layers: int, width: int, seed: int = 0) -> dict[str, Stats]:
@@ -137,14 +143,20 @@ def streamlit_sends(fig) -> str:
 
 
 def figure_builders(result: MaskResult, stats: dict, split: dict, norm: np.ndarray, order: np.ndarray,
-                    ranked) -> dict:
-    """Every figure the Masks page draws (DIET, all four tabs), as the page builds them: {label: build}."""
+                    ranked, viz=viz, who_loses_view=None) -> dict:
+    """Every figure the Masks page draws (DIET, all four tabs), as the page builds them: {label: build}.
+    `viz` and `who_loses_view`: the previous implementation's, for the "previous" column."""
     names = result.tasks
     layer = 3
     rows = {"merged": result.mask[layer], **{n: result.task_masks[i, layer] for i, n in enumerate(names)}}
 
     def refs():
         return W.overlap_refs(result, stats, split)
+
+    def upset():  # pages/_work.upset_figure, on this viz module
+        inter = M.intersections(result.task_masks)
+        combos = sorted(inter, key=lambda c: (-inter[c], len(c), c))[: viz.MAX_UPSET_BARS]
+        return viz.upset(inter, names, viz.expected_intersections(result.task_masks, combos))
 
     out = {
         "kept_overview (binned, sorted)": lambda: viz.kept_overview(result.mask, "Merged mask: kept channels", order),
@@ -156,15 +168,31 @@ def figure_builders(result: MaskResult, stats: dict, split: dict, norm: np.ndarr
                                                               refs().chance),
         "jaccard_layers (all pairs)": lambda: viz.jaccard_layers(result.task_masks, names,
                                                                  float(np.mean(list(split.values())))),
-        "upset (intersections + expected)": lambda: W.upset_figure(result),
+        "upset (intersections + expected)": upset,
         "kept_per_layer": lambda: viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape["widths"],
                                                      result.task_masks.sum(-1), names),
         "params_breakdown": lambda: viz.params_breakdown(result.summary),
     }
-    if hasattr(W, "who_loses_view"):  # the Overlap tab's "who loses in the merge"
-        wl = W.who_loses_ranks(stats, result.settings.score, ranked) if ranked is not None else None
+    if who_loses_view is not None:  # the Overlap tab's "who loses in the merge", as it was
+        out["who_loses (own masks, pooled, random)"] = lambda: who_loses_view(result, stats)
+    else:
+        wl = W.who_loses_ranks(stats, result.settings.score, ranked)
         out["who_loses (own masks, pooled, random)"] = lambda: W.who_loses_view(result, stats, wl)[0]
     return out
+
+
+def previous_who_loses(PV, PMeth):
+    """pages/_work.who_loses_view at PREVIOUS: diet.methods.who_loses and viz.who_loses as they were."""
+    from diet.methods import MethodInputs, run_method
+
+    def view(result: MaskResult, stats: dict):
+        inputs = MethodInputs(stats, shape=result.shape)
+        settings = replace(result.settings, merge="budget")
+        masks = {"DIET": result.mask, "pooled": run_method("pooled", inputs, settings).mask,
+                 "random": run_method("random", inputs, settings).mask}
+        return PV.who_loses(PMeth.who_loses(inputs, settings, masks))
+
+    return view
 
 
 def main() -> None:
@@ -216,7 +244,9 @@ def main() -> None:
     result = W.diet_mask(stats, settings, ranked)
     split = W.split_halves(result, stats, halves)
     builders = figure_builders(result, stats, split, norm, order, ranked)
-    before = figure_builders(result, stats, split, norm, order, None)  # who loses as diet.methods computes it
+    PV = previous("diet/viz.py")
+    before = figure_builders(result, stats, split, norm, order, None, PV,
+                             previous_who_loses(PV, previous("diet/methods.py")))
     figs = {label: build() for label, build in builders.items()}
     for label, build in before.items():
         if build().to_json() != figs[label].to_json():

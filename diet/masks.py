@@ -246,9 +246,10 @@ def intersections(task_masks: np.ndarray) -> dict[tuple[int, ...], int]:
     T = task_masks.shape[0]
     if T > 16:
         raise DietError("intersections are computed for at most 16 tasks")
-    code = np.zeros(task_masks.shape[1:], dtype=np.int64)
+    small = np.uint8 if T <= 8 else np.uint16  # the narrowest code: a few times faster than int64, same counts
+    code = np.zeros(task_masks.shape[1:], dtype=small)
     for t in range(T):
-        code |= task_masks[t].astype(np.int64) << t
+        code |= np.asarray(task_masks[t], dtype=bool).view(np.uint8).astype(small, copy=False) << small(t)
     counts = np.bincount(code.ravel(), minlength=1 << T)
     return {tuple(t for t in range(T) if c >> t & 1): int(counts[c]) for c in range(1, 1 << T) if counts[c]}
 

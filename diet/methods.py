@@ -256,20 +256,24 @@ def who_loses(inputs: MethodInputs, settings: MaskSettings, masks: dict[str, np.
     `own` (T, L, I) and `norm` (T, L, I): each task's own mask at `settings` and its per-layer-normalised scores,
     when the caller already holds them (the Masks page does; a slider move then skips 2T passes over the scores).
     """
-    names, scores = _task_scores(inputs, settings, "who-loses")
-    own = np.stack([M.task_mask(s, settings) for s in scores]) if own is None else own
-    norm = [M.normalise(s) for s in scores] if norm is None else norm
+    if own is None or norm is None:
+        names, scores = _task_scores(inputs, settings, "who-loses")
+        own = np.stack([M.task_mask(s, settings) for s in scores]) if own is None else own
+        norm = [M.normalise(s) for s in scores] if norm is None else norm
+    else:  # the caller holds both: the scores themselves are not needed
+        names = list(_need(inputs, "tasks", "who-loses"))
     norm_sum = [max(n.sum(), EPS) for n in norm]
     own_sum, own_layer = [o.sum() for o in own], [np.maximum(o.sum(-1), 1) for o in own]
     out: dict = {"tasks": names, "masks": list(masks), "topk": {}, "mass": {}, "layer_topk": {}}
     buf = np.empty(np.shape(norm[0]), dtype=np.float64)
     for m_name, mask in masks.items():
         mask = np.asarray(mask, dtype=bool)
+        kept = mask.astype(np.float64)  # once per mask: the products below then need no conversion (same values)
         topk, mass, layer = [], [], []
-        for t in range(len(scores)):
+        for t in range(len(names)):
             both = np.count_nonzero(own[t] & mask, axis=-1)  # exact counts, several times faster than a bool sum
             topk.append(float(both.sum() / max(own_sum[t], 1)))
-            mass.append(float(np.multiply(norm[t], mask, out=buf).sum() / norm_sum[t]))
+            mass.append(float(np.multiply(norm[t], kept, out=buf).sum() / norm_sum[t]))
             layer.append(both / own_layer[t])
         out["topk"][m_name], out["mass"][m_name] = topk, mass
         out["layer_topk"][m_name] = np.stack(layer)  # (T, L)

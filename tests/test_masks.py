@@ -165,3 +165,13 @@ def test_jaccard_matrix_counts_match_a_plain_count():
                 union = (flat[a] | flat[b]).sum()
                 want = np.float32((flat[a] & flat[b]).sum()) / np.float32(union) if union else 1.0
                 assert J[a, b] == want and J.dtype == np.float32
+
+
+def test_intersections_count_each_exact_combination():
+    rng = np.random.default_rng(5)
+    for T in (1, 3, 8, 9, 12):
+        tm = rng.random((T, 2, 37)) < 0.6
+        got = M.intersections(tm)
+        cols = [tuple(int(t) for t in np.nonzero(tm[:, i, j])[0]) for i in range(2) for j in range(37)]
+        want = {c: cols.count(c) for c in set(cols) if c}
+        assert got == want
