@@ -111,8 +111,10 @@ def results_section(sweep: dict, current: dict | None) -> None:
             "model is one more row per task.")
     lim = sweep["settings"]["limit"]
     if lim:
-        st.info(f"Preview: the first {lim} evaluation items of each task. Preview numbers are noisy and not "
-                "comparable with published ones; set items to 0 for all.")
+        scored = {r["task"]: r["n"] for r in rows if r["method"] == "dense" and r.get("preview")}  # each task's own
+        st.info("Preview: the first " + (", ".join(f"{n} items of {t}" for t, n in scored.items()) or
+                                         f"{lim} evaluation items of each task")
+                + ". Preview numbers are noisy and not comparable with published ones; set items to 0 for all.")
     st.plotly_chart(S.figure(rows).update_layout(title="Accuracy vs sparsity (measured)"), key="sweep_fig")
     st.caption(SWEEP_CAPTION)
     means = pruned_means(rows)
