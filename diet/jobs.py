@@ -344,6 +344,14 @@ class SharedModels:
 
         return release
 
+    def drop_idle(self) -> list:
+        """Drop every model no job uses (frees their memory once no session holds them); returns their keys."""
+        with self._lock:
+            idle = [k for k in self._models if not self._busy.get(k)]
+            for k in idle:
+                del self._models[k]
+            return idle
+
     def busy(self, key) -> bool:
         with self._lock:
             return bool(self._busy.get(key))

@@ -835,3 +835,32 @@ def test_profile_estimate_comes_from_a_measured_batch_then_from_finished_profile
     W.record_profile_speed({"arithmetic": finished})  # 250 tokens/s, as a real profile measured it
     enc = tiny_lm.tokenizer(W.choose_texts(task.calibration, ps), truncation=True, max_length=ps.max_length)
     assert W.estimate_profile_seconds(tiny_lm, [task], ps) == pytest.approx(sum(map(len, enc["input_ids"])) / 250)
+
+
+def test_a_second_session_loading_another_model_says_it_replaces_the_first(cache_dir, tiny_lm, monkeypatch):
+    import pages._common as C
+
+    gate, models = C.server()
+    models.drop_idle()  # start from an empty server (other tests may have loaded into it)
+    loads = []
+
+    def fake_load(spec):  # a tiny model standing in for each named one
+        loads.append(spec.name)
+        return LoadedModel(tiny_lm.model, tiny_lm.tokenizer, spec, tiny_lm.path, f"tiny:{spec.name}")
+
+    monkeypatch.setattr(C, "_load", fake_load)
+    first = open_page(MODEL, spec=ModelSpec(name="model-a"))
+    ok(first)
+    again = open_page(MODEL, spec=ModelSpec(name="model-a"))  # a second viewer of the same model: no second load
+    ok(again)
+    assert loads == ["model-a"] and not any("replaced" in w.value for w in again.warning)
+    other = open_page(MODEL, spec=ModelSpec(name="model-b"))
+    ok(other)
+    assert loads == ["model-a", "model-b"]
+    assert any("Loaded model-b: it replaced model-a in memory" in w.value for w in other.warning)
+    release = models.hold(C.model_key(ModelSpec(name="model-b")))  # a job of that session runs on model-b
+    refused = open_page(MODEL, spec=ModelSpec(name="model-a"))
+    assert any("cannot load model-a now" in e.value and "model-b is in use by a running job" in e.value
+               for e in refused.error)
+    release()
+    assert models.drop_idle() == [C.model_key(ModelSpec(name="model-b"))]
