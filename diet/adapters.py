@@ -81,7 +81,8 @@ def _new_linear(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None)
     return lin
 
 
-def _check_plain(lin: nn.Module) -> None:
+def check_plain(lin: nn.Module) -> None:
+    """Refuse to slice anything but a plain nn.Linear (a bitsandbytes layer would be silently broken)."""
     if type(lin) is not nn.Linear:
         raise DietError(f"cannot slice a {type(lin).__name__} layer (quantized models can be profiled, not pruned):"
                         " load the model without 8/4-bit quantization to prune it")
@@ -156,7 +157,7 @@ class MLPChannels:
         keep = keep.to(p.down.weight.device)
         for lin in (p.down, p.gate, p.up, p.gate_up):
             if lin is not None:
-                _check_plain(lin)
+                check_plain(lin)
         mlp.down_proj = _new_linear(p.down, p.down.weight[:, keep], p.down.bias)
         if p.gate_up is not None:
             width = p.down.in_features
@@ -186,7 +187,7 @@ def _compensate(owner: nn.Module, attr: str, keep_channels: torch.Tensor, means:
     shift pruning causes (FLAP). The masked reference is `zero` after this call, so sliced == masked still holds.
     """
     lin = getattr(owner, attr)
-    _check_plain(lin)
+    check_plain(lin)
     w = lin.weight.detach()
     drop = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
     drop[keep_channels.to(w.device)] = False
@@ -272,7 +273,7 @@ class AttentionHeads:
         """Physically keep only the groups `keep` (sorted long indices), in place."""
         a = self._attn(layer)
         for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj):
-            _check_plain(lin)
+            check_plain(lin)
         q, kv = self._rows(layer, keep)
         for attr, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
             lin = getattr(a, attr)
@@ -348,3 +349,36 @@ def llama_like_parts(model: nn.Module) -> tuple[dict[str, nn.Module], list[dict[
                        "attn_v": a.v_proj, "attn_output": a.o_proj, "ffn_norm": layer.post_attention_layernorm,
                        "ffn_gate": p.gate, "ffn_up": p.up, "ffn_down": p.down})
     return top, layers
+
+
+# ---------------------------------------------------------------- DISP's view of a decoder block
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """The modules DISP reads or cuts in one decoder layer (norms and the seven projections)."""
+
+    norm_attn: nn.Module  # input norm: its output feeds q/k/v
+    norm_mlp: nn.Module  # pre-MLP norm
+    post_attn: nn.Module | None  # Gemma's post-attention norm (None for Llama-style layers)
+    post_mlp: nn.Module | None  # Gemma's post-feed-forward norm
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+    gate: nn.Linear
+    up: nn.Linear
+    down: nn.Linear
+
+
+def block_parts(layer: nn.Module) -> BlockParts:
+    """A Llama-style or Gemma-style (sandwich norms) decoder layer's parts by role, for DISP."""
+    sandwich = hasattr(layer, "pre_feedforward_layernorm")
+    a, m = layer.self_attn, layer.mlp
+    return BlockParts(
+        norm_attn=layer.input_layernorm,
+        norm_mlp=layer.pre_feedforward_layernorm if sandwich else layer.post_attention_layernorm,
+        post_attn=layer.post_attention_layernorm if sandwich else None,
+        post_mlp=layer.post_feedforward_layernorm if sandwich else None,
+        q=a.q_proj, k=a.k_proj, v=a.v_proj, o=a.o_proj, gate=m.gate_proj, up=m.up_proj, down=m.down_proj,
+    )

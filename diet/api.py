@@ -27,26 +27,50 @@ from diet.settings import CACHE_FORMAT_VERSION, MaskSettings, ProfileSettings, s
 TaskProgress = Callable[[str, int, int], None]  # (task name, texts done, texts total)
 
 
-def _task(name_or_task):
+def resolve_task(name_or_task):
+    """A Task from a registered name, a file path, or a Task (returned as it is)."""
     from diet.tasks import get_task
 
     return get_task(name_or_task) if isinstance(name_or_task, str) else name_or_task
 
 
-def stats_key(lm: LoadedModel, texts: list[str], settings: ProfileSettings) -> str:
-    """Everything that determines the statistics: format, model content, dtype/quantization, texts, settings."""
-    return sha256_of({
+def stats_key(lm: LoadedModel, texts: list[str], settings: ProfileSettings, probe: str | None = None) -> str:
+    """The one cache key of profiled statistics: format, model content, dtype/quantization, texts, settings, and
+    what was probed (`probe`: None for the prunable unit in `settings.unit`, else e.g. DISP's positions)."""
+    parts = {
         "format": CACHE_FORMAT_VERSION,
         "model": lm.identity,
         "dtype": lm.spec.dtype,
         "quantization": lm.spec.quantization,
         "texts": texts_hash(texts),
         "settings": settings.key_fields(),
-    })[:24]
+    }
+    if probe is not None:  # unit statistics carry no tag, so their keys (and caches) predate probes unchanged
+        parts["kind"] = probe
+    return sha256_of(parts)[:24]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a profiling pass records, and how it is stored: statistics of the unit (`UNIT_PROBE`) or of other
+    hook points (DISP's five positions, `diet.disp.statistics.POSITION_PROBE`). `profile` runs any of them."""
+
+    cache_kind: str  # the cache folder ("stats", "disp_stats")
+    tag: str | None  # added to the cache key; None for unit statistics
+    run: Callable  # (model, tokenizer, texts, settings, progress, should_stop) -> (tensors, meta)
+    load: Callable  # (tensors, meta) -> the statistics object handed to callers
+
+
+def _run_unit(model, tokenizer, texts, settings, progress, should_stop) -> tuple[dict, dict]:
+    stats = profile_texts(model, tokenizer, texts, settings, progress, should_stop)
+    return stats.tensors(), stats.meta
+
+
+UNIT_PROBE = Probe("stats", None, _run_unit, Stats.from_tensors)
 
 
 def is_profiled(lm: LoadedModel, task, settings: ProfileSettings, cache: ArtifactCache | None = None) -> bool:
-    task = _task(task)
+    task = resolve_task(task)
     return (cache or ArtifactCache()).has("stats", stats_key(lm, choose_texts(task.calibration, settings), settings))
 
 
@@ -55,7 +79,7 @@ def estimate_seconds(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings
     """Seconds to profile the tasks not cached yet, from their token counts and this machine's measured speed."""
     cache = cache or ArtifactCache()
     tokens = 0
-    for t in map(_task, tasks):
+    for t in map(resolve_task, tasks):
         texts = choose_texts(t.calibration, settings)
         if cache.has("stats", stats_key(lm, texts, settings)):
             continue
@@ -77,35 +101,41 @@ def _tokens_per_second(lm: LoadedModel, cache: ArtifactCache) -> float:
     return (1e13 if on_gpu else 3e11) / count_parameters(lm.model)  # rough first guess, replaced after one run
 
 
-def profile_tasks(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = ProfileSettings(),
-                  progress: TaskProgress | None = None, should_stop: Callable[[], bool] | None = None,
-                  cache: ArtifactCache | None = None) -> dict[str, Stats]:
-    """Statistics per task: from the cache when present (no forward pass), else profiled and cached atomically."""
+def profile(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = ProfileSettings(), probe: Probe = UNIT_PROBE,
+            progress: TaskProgress | None = None, should_stop: Callable[[], bool] | None = None,
+            cache: ArtifactCache | None = None) -> dict:
+    """Statistics per task for any probe: from the cache when present (no forward pass), else profiled and cached
+    atomically. Each task's texts are its seeded calibration choice; the meta records where they came from."""
     cache = cache or ArtifactCache()
-    out: dict[str, Stats] = {}
-    for task in map(_task, tasks):
+    out: dict = {}
+    for task in map(resolve_task, tasks):
         texts = choose_texts(task.calibration, settings)
-        key = stats_key(lm, texts, settings)
-        hit = cache.load_tensors("stats", key)
+        key = stats_key(lm, texts, settings, probe.tag)
+        hit = cache.load_tensors(probe.cache_kind, key)
         if hit is not None:
-            tensors, meta = hit
-            out[task.name] = Stats.from_tensors(tensors, meta)
+            out[task.name] = probe.load(*hit)
             if progress:
                 progress(task.name, len(texts), len(texts))
             continue
         cb = (lambda d, n, name=task.name: progress(name, d, n)) if progress else None
         t0 = time.perf_counter()
-        stats = profile_texts(lm.model, lm.tokenizer, texts, settings, cb, should_stop)
+        tensors, meta = probe.run(lm.model, lm.tokenizer, texts, settings, cb, should_stop)
         seconds = time.perf_counter() - t0
-        stats.meta.update({
-            "model": lm.spec.name, "model_identity": lm.identity, "task": task.name, "task_source": task.source,
-            "task_fingerprint": task.fingerprint(), "texts": len(texts), "tokens": float(stats.count.sum()),
-            "settings": asdict(settings), "seconds": seconds,
-        })
-        cache.save_tensors("stats", key, stats.tensors(), stats.meta)
-        cache.save_json("speed", _speed_key(lm), {"tokens_per_second": float(stats.count.sum()) / seconds})
-        out[task.name] = stats
+        tokens = float(tensors["count"].sum())
+        meta = {**meta, "model": lm.spec.name, "model_identity": lm.identity, "task": task.name,
+                "task_source": task.source, "task_fingerprint": task.fingerprint(), "texts": len(texts),
+                "tokens": tokens, "settings": asdict(settings), "seconds": seconds}
+        cache.save_tensors(probe.cache_kind, key, tensors, meta)
+        cache.save_json("speed", _speed_key(lm), {"tokens_per_second": tokens / seconds})
+        out[task.name] = probe.load(tensors, meta)
     return out
+
+
+def profile_tasks(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = ProfileSettings(),
+                  progress: TaskProgress | None = None, should_stop: Callable[[], bool] | None = None,
+                  cache: ArtifactCache | None = None) -> dict[str, Stats]:
+    """Unit statistics per task (`profile` with the unit probe)."""
+    return profile(lm, tasks, settings, UNIT_PROBE, progress, should_stop, cache)
 
 
 @dataclass
@@ -198,7 +228,7 @@ def prune_copy(lm: LoadedModel, result: MaskResult, compensation=None, texts: Se
     if compensation is not None and compensation.method == "lstsq":
         from diet.compensate import fit_lstsq, fit_texts
 
-        texts = list(texts) if texts is not None else fit_texts([_task(t) for t in result.tasks], compensation)
+        texts = list(texts) if texts is not None else fit_texts([resolve_task(t) for t in result.tasks], compensation)
         fit_lstsq(model, lm.tokenizer, texts, result.keep(), result.unit, compensation)
         return prune_units(model, result.keep(), result.unit)
     return prune_units(model, result.keep(), result.unit, compensation=result.compensation)

@@ -31,14 +31,21 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from diet.modeling_diet import CLASSES
 
-    for config_cls, model_cls in CLASSES.values():
+    register_classes(CLASSES)
+    _registered = True
+
+
+def register_classes(classes: dict) -> None:
+    """Register {model_type: (config class, model class)} with AutoConfig / AutoModelForCausalLM (idempotent), so
+    folders of those types load without `trust_remote_code` in this process (DIET's heterogeneous widths here,
+    DISP's index sets from `diet.disp`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for config_cls, model_cls in classes.values():
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
         AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
-    _registered = True
 
 
 class _RegisterAfterTransformers(importlib.abc.MetaPathFinder):

@@ -2,7 +2,7 @@
 
 Why a module of its own (and not pages/_work.py): DISP keeps *five* index sets per layer instead of DIET's one MLP
 mask, so its accounting, labels and figures differ; the DIET pages' helpers stay as they are. Everything goes
-through the engine's public API (diet.disp, diet.disp_export, diet.evaluate, diet.viz) and the evaluation cache of
+through the engine's public API (diet.disp, diet.evaluate, diet.viz) and the evaluation cache of
 pages/_work.py, so a dense number measured on the Prune and evaluate page is reused here and vice versa.
 
 How results come back: a job body writes its result into a plain dict that the page keeps in its session
@@ -218,12 +218,12 @@ def default_folder(lm, settings: DispSettings) -> str:
 
 def disp_export_job(lm, tasks: list, out: str, ps: ProfileSettings, settings: DispSettings, overwrite: bool,
                     box: dict):
-    """Job body: `diet.disp_export.prune_disp` — the very folder the CLI's `prune --method disp` writes (index sets
+    """Job body: `diet.disp.prune_disp` — the very folder the CLI's `prune --method disp` writes (index sets
     from the same cached statistics and settings, sliced copy, own config + modelling file, disp.json,
     summary.json). It refuses a non-empty folder before any work. The folder's path lands in box["exported"]."""
 
     def run(ctx: JobContext) -> str:
-        from diet.disp_export import prune_disp
+        from diet.disp import prune_disp
 
         ctx.report("export", 0, 1)
         ctx.note(f"writing {out}")

@@ -224,7 +224,7 @@ def test_evaluate_job_equals_evaluate_task_on_disp_copy(cache_dir, tiny_lm):
 
 
 def test_export_writes_the_disp_folder_and_refuses_a_non_empty_one(cache_dir, tiny_lm, tmp_path):
-    from diet.disp_export import load_disp
+    from diet.disp import load_disp
 
     state = page_state(tiny_lm)
     disp_stats(tiny_lm)

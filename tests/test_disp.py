@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from diet import disp as D
-from diet import modeling_disp as MD
+from diet.adapters import block_parts
 from diet.cache import ArtifactCache
+from diet.disp import modeling_disp as MD
 from diet.errors import DietError
 from diet.masks import topk_rows
 from diet.profile import Stats
@@ -68,7 +69,7 @@ def test_gemma_post_norm_sees_the_full_width():
     sliced = D.slice_disp(copy.deepcopy(dense), sets)
     with torch.no_grad():
         right = sliced(IDS).logits
-        layer = D._layers(sliced)[0]
+        layer = D.disp_layers(sliced)[0]
         norm = layer.post_attention_layernorm
         narrow_w = norm.weight.data[layer.disp_attn_out].clone()
         wrong = type(norm)(int(layer.disp_attn_out.numel()), eps=norm.eps)
@@ -153,8 +154,8 @@ def test_position_statistics_equal_a_manual_computation():
     settings = ProfileSettings(samples=6, max_length=32, batch_size=4)
     stats = D.profile_positions(model, tok, TEXTS, settings)
     captured = {}
-    layer = D._layers(model)[1]
-    p = D.layer_parts(layer)
+    layer = D.disp_layers(model)[1]
+    p = block_parts(layer)
     hooks = [p.norm_attn.register_forward_hook(lambda m, a, o: captured.setdefault("attn_in", []).append(o)),
              p.post_attn.register_forward_hook(lambda m, a, o: captured.setdefault("attn_out", []).append(o)),
              p.down.register_forward_pre_hook(lambda m, a: captured.setdefault("mlp_mid", []).append(a[0])),
@@ -248,7 +249,7 @@ def test_profile_disp_caches_and_index_sets_prune_exactly(tmp_path):
     assert all(D.is_disp_profiled(lm, t, settings, cache) for t in tasks)
     assert not D.is_disp_profiled(lm, tasks[0], ProfileSettings(samples=2, max_length=32, batch_size=2), cache)
     calls = []
-    handle = D._layers(model)[0].input_layernorm.register_forward_hook(lambda *a: calls.append(1))
+    handle = D.disp_layers(model)[0].input_layernorm.register_forward_hook(lambda *a: calls.append(1))
     second = D.profile_disp(lm, tasks, settings, cache=cache)
     handle.remove()
     assert not calls, "the second profile must come from the cache"
@@ -275,7 +276,7 @@ def _lm(model):
 
 @pytest.mark.parametrize("family", ("llama", "qwen2", "gemma2"))
 def test_export_reloads_equal_to_the_in_memory_model(family, tmp_path):
-    from diet.disp_export import export_disp, load_disp
+    from diet.disp import export_disp, load_disp
 
     dense = tiny_model(family)
     shape = D.disp_shape(dense)
@@ -286,7 +287,7 @@ def test_export_reloads_equal_to_the_in_memory_model(family, tmp_path):
     assert {"config.json", "model.safetensors", "modeling_disp.py", "disp.json"} <= names
     assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in folder.rglob("*"))
     reloaded = load_disp(folder)
-    assert type(reloaded).__module__.startswith("transformers_modules"), "must run the folder's own code"
+    assert type(reloaded).__name__.startswith("Disp")  # the folder's own code without diet: the fresh-interpreter test
     got = D.index_sets_of(reloaded)
     assert all(np.array_equal(got[p][i], sets[p][i]) for p in D.POSITIONS for i in range(shape["layers"]))
     with torch.no_grad():
@@ -297,12 +298,27 @@ def test_export_reloads_equal_to_the_in_memory_model(family, tmp_path):
     assert record["index_sets"]["mlp_mid"][1] == sets["mlp_mid"][1].tolist()
 
 
+def test_export_loads_without_remote_code_where_diet_disp_is_imported(tmp_path):
+    """`import diet.disp` registers the DISP classes: the folder loads with plain from_pretrained, our own classes."""
+    from transformers import AutoModelForCausalLM
+
+    dense = tiny_model("llama")
+    sets = random_sets(D.disp_shape(dense), seed=3)
+    sliced = D.disp_copy(dense, sets)
+    folder = D.export_disp(_lm(dense), sliced, tmp_path / "out", D.param_summary(D.disp_shape(dense),
+                                                                                 D.counts_of(sets)))
+    reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert type(reloaded) is MD.CLASSES["llama"][1]
+    with torch.no_grad():
+        assert torch.equal(reloaded(IDS).logits, sliced(IDS).logits)
+
+
 def test_export_loads_where_diet_is_not_importable(tmp_path):
     """A user without DIET: a fresh interpreter outside the repo, trust_remote_code=True, same logits."""
     import subprocess
     import sys
 
-    from diet.disp_export import export_disp
+    from diet.disp import export_disp
 
     dense = tiny_model("gemma2")
     shape = D.disp_shape(dense)
@@ -325,7 +341,7 @@ def test_export_loads_where_diet_is_not_importable(tmp_path):
 
 
 def test_export_refuses_a_non_empty_folder_and_writes_nothing(tmp_path):
-    from diet.disp_export import export_disp
+    from diet.disp import export_disp
 
     dense = tiny_model("llama")
     shape = D.disp_shape(dense)
@@ -356,7 +372,7 @@ def test_cli_prune_disp_writes_a_folder_equal_to_its_index_sets(method, tiny_fol
     import json
 
     from diet.cli import main
-    from diet.disp_export import load_disp
+    from diet.disp import load_disp
 
     out = tmp_path / "out"
     extra = ["--steps", "3", "--tokens-per-step", "64", "--seq-len", "32"] if method == "disp-learned" else []

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diet import disp as D
-from diet import disp_learn as L
+from diet.disp import learn as L
 from diet.errors import DietError
 from tests.test_disp import IDS, random_sets
 from tests.tiny import tiny_model, tiny_tokenizer

@@ -1,53 +1,40 @@
 """Write a DISP-pruned model folder: per-layer, per-position widths through a config subclass + modelling file.
 
 The same pattern as the heterogeneous DIET export (`diet/hetero.py`): the config subclass carries `disp_widths`
-(position -> one width per layer), and `diet/modeling_disp.py` — self-contained, copied into the folder by
+(position -> one width per layer), and `diet/disp/modeling_disp.py` — self-contained, copied into the folder by
 `save_pretrained` — rebuilds every decoder layer at those widths; the index sets themselves are persistent buffers
 in the safetensors. So the folder loads with `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`
-where `diet` is absent (as the paper's export does), and without `trust_remote_code` after `register()`.
+where `diet` is absent (as the paper's export does), and without `trust_remote_code` where
+`diet.disp` is imported.
 
-Why a temporary folder renamed into place and why refuse a non-empty folder: as in `diet/export.py`.
+Folders are written through `diet.folders.staged_folder` (whole or not at all, never over a non-empty one).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from diet.cache import atomic_write_json
+from diet.disp.learn import LearnSettings, learn_index_sets, task_texts
+from diet.disp.masks import DispSettings, build_disp_masks
+from diet.disp.modeling_disp import CLASSES
+from diet.disp.statistics import profile_disp
+from diet.disp.structure import POSITIONS, disp_copy, index_sets_of
 from diet.errors import DietError
+from diet.folders import check_out_dir, staged_folder
+from diet.settings import ProfileSettings
 
 FORMAT = "diet-disp/1"
-_registered = False
-
-
-def register() -> None:
-    """Register the DISP config/model classes with the Auto classes (idempotent), so folders load without remote
-    code in a process that has imported `diet.disp_export`."""
-    global _registered
-    if _registered:
-        return
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from diet.modeling_disp import CLASSES
-
-    for config_cls, model_cls in CLASSES.values():
-        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
-        AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
-    _registered = True
 
 
 def to_disp_class(sliced: torch.nn.Module) -> torch.nn.Module:
     """The export-class model (`Disp<Family>ForCausalLM`) holding exactly the weights and index sets of `sliced`."""
-    from diet.disp import POSITIONS, index_sets_of
-    from diet.modeling_disp import CLASSES
-
     model_type = sliced.config.model_type
     if model_type not in CLASSES:
         raise DietError(f"DISP export supports {', '.join(CLASSES)}; not {model_type!r}")
@@ -75,8 +62,6 @@ def export_disp(lm, sliced: torch.nn.Module, out: str | Path, summary: dict, set
                 overwrite: bool = False, extra: dict | None = None) -> Path:
     """Write the DISP-sliced `sliced` (from `diet.disp.slice_disp`) as a loadable folder, atomically."""
     from diet import __version__
-    from diet.disp import index_sets_of
-    from diet.export import check_out_dir
 
     out = Path(out)
     check_out_dir(out, overwrite)
@@ -84,9 +69,7 @@ def export_disp(lm, sliced: torch.nn.Module, out: str | Path, summary: dict, set
         raise DietError(f"{out} is the base model's own folder: export somewhere else")
     model = to_disp_class(sliced)
     source = {"model": lm.spec.name, "model_identity": lm.identity}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_folder(out, overwrite) as tmp:
         model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
         (tmp / "disp.json").write_text(json.dumps(disp_json(index_sets_of(sliced), summary, source, settings)))
@@ -95,18 +78,6 @@ def export_disp(lm, sliced: torch.nn.Module, out: str | Path, summary: dict, set
                                                        **(extra or {})})
         if not (tmp / "modeling_disp.py").is_file():
             raise DietError("the modelling file was not written with the model; the folder would not load")
-        pickles = [p.name for p in tmp.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
-        if pickles:
-            raise DietError(f"refusing to write pickled files {pickles}: only safetensors are exported")
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "previous")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -130,14 +101,6 @@ def prune_disp(lm, tasks, out: str | Path, method: str = "disp", profile=None, d
 
     progress: for `disp`, (task, texts done, texts total) while profiling; for `disp-learned`, (step, steps, record).
     """
-    import time
-    from dataclasses import asdict
-
-    from diet.disp import DispSettings, build_disp_masks, disp_copy, profile_disp
-    from diet.disp_learn import LearnSettings, learn_index_sets, task_texts
-    from diet.export import check_out_dir
-    from diet.settings import ProfileSettings
-
     say = say or (lambda m: None)
     out = Path(out)
     check_out_dir(out, overwrite)  # refuse before any expensive work

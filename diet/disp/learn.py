@@ -7,7 +7,7 @@ sets of neighbouring layers are decided together, with few trainable parameters.
 
 How: each step samples a Gumbel-sigmoid (binary concrete) relaxation of every mask, rounds it to a hard 0/1 mask
 with a straight-through gradient, runs the frozen model with the masks multiplied in at the five positions (the same
-function as `diet.disp.zero_disp`, hence as the sliced model), and minimises
+function as `diet.disp.structure.zero_disp`, hence as the sliced model), and minimises
 
     LM loss + λ · |log(kept block parameters / total block parameters) − log p|
 
@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diet.disp import POSITIONS, _layers, block_params, disp_shape, layer_parts, param_summary
+from diet.adapters import block_parts
+from diet.api import resolve_task
+from diet.disp.structure import POSITIONS, block_params, disp_layers, disp_shape, param_summary
 from diet.errors import DietError
 
 
@@ -131,8 +133,8 @@ class MaskHooks:
     def __init__(self, model: nn.Module):
         self.masks: dict[str, list[torch.Tensor]] | None = None
         self.handles = []
-        for i, layer in enumerate(_layers(model)):
-            p = layer_parts(layer)
+        for i, layer in enumerate(disp_layers(model)):
+            p = block_parts(layer)
             for pos, mod in (("attn_in", p.norm_attn), ("attn_out", p.o), ("mlp_in", p.norm_mlp),
                              ("mlp_out", p.down)):
                 self.handles.append(mod.register_forward_hook(self._out(pos, i)))
@@ -208,9 +210,7 @@ def token_chunks(tokenizer, texts: Sequence[str], seq_len: int) -> torch.Tensor:
 
 def task_texts(tasks: Sequence) -> list[str]:
     """Task-aware training data: every calibration text of the chosen tasks, interleaved task by task."""
-    from diet.api import _task
-
-    pools = [list(_task(t).calibration) for t in tasks]
+    pools = [list(resolve_task(t).calibration) for t in tasks]
     return [pool[i] for i in range(max(map(len, pools), default=0)) for pool in pools if i < len(pool)]
 
 

@@ -1,0 +1,59 @@
+"""Output folders that appear whole or not at all: every export (DIET, DISP, GGUF, vLLM) writes through here.
+
+Why a temporary folder renamed into place: an interrupted export must leave nothing that looks finished. Why refuse
+a non-empty folder: overwriting someone's checkpoint by accident is the worst kind of data loss. Why refuse
+pickles: a model folder from this tool must be safe to load (safetensors only).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from diet.errors import DietError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def check_out_dir(out: str | Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty folder unless `overwrite` (checked before any expensive work)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DietError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DietError(f"{out} is not empty; choose another folder or pass --overwrite")
+
+
+def refuse_pickles(folder: Path) -> None:
+    pickles = [p.name for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise DietError(f"refusing to write pickled files {pickles}: only safetensors are exported")
+
+
+@contextmanager
+def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a private temporary folder beside `out` to fill; when the block ends normally, refuse pickles, give the
+    files ordinary permissions (0755/0644) and rename the folder to `out` (an old `out` is moved aside first and
+    deleted last). On any error, or Ctrl-C, the temporary folder is removed and `out` is untouched."""
+    out = Path(out)
+    check_out_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        refuse_pickles(tmp)
+        for p in [tmp, *tmp.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "previous")
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
