@@ -74,6 +74,30 @@ def write_vllm_folder(model, folder: str | Path) -> dict:
     folder = Path(folder)
     config = decilm_config(model)  # refuses before anything is written
     model.save_pretrained(folder)
+    _write_index(folder)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     shutil.copyfile(Path(__file__).with_name(CONFIG_FILE), folder / CONFIG_FILE)
     return {"arch": ARCHITECTURE, "ffn": [b["ffn"]["intermediate_size"] for b in config["block_configs"]]}
+
+
+def _write_index(folder: Path) -> None:
+    """A safetensors index naming the weight files, where save_pretrained wrote a single file without one.
+
+    Why: without an index vLLM loads every `*.safetensors` in the folder, and the export also holds
+    `mask.safetensors` (the mask, not weights), which vLLM would refuse as an unknown parameter."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        return
+    weight_map, total = {}, 0
+    for f in sorted(p for p in folder.glob("*.safetensors") if p.name != "mask.safetensors"):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                weight_map[name] = f.name
+                sl = st.get_slice(name)
+                n = 1
+                for d in sl.get_shape():
+                    n *= d
+                total += n * {"F32": 4, "F16": 2, "BF16": 2}.get(sl.get_dtype(), 4)
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")

@@ -39,6 +39,8 @@ def test_vllm_folder_config(tmp_path):
     assert [b.attention.n_heads_in_group for b in config.block_configs] == [2, 2, 2]
     assert config.to_dict()["block_configs"] == raw["block_configs"]
     assert (out / "configuration_decilm.py").is_file() and (out / "model.safetensors").is_file()
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]  # vLLM loads what it names
+    assert set(index.values()) == {"model.safetensors"} and "mask" not in index and (out / "mask.safetensors").is_file()
 
 
 def test_vllm_refusals(tmp_path):
