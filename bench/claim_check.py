@@ -24,12 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from diet.models import load_model
-from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
+from diet.settings import CompensationSettings, MaskSettings, MethodSettings, ModelSpec, ProfileSettings
 from diet.sweep import SweepSettings, run_sweep, save_png, table
 from diet.tasks import get_task, offline_task_names
 
 MAIN = ("diet", "task-fusion", "task-agnostic", "minitron", "wanda-sp", "flap", "magnitude", "random", "single-task")
 POOLED = ("task-agnostic", "minitron", "wanda-sp", "flap")  # the same baselines on all task data pooled (ablation)
+NEW = ("pooled", "diet-weighted")  # issue #13: named task-aware methods beyond the vote
+COMPENSATED = ("diet", "pooled", "diet-weighted")  # x {bias, lstsq}: the task-aware methods...
+COMPENSATED_POOLED = ("minitron",)  # ...and the best baseline on pooled task data
 SPARSITIES = (0.2, 0.4)
 
 
@@ -108,9 +111,34 @@ def shortgpt_rows(lm, rows: list[dict], profile: ProfileSettings, limit: int | N
     return out
 
 
+LSTSQ = CompensationSettings(method="lstsq")  # the defaults (ridge chosen on held-out calibration texts)
+MISMATCH: list[str] = []  # recomputed rows that differ from the reused file (reported in claim.md)
+
+
+def reused(path: str, fresh: list[dict]) -> list[dict]:
+    """The old table's rows from an earlier claim.csv, after checking that the recomputed rows reproduce it."""
+    import pandas as pd
+
+    old = pd.read_csv(path, keep_default_na=False)
+    old["variant"] = old["variant"].astype(str)
+    for r in fresh:
+        hit = old[(old.method == r["method"]) & (old.variant == r["variant"]) & (old.sparsity == r["sparsity"])
+                  & (old.task == r["task"])]
+        if len(hit) != 1 or abs(float(hit.iloc[0]["value"]) - r["value"]) > 1e-9:
+            MISMATCH.append(f"{r['method']} @ {r['sparsity']:g} on {r['task']}: {r['value']} now, "
+                            f"{hit.iloc[0]['value'] if len(hit) else 'missing'} in {path}")
+    keep = old[~((old.method == "dense") | ((old.method == "diet") & (old.variant == "")))]
+    out = keep.to_dict("records")
+    for r in out:
+        r["compensation"] = "none"
+        r["preview"] = bool(r["preview"]) if not isinstance(r["preview"], str) else r["preview"] == "True"
+    return out
+
+
 def markdown(rows: list[dict], tasks: list[str]) -> str:
     df = table(rows)
-    df["name"] = df["method"] + df["variant"].map(lambda v: f" ({v})" if v else "")
+    comp = df["compensation"].map(lambda c: "" if c == "none" else f" + {c}")
+    df["name"] = df["method"] + df["variant"].map(lambda v: f" ({v})" if v else "") + comp
     means = df.pivot_table(index="name", columns="sparsity", values="value", aggfunc="mean", sort=False)
     params = df.pivot_table(index="name", columns="sparsity", values="param_sparsity", aggfunc="mean", sort=False)
     n_items = int(df[df.method == "dense"]["n"].sum())
@@ -130,7 +158,7 @@ def markdown(rows: list[dict], tasks: list[str]) -> str:
     lines.append("| method | sparsity | " + " | ".join(tasks) + " |")
     lines.append("|---|---|" + "---|" * len(tasks))
     for (name, s), r in per.iterrows():
-        if name.startswith("single-task") or "pooled" in name:
+        if name.startswith("single-task") or "(pooled task data)" in name:
             continue
         lines.append(f"| {name} | {s:.0%} | " + " | ".join(f"{r[t]:.3f}" for t in tasks) + " |")
     return "\n".join(lines) + "\n"
@@ -143,6 +171,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--lock", action="store_true", help="take /tmp/diet-torch.lock per cell (shared CPU machines)")
     ap.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
+    ap.add_argument("--reuse", default=None,
+                    help="claim.csv of an earlier run with the same settings: its rows for the old table (MAIN, "
+                         "POOLED, shortgpt) are read instead of recomputed; dense and diet are recomputed as a check")
+    ap.add_argument("--no-compensation", action="store_true", help="skip the bias / lstsq rows")
     a = ap.parse_args()
 
     import torch
@@ -158,11 +190,24 @@ def main() -> None:
     lock = LeaseLock() if a.lock else None
     sweep = SweepSettings(methods=MAIN, sparsities=SPARSITIES, tasks=tuple(tasks), limit=a.limit,
                           general="generated", batch_size=a.batch_size)
-    rows = run_sweep(lm, sweep, profile, MaskSettings(), MethodSettings(), say=say, lock=lock)
-    pooled = run_sweep(lm, replace(sweep, methods=POOLED), profile, MaskSettings(),
-                       MethodSettings(calibration="tasks"), say=say, lock=lock)
-    rows += [{**r, "variant": "pooled task data"} for r in pooled if r["method"] != "dense"]
-    rows += shortgpt_rows(lm, rows, profile, a.limit, a.batch_size, lock, say)
+    comps = ("none",) if a.no_compensation else ("none", "bias", "lstsq")
+    if a.reuse:
+        rows = run_sweep(lm, replace(sweep, methods=("diet",)), profile, MaskSettings(), MethodSettings(), say=say,
+                         lock=lock)
+        rows += reused(a.reuse, rows)
+    else:
+        rows = run_sweep(lm, sweep, profile, MaskSettings(), MethodSettings(), say=say, lock=lock)
+        pooled = run_sweep(lm, replace(sweep, methods=POOLED), profile, MaskSettings(),
+                           MethodSettings(calibration="tasks"), say=say, lock=lock)
+        rows += [{**r, "variant": "pooled task data"} for r in pooled if r["method"] != "dense"]
+        rows += shortgpt_rows(lm, rows, profile, a.limit, a.batch_size, lock, say)
+    new = run_sweep(lm, replace(sweep, methods=NEW + COMPENSATED[:1], compensations=comps), profile, MaskSettings(),
+                    MethodSettings(), say=say, lock=lock, lstsq=LSTSQ)
+    rows += [r for r in new if r["method"] != "dense" and not (r["method"] == "diet" and r["compensation"] == "none")]
+    if not a.no_compensation:
+        pooled = run_sweep(lm, replace(sweep, methods=COMPENSATED_POOLED, compensations=comps[1:]), profile,
+                           MaskSettings(), MethodSettings(calibration="tasks"), say=say, lock=lock, lstsq=LSTSQ)
+        rows += [{**r, "variant": "pooled task data"} for r in pooled if r["method"] != "dense"]
 
     if lock is not None:
         lock.release()
@@ -172,16 +217,21 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     df = table(rows)
     df.to_csv(out / "claim.csv", index=False)
-    df.groupby(["method", "variant", "sparsity"], sort=False)["value"].mean().to_csv(out / "means.csv")
+    df.groupby(["method", "variant", "compensation", "sparsity"], sort=False)["value"].mean().to_csv(out / "means.csv")
     save_png(rows, out / "plot.png")
     md = markdown(rows, tasks)
     device = torch.cuda.get_device_name() if next(lm.model.parameters()).is_cuda else "CPU"
     md += (f"\nRun: {len(df) // len(tasks)} models x {len(tasks)} tasks on {device} in "
            f"{time.perf_counter() - t0:.0f} s (limit={a.limit}).\n")
+    if a.reuse:
+        md += (f"\nReused from {a.reuse}: every row but dense and diet (recomputed here as a check: "
+               + ("identical)." if not MISMATCH else "DIFFERENT: " + "; ".join(MISMATCH) + ").") + "\n")
     (out / "claim.md").write_text(md)
     print(md)
-    diet = df[df.method == "diet"].groupby("sparsity")["value"].mean()
-    others = df[~df.method.isin(["diet", "dense"])].groupby(["method", "variant", "sparsity"])["value"].mean()
+    diet = df[(df.method == "diet") & (df.compensation == "none")].groupby("sparsity")["value"].mean()
+    df = df[df.method != "dense"]
+    others = df[~((df.method == "diet") & (df.compensation == "none") & (df.variant == ""))]
+    others = others.groupby(["method", "variant", "compensation", "sparsity"])["value"].mean()
     for s in SPARSITIES:
         best = others.xs(s, level="sparsity").idxmax()
         print(f"{s:.0%}: diet {diet[s]:.4f} vs best other {best} {others.xs(s, level='sparsity').max():.4f} "

@@ -16,6 +16,7 @@ from diet.errors import DietError
 CACHE_FORMAT_VERSION = 2  # bump when the layout or meaning of cached statistics changes (2: per-sequence sums)
 
 DEFAULT_MODEL = "smollm2-135m"
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # what --dtype accepts; "auto" = the checkpoint's own
 
 
 def canonical_json(obj) -> str:
@@ -38,15 +39,20 @@ class ModelSpec:
 
     name: str = DEFAULT_MODEL  # "smollm2-135m" (embedded), a Hugging Face id, or a local folder
     revision: str | None = None  # hub revision (branch, tag or commit); None = the default branch
-    dtype: str = "float32"  # "float32", "bfloat16" or "float16"; profiling sums are fp32 regardless
+    dtype: str = "auto"  # "auto" = the dtype the checkpoint was saved in (float32 when it names none), or
+    #                      "float32", "bfloat16", "float16"; profiling sums are fp32 regardless. A LoadedModel's
+    #                      spec always holds the concrete dtype (it enters cache keys), never "auto"
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"...
-    device_map: str | None = None  # e.g. "auto" to spread a large model over GPUs (needs accelerate)
+    device_map: str | None = None  # accelerate placement: "auto" (GPUs, then CPU, then disk), or a JSON object
+    #                               {"module name": device, ...} with devices like 0, "cpu", "disk"
+    offload_folder: str | None = None  # where accelerate writes layers a device map puts on "disk"
     quantization: str | None = None  # None, "8bit" or "4bit" (bitsandbytes; for profiling only)
     trust_remote_code: bool = False  # only when the user asks: it runs code from the model folder
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise DietError(f"unknown dtype {self.dtype!r}: use float32, bfloat16 or float16")
+        if self.dtype not in DTYPE_CHOICES:
+            raise DietError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPE_CHOICES)} (auto = the "
+                            "checkpoint's own)")
         if self.quantization not in (None, "8bit", "4bit"):
             raise DietError(f"unknown quantization {self.quantization!r}: use 8bit or 4bit (or none)")
 
@@ -178,9 +184,10 @@ class CompensationSettings:
     seed: int = 0  # lstsq: seed of that choice
     max_length: int = 256  # lstsq: tokens per text, longer ones truncated
     batch_size: int = 16  # lstsq: texts per forward pass (does not change the numbers beyond fp32 summation order)
-    target: str = "dense"  # lstsq: "dense" = layers fitted in order, each to the dense model's output of that
-    #                        projection, on the inputs the already-compensated layers before it produce;
-    #                        "layer" = each layer to its own unpruned output on those same inputs
+    target: str = "layer"  # lstsq: layers are fitted in order, on the inputs the already-compensated layers
+    #                        before them produce; "layer" = to the layer's own unpruned output on those inputs
+    #                        (default: lower held-out loss, bench/compensation.py); "dense" = to the dense
+    #                        model's output of that projection on the dense model's inputs
 
     def __post_init__(self) -> None:
         if self.method not in COMPENSATIONS:

@@ -213,3 +213,12 @@ def test_cli_prune_with_new_methods_and_compensation(tmp_path, monkeypatch, caps
     rc = main(["prune", "--method", method, "--compensation", "obs", "--model", str(folder), "--tasks", "arithmetic",
                "--sparsity", "0.5", "--out", str(tmp_path / "bad")])
     assert rc == 2 and "unknown compensation 'obs'" in capsys.readouterr().err
+
+
+def test_dense_target_also_beats_plain_removal():
+    dense, tok = tiny_model("gemma3_text"), tiny_tokenizer()
+    keep = half_mask(dense)
+    fitted = copy.deepcopy(dense)
+    fit_lstsq(fitted, tok, FIT, keep, "mlp", CompensationSettings(method="lstsq", target="dense"))
+    removed = zero_units(copy.deepcopy(dense), keep)
+    assert layer_error(fitted, dense, tok) < 0.8 * layer_error(removed, dense, tok)
