@@ -79,10 +79,14 @@ def app_server(cache: Path, log_path: Path, extra_env: dict | None = None):
                 proc.kill()
 
 
-def launch(p, user_data: Path, width: int = 1440, height: int = 1000):
+BACKGROUND_TABS = ["--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                   "--disable-backgrounding-occluded-windows"]  # several viewers as tabs: none may be throttled
+
+
+def launch(p, user_data: Path, width: int = 1440, height: int = 1000, extra: list[str] = ()):
     """A headless chromium with a fresh user-data-dir (Playwright wants it passed this way)."""
-    return p.chromium.launch_persistent_context(str(user_data), executable_path=CHROMIUM, args=FLAGS, headless=True,
-                                                viewport={"width": width, "height": height})
+    return p.chromium.launch_persistent_context(str(user_data), executable_path=CHROMIUM, args=[*FLAGS, *extra],
+                                                headless=True, viewport={"width": width, "height": height})
 
 
 def clean(page) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.appdriver import (
+    BACKGROUND_TABS,
     ROOT,
     app_server,
     choose_offline_tasks,
@@ -181,7 +182,7 @@ def test_four_viewers_compute_each_result_once(tmp_path):
     counter = tmp_path / "computed.txt"
     with app_server(cache, tmp_path / "streamlit.log", {"DIET_COUNT_COMPUTED": str(counter)}) as url, \
             sync_playwright() as p:
-        browser = launch(p, tmp_path / "user-data", 1200, 900)
+        browser = launch(p, tmp_path / "user-data", 1200, 900, BACKGROUND_TABS)
         pages = [browser.pages[0] if browser.pages else browser.new_page()]
         pages += [browser.new_page() for _ in range(VIEWERS - 1)]  # one Streamlit session per tab
         for page in pages:
