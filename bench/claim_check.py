@@ -175,6 +175,8 @@ def main() -> None:
                     help="claim.csv of an earlier run with the same settings: its rows for the old table (MAIN, "
                          "POOLED, shortgpt) are read instead of recomputed; dense and diet are recomputed as a check")
     ap.add_argument("--no-compensation", action="store_true", help="skip the bias / lstsq rows")
+    ap.add_argument("--hold", type=float, default=240.0,
+                    help="with --lock: seconds the lock is kept across cells before it is offered to others")
     a = ap.parse_args()
 
     import torch
@@ -187,7 +189,7 @@ def main() -> None:
     tasks = offline_task_names()
     fingerprints = {t: get_task(t).fingerprint() for t in tasks}  # the suite must not change during the run
     profile = ProfileSettings(samples=100, seed=0, max_length=256, batch_size=16)
-    lock = LeaseLock() if a.lock else None
+    lock = LeaseLock(hold=a.hold) if a.lock else None
     sweep = SweepSettings(methods=MAIN, sparsities=SPARSITIES, tasks=tuple(tasks), limit=a.limit,
                           general="generated", batch_size=a.batch_size)
     comps = ("none",) if a.no_compensation else ("none", "bias", "lstsq")
