@@ -372,7 +372,8 @@ def measure_speed(path: str | Path, repeats: int = 3, n_prompt: int = 128, n_gen
     except ImportError:
         return None
     threads = threads or min(8, os.cpu_count() or 1)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_threads=threads,
+    n_ctx = n_prompt + n_gen + 8  # n_batch = n_ctx: the prompt is one batch, and the logits keep a row per position
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
                           n_threads_batch=threads, verbose=False, seed=0)
     prompt = list(range(1000, 1000 + n_prompt))  # token ids; the content does not change the cost
     llm.reset()
