@@ -261,6 +261,18 @@ class TorchGate:
             self._holder = None
             self._lock.release()
 
+    @contextmanager
+    def now(self) -> Iterator[bool]:
+        """The gate for a short piece of torch work in a script run (one batch for an estimate): yields True when
+        it was free and is now held, False while a job (or another such piece) runs — then skip the work. Why:
+        forward hooks on one shared model must never run two passes at once (their sums would mix)."""
+        got = self._lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                self._lock.release()
+
     def _size_threads(self, ctx: JobContext) -> None:
         import torch
 

@@ -110,8 +110,8 @@ def profile_general(lm: LoadedModel) -> Stats:
 
 
 def engine_mask(lm, stats, name: str, mask=MaskSettings(), **knobs):
-    """What diet.methods.method_mask builds for the same inputs: the reference every app mask is checked against."""
-    from diet.methods import method_mask
+    """What diet.api.method_mask builds for the same inputs: the reference every app mask is checked against."""
+    from diet.api import method_mask
 
     return method_mask(lm, stats, mask, MethodSettings(method=name, **knobs), PS, general="generated")
 
@@ -791,10 +791,14 @@ def test_gate_runs_one_job_at_a_time_across_sessions_and_the_waiting_one_says_so
         time.sleep(0.05)
     assert second.snapshot().waiting == "another job is running: Profiling 2 task(s)"
     assert not second.snapshot().finished and gate.holder() is first
+    with gate.now() as free:  # a script run's short forward pass (the profile estimate) must not run beside it
+        assert not free
     release.set()
     assert first.wait(10) and second.wait(10)
     assert (first.result, second.result, second.snapshot().waiting) == (1, "b", "")  # the job ran on 1 thread
     assert gate.last_threads == 1 and first.snapshot().message == "torch threads: 1 (DIET_THREADS)"
+    with gate.now() as free:
+        assert free and gate.holder() is None
 
 
 def test_gate_sizes_threads_to_the_free_cores():

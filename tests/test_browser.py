@@ -115,8 +115,13 @@ def test_main_flow_in_a_real_browser(server, tmp_path):
         for _ in range(10):
             page.keyboard.press("ArrowRight")
         wait_idle(page)
-        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stMetricValue\"]')]"
-                               ".some(e => e.innerText.trim() === '30.0%')")
+        try:
+            page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stMetricValue\"]')]"
+                                   ".some(e => e.innerText.trim() === '30.0%')", timeout=60_000)
+        except Exception as exc:  # say what the page shows instead, for the CI log
+            values = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+            raise AssertionError(f"the sparsity never showed 30.0% (metrics {values}); the page shows:\n"
+                                 f"{page.locator('body').inner_text()[:3000]}") from exc
         after = _metric(page, "MLP channels kept")
         per_layer = lambda s: round((1 - s) * 1536) * 30  # noqa: E731  (SmolLM2-135M: 30 layers × 1536 channels)
         assert (before, after) == (f"{per_layer(0.2):,}", f"{per_layer(0.3):,}")
