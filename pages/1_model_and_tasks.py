@@ -19,6 +19,7 @@ from pages._common import (
     page_errors,
     prologue,
     runner,
+    server,
     start_job,
 )
 from pages._work import estimate_profile_seconds, profile_job, save_upload
@@ -133,7 +134,8 @@ def profile_section(lm, tasks: list, settings: ProfileSettings) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         missing = [t for t in tasks if not cached[t.name]]
         if missing:
-            eta = estimate_profile_seconds(lm, missing, settings, measure=runner().active() is None)
+            with server()[0].now() as free:  # no forward pass while a job (of any session) runs one
+                eta = estimate_profile_seconds(lm, missing, settings, measure=free)
             how = "a batch measured on this machine now"
             if eta is None:  # a job is running: no forward pass for an estimate now
                 eta, how = estimate_seconds(lm, missing, settings), "this machine's last measured speed"
