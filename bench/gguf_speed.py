@@ -40,7 +40,13 @@ def run_child(path: Path, args) -> dict:
     q = ctx.Queue()
     p = ctx.Process(target=measure, args=(str(path), args.prompt, args.gen, args.threads, q))
     p.start()
-    out = q.get(timeout=600)
+    while True:  # a child that dies (an error is printed) must not leave us waiting
+        try:
+            out = q.get(timeout=5)
+            break
+        except Exception:
+            if not p.is_alive():
+                raise SystemExit(f"the measurement of {path.name} failed (exit code {p.exitcode})") from None
     p.join()
     return out
 
