@@ -66,6 +66,19 @@ def _shot(page, name: str, out: Path, full: bool = False) -> None:
         shutil.copy(path, dest / name)
 
 
+def _slide_to(page, slider, target: float, tries: int = 40) -> None:
+    """Move a slider to `target` with the keyboard, one step and one rerun at a time (a rerun may redraw the slider
+    and take its focus: keys pressed meanwhile would be lost)."""
+    for _ in range(tries):
+        value = float(slider.get_attribute("aria-valuenow"))
+        if abs(value - target) < 1e-9:
+            return
+        slider.focus()
+        page.keyboard.press("ArrowRight" if value < target else "ArrowLeft")
+        wait_idle(page)
+    raise AssertionError(f"the slider stays at {slider.get_attribute('aria-valuenow')}, not {target}")
+
+
 def _metric(page, label: str) -> str:
     box = page.locator('[data-testid="stMetric"]').filter(has_text=label)
     return box.locator('[data-testid="stMetricValue"]').inner_text().strip()
@@ -111,10 +124,7 @@ def test_main_flow_in_a_real_browser(server, tmp_path):
         assert _metric(page, "Removed: share of MLP channels") == "20.0%"  # our default
         before = _metric(page, "MLP channels kept")
         slider = page.locator('[data-testid="stSlider"]').filter(has_text="Sparsity").get_by_role("slider")
-        slider.focus()
-        for _ in range(10):
-            page.keyboard.press("ArrowRight")
-        wait_idle(page)
+        _slide_to(page, slider, 0.30)
         try:
             page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stMetricValue\"]')]"
                                    ".some(e => e.innerText.trim() === '30.0%')", timeout=60_000)
