@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from diet import masks as M
 from diet.cache import ArtifactCache
 from diet.errors import DietError
+from diet.methods import MethodInputs, get_method, needs_general, run_method, unit_scores, weight_stats
 from diet.models import LoadedModel, count_parameters
 from diet.profile import Stats, choose_texts, profile_texts, texts_hash
-from diet.settings import CACHE_FORMAT_VERSION, MaskSettings, ProfileSettings, sha256_of
+from diet.results import MaskResult
+from diet.settings import CACHE_FORMAT_VERSION, MaskSettings, MethodSettings, ProfileSettings, sha256_of
 
 TaskProgress = Callable[[str, int, int], None]  # (task name, texts done, texts total)
 
@@ -138,29 +140,6 @@ def profile_tasks(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = 
     return profile(lm, tasks, settings, UNIT_PROBE, progress, should_stop, cache)
 
 
-@dataclass
-class MaskResult:
-    """Everything the views, pruning and export need about one choice of mask settings."""
-
-    tasks: list[str]
-    settings: MaskSettings
-    task_masks: np.ndarray  # (T, L, I) bool
-    mask: np.ndarray  # (L, I) bool: the merged, global mask
-    votes: np.ndarray  # (L, I) uint8
-    shape: dict  # model shape: widths, params per unit, total params
-    summary: dict = field(default_factory=dict)  # sparsity two ways, kept per layer, overlap statistics
-    method: str = "diet"  # the diet.methods registry name that produced the mask
-    compensation: np.ndarray | None = None  # FLAP: (L, channels) mean input; pruning adds it as an output bias
-    ranking: np.ndarray | None = None  # (L, I) importance (votes, then mean normalised score): what --round-to uses
-
-    @property
-    def unit(self) -> str:
-        return self.shape.get("unit", "mlp")
-
-    def keep(self) -> list[np.ndarray]:
-        return M.keep_indices(self.mask)
-
-
 def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings()) -> MaskResult:
     """Per-task masks, DIET's vote and the summary statistics — from cached statistics only (no model)."""
     if not stats:
@@ -171,8 +150,6 @@ def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings())
         raise DietError("the task statistics come from models of different shapes")
     if settings.merge == "threshold":
         settings.resolved_threshold(len(names))  # refuses k > T before any work
-    from diet.methods import unit_scores  # per-unit scores: head statistics are pooled into KV groups
-
     scores = np.stack([unit_scores(stats[n], settings.score) for n in names])
     task_masks, mask = M.build_masks(scores, settings)
     v = M.votes(task_masks)
@@ -206,8 +183,6 @@ def rounded(result: MaskResult, multiple: int) -> MaskResult:
 
 def split_half_overlap(stats: Stats, settings: MaskSettings) -> float:
     """Jaccard between the masks of a task's two halves of samples: the task's own noise ceiling."""
-    from diet.methods import unit_scores
-
     a = M.task_mask(unit_scores(stats.half(0), settings.score), settings)
     b = M.task_mask(unit_scores(stats.half(1), settings.score), settings)
     return float(M.jaccard_matrix(np.stack([a, b]))[0, 1])
@@ -232,3 +207,23 @@ def prune_copy(lm: LoadedModel, result: MaskResult, compensation=None, texts: Se
         fit_lstsq(model, lm.tokenizer, texts, result.keep(), result.unit, compensation)
         return prune_units(model, result.keep(), result.unit)
     return prune_units(model, result.keep(), result.unit, compensation=result.compensation)
+
+
+def method_mask(lm, task_stats: dict, settings: MaskSettings, ms: MethodSettings, profile_settings,
+                general: str = "auto", cache=None, progress=None, say=None, compensation: str = "none"):
+    """Run `ms.method` for a loaded model: profiles general text (cached) and reads weight norms only if needed.
+
+    `task_stats` are the cached per-task statistics (`profile_tasks`) for the unit in `profile_settings`.
+    """
+    from diet.adapters import model_shape
+
+    method = get_method(ms.method)
+    general_stats = None
+    if needs_general(method.name, ms):
+        from diet.general import general_task
+
+        general_stats = profile_tasks(lm, [general_task(general, say)], profile_settings, progress=progress,
+                                      cache=cache)["general"]
+    weights = weight_stats(lm.model, profile_settings.unit) if "weights" in method.needs else None
+    inputs = MethodInputs(task_stats, general_stats, weights, model_shape(lm.model, profile_settings.unit))
+    return run_method(method.name, inputs, settings, ms, compensation)

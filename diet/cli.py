@@ -415,7 +415,7 @@ def cmd_prune(a) -> None:
     if a.method == "diet" and a.unit == "mlp" and comp[0] == "none":
         result = build_mask(stats, mask_settings)
     else:
-        from diet.methods import method_mask
+        from diet.api import method_mask
 
         result = method_mask(lm, stats, mask_settings, method_settings, settings, general=a.general,
                              say=lambda m: print(m, file=sys.stderr), compensation=comp[0])

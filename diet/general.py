@@ -34,9 +34,9 @@ MIN_CHARS = 200  # shorter paragraphs (headings, captions) say little about gene
 
 def _load_dataset(path: str, config: str | None, split: str, data_files: dict | None) -> Iterable[dict]:
     """The only place that touches the network; tests replace it with fixture rows in the dataset's schema."""
-    from diet.hub_tasks import _probe_hub
+    from diet.hub_tasks import probe_hub
 
-    _probe_hub()
+    probe_hub()
     import datasets  # late: heavy, and only needed for Hub text
 
     return datasets.load_dataset(path, config, split=split, data_files=data_files)

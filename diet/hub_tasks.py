@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from diet.errors import DietError
-from diet.tasks import MCItem, Task, check_disjoint, offline_task_names
+from diet.taskdata import MCItem, Task, check_disjoint
 
 # ----------------------------------------------------------------------------------------------------------
 # formatters: one Hub row (a dict in the dataset's own schema) -> MCItem
@@ -133,13 +133,16 @@ HUB_BENCHMARKS: dict[str, HubBenchmark] = {b.name: b for b in [
 # downloading
 
 
-def _network_error(name: str, exc: BaseException) -> DietError:
-    cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
-    return DietError(f"{name} needs network access to the Hugging Face Hub; offline tasks available: "
-                     f"{', '.join(offline_task_names())} (cause: {cause})")
+class HubUnreachable(DietError):
+    """The Hub could not be reached for benchmark `name`; the registry (diet/tasks.py) says what works offline."""
+
+    def __init__(self, name: str, exc: BaseException):
+        self.name = name
+        self.cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        super().__init__(f"{name} needs network access to the Hugging Face Hub (cause: {self.cause})")
 
 
-def _probe_hub(timeout: float = 3.0) -> None:
+def probe_hub(timeout: float = 3.0) -> None:
     """Fail in seconds, not after `datasets`' ~25 s of retries, when the Hub cannot be reached at all.
 
     Skipped in offline mode (HF_HUB_OFFLINE=1 reads the local datasets cache) and behind a proxy (a direct
@@ -159,7 +162,7 @@ def _probe_hub(timeout: float = 3.0) -> None:
 def _load_dataset(path: str, config: str | None, split: str) -> Iterable[dict]:
     """The only place that touches the network; tests replace it. Falls back to the Hub's parquet conversion
     for datasets still published as loading scripts, which `datasets` >= 4 no longer runs."""
-    _probe_hub()
+    probe_hub()
     import datasets  # late: heavy, and only needed for Hub tasks
 
     try:
@@ -178,7 +181,7 @@ def _rows(bench: HubBenchmark, split: str) -> list[dict]:
     except DietError:
         raise
     except Exception as exc:  # connection refused, offline mode, DNS, missing mirror, hub HTTP errors...
-        raise _network_error(bench.name, exc) from exc
+        raise HubUnreachable(bench.name, exc) from exc
 
 
 def _format_all(bench: HubBenchmark, rows: list[dict]) -> list[MCItem]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from diet import masks as M
 from diet.errors import DietError
+from diet.results import MaskResult
 from diet.settings import MaskSettings, MethodSettings
 
 if TYPE_CHECKING:  # diet.profile imports torch; the registry itself stays numpy-only (fast CLI start)
@@ -435,7 +436,6 @@ def run_method(name: str, inputs: MethodInputs, settings: MaskSettings = MaskSet
     mean-activation bias of its calibration data; "lstsq" drops any bias (the refit happens at pruning time,
     `diet.compensate.fit_lstsq`, because it needs forward passes).
     """
-    from diet.api import MaskResult
     from diet.settings import COMPENSATIONS
 
     if compensation not in COMPENSATIONS:
@@ -466,24 +466,3 @@ def run_method(name: str, inputs: MethodInputs, settings: MaskSettings = MaskSet
     }
     return MaskResult(names, settings, task_masks, out.mask, v, shape, summary, method=name,
                       compensation=out.compensation)
-
-
-def method_mask(lm, task_stats: dict, settings: MaskSettings, ms: MethodSettings, profile_settings,
-                general: str = "auto", cache=None, progress=None, say=None, compensation: str = "none"):
-    """Run `ms.method` for a loaded model: profiles general text (cached) and reads weight norms only if needed.
-
-    `task_stats` are the cached per-task statistics (api.profile_tasks) for the unit in `profile_settings`.
-    """
-    from diet.adapters import model_shape
-    from diet.api import profile_tasks
-
-    method = get_method(ms.method)
-    general_stats = None
-    if needs_general(method.name, ms):
-        from diet.general import general_task
-
-        general_stats = profile_tasks(lm, [general_task(general, say)], profile_settings, progress=progress,
-                                      cache=cache)["general"]
-    weights = weight_stats(lm.model, profile_settings.unit) if "weights" in method.needs else None
-    inputs = MethodInputs(task_stats, general_stats, weights, model_shape(lm.model, profile_settings.unit))
-    return run_method(method.name, inputs, settings, ms, compensation)

@@ -18,121 +18,22 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import io
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from diet import hub_tasks
 from diet.errors import DietError
+from diet.taskdata import MCItem, Task, TaskInfo, check_disjoint
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tasks"
-TARGET_DELIMITER = " "  # lm-evaluation-harness puts this between context and continuation
 SPLITS = ("calibration", "evaluation")
 USER_SPLIT_SEED = 0  # user files without a split column: groups of identical items are shuffled with this seed...
 USER_CALIBRATION_FRACTION = 0.4  # ...and cut 40% calibration / 60% evaluation (a group never straddles the cut)
 USER_METRIC = "acc_norm"  # harness default for general multiple choice: length-normalised log-likelihood
 MAX_LISTED_PROBLEMS = 50  # a broken 10k-line file should not produce a 10k-line error
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the contract (docs/ARCHITECTURE.md)
-
-
-@dataclass(frozen=True)
-class MCItem:
-    """One multiple-choice item. choices carry no leading space; requests() adds the target delimiter.
-
-    WinoGrande-style partial scoring: `contexts` holds one context per option and `choices` is the single
-    shared suffix; the model scores the suffix after each option-filled prefix. `context` is then only for display.
-    """
-
-    context: str
-    choices: tuple[str, ...]
-    gold: int
-    contexts: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        # Formatters build lists; tuples keep the item hashable and immutable.
-        object.__setattr__(self, "choices", tuple(self.choices))
-        if self.contexts is not None:
-            object.__setattr__(self, "contexts", tuple(self.contexts))
-
-    def requests(self) -> list[tuple[str, str]]:
-        """One (context, continuation) pair per choice, in choice order."""
-        if self.contexts is not None:
-            return [(ctx, TARGET_DELIMITER + self.choices[0]) for ctx in self.contexts]
-        return [(self.context, TARGET_DELIMITER + choice) for choice in self.choices]
-
-    def calibration_text(self) -> str:
-        """The prompt completed with the gold answer: what profiling feeds the model."""
-        if self.contexts is not None:
-            return self.contexts[self.gold] + TARGET_DELIMITER + self.choices[0]
-        return self.context + TARGET_DELIMITER + self.choices[self.gold]
-
-    @property
-    def n_choices(self) -> int:
-        return len(self.contexts) if self.contexts is not None else len(self.choices)
-
-
-@dataclass(frozen=True)
-class Task:
-    """A named task: a calibration pool of texts and evaluation items, never overlapping."""
-
-    name: str
-    description: str
-    source: str  # "offline", "hub:<name>" or "file:/abs/path"
-    metric: str  # "acc" or "acc_norm": the one averages use
-    calibration: tuple[str, ...]
-    evaluation: tuple[MCItem, ...]
-    held_for_calibration: int = 0  # items of a file without `split` that the automatic split sent to calibration
-    eval_repeats: int = 0  # evaluation items that exactly repeat an earlier one (kept, as lm-eval keeps them)
-
-    def split_note(self) -> str:
-        """What a reader of an item count must know, or '': items of the file the automatic split kept for
-        calibration, and exact repeats in the evaluation pool (each repeat is scored, as lm-eval scores it)."""
-        parts = []
-        if self.held_for_calibration:
-            parts.append(f"{len(self.evaluation)} of {len(self.evaluation) + self.held_for_calibration} items "
-                         f"evaluate; {self.held_for_calibration} used for calibration — set `split` to choose")
-        if self.eval_repeats:
-            parts.append(f"{self.eval_repeats} evaluation item(s) repeat an earlier one exactly (kept, as lm-eval "
-                         "keeps them)")
-        return "; ".join(parts)
-
-    def fingerprint(self) -> str:
-        """sha256 of everything that defines the texts: cache keys change when the data changes."""
-        payload = {
-            "name": self.name,
-            "calibration": list(self.calibration),
-            "evaluation": [[it.context, list(it.choices), it.gold, None if it.contexts is None else list(it.contexts)]
-                           for it in self.evaluation],
-        }
-        blob = json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """What a task picker shows, known without loading any Hub data."""
-
-    name: str
-    description: str
-    source: str  # "offline" or "hub"
-    metric: str
-    n_calibration: int | None
-    n_evaluation: int | None
-    skill: str = ""
-
-
-def check_disjoint(name: str, calibration: tuple[str, ...], evaluation: tuple[MCItem, ...]) -> None:
-    """Raise if a calibration text is also an evaluation item (same prompt + gold answer)."""
-    eval_texts = {item.calibration_text() for item in evaluation}
-    leaked = [text for text in calibration if text in eval_texts]
-    if leaked:
-        raise DietError(f"task {name}: {len(leaked)} calibration text(s) are also evaluation items, "
-                        f"e.g. {leaked[0][:80]!r}; calibration and evaluation must be disjoint")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -391,8 +292,6 @@ def _load_user_file(abs_path: str, mtime_ns: int) -> Task:
 
 def list_tasks() -> list[TaskInfo]:
     """The offline suite first (works anywhere), then the Hub benchmarks (need network)."""
-    from diet import hub_tasks  # late: hub_tasks imports MCItem/Task from this module
-
     infos = [TaskInfo(t["name"], t["description"], "offline", t["metric"], t["n_calibration"], t["n_evaluation"],
                       t.get("skill", "")) for t in suite_meta().values()]
     infos += [TaskInfo(b.name, b.description, "hub", b.metric, b.n_calibration, b.n_evaluation, b.skill)
@@ -409,14 +308,16 @@ def get_task(name_or_path: str) -> Task:
 
     Loaded tasks are cached in-process; files are keyed by their modification time, so an edited file reloads.
     """
-    from diet import hub_tasks
-
     raw = str(name_or_path).strip()
     key = raw.lower().replace("-", "_")
     if key in suite_meta():
         return _load_suite_task(key, (ASSETS_DIR / f"{key}.jsonl").stat().st_mtime_ns)
     if key in hub_tasks.HUB_BENCHMARKS:
-        return hub_tasks.load_hub_task(key)
+        try:
+            return hub_tasks.load_hub_task(key)
+        except hub_tasks.HubUnreachable as e:
+            raise DietError(f"{e.name} needs network access to the Hugging Face Hub; offline tasks available: "
+                            f"{', '.join(offline_task_names())} (cause: {e.cause})") from None
     path = Path(raw).expanduser()
     if path.is_file():
         if path.suffix.lower() not in (".jsonl", ".csv"):

@@ -2,7 +2,7 @@
 its settings; the mask comes from the cached statistics, so every slider move redraws at once.
 
 DIET goes through diet.api.build_mask (no model, no forward pass). The other methods run the same registry code as
-diet.methods.method_mask: those that read weights use the loaded model's weight norms (read once, no forward pass);
+diet.api.method_mask: those that read weights use the loaded model's weight norms (read once, no forward pass);
 those that read general text profile it once in a background job (cached on disk), then they are instant too."""
 
 from __future__ import annotations

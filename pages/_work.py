@@ -293,7 +293,7 @@ def general_job(lm, source: str, ps: ProfileSettings):
 
 def method_result(lm, stats: dict, settings: MaskSettings, ms: MethodSettings, unit: str = "mlp",
                   general=None, weights: dict | None = None, general_source: str | None = None) -> MaskResult:
-    """The mask of `ms.method`: what diet.methods.method_mask computes, from inputs the page already holds.
+    """The mask of `ms.method`: what diet.api.method_mask computes, from inputs the page already holds.
 
     Why not call method_mask on every widget change: it resolves the general-text source (the network for a Hub
     source) and re-reads the weight norms each time; the page holds both once (general statistics from a job,

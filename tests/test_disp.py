@@ -329,6 +329,7 @@ def test_export_loads_where_diet_is_not_importable(tmp_path):
         torch.save(sliced(IDS).logits, tmp_path / "expected.pt")
     torch.save(IDS, tmp_path / "ids.pt")
     code = ("import sys, torch\n"
+            "sys.modules['diet'] = None  # installed here (editable): importing it now fails, as if absent\n"
             "try:\n    import diet\n    sys.exit('diet must not be importable here')\nexcept ImportError:\n    pass\n"
             "from transformers import AutoModelForCausalLM\n"
             f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()\n"

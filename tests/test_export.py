@@ -73,15 +73,21 @@ def greedy(model) -> torch.Tensor:
     return model.generate(IDS[:1], max_new_tokens=6, do_sample=False)
 
 
+BLOCK_DIET = "import sys; sys.modules['diet'] = None  # installed here (editable): importing it now fails, as if absent\n"
+
+
 def fresh_python(script: str, args: list[str], cwd: Path, diet_importable: bool) -> subprocess.CompletedProcess:
-    """Run `script` in a new interpreter; without `diet` on sys.path unless asked (HF caches kept in cwd)."""
+    """Run `script` in a new interpreter; without `diet` unless asked (HF caches kept in cwd).
+
+    `diet` is installed in editable mode, so "without" means: not on sys.path from the checkout (-I) and every
+    import of it refused (BLOCK_DIET) — what a machine without DIET sees."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HOME=str(cwd / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     flags = [] if diet_importable else ["-I"]  # -I: no PYTHONPATH, no user site, no cwd on sys.path
     if diet_importable:
         env["PYTHONPATH"] = str(REPO)
     path = cwd / "script.py"
-    path.write_text(textwrap.dedent(script))
+    path.write_text(("" if diet_importable else BLOCK_DIET) + textwrap.dedent(script))
     return subprocess.run([sys.executable, *flags, str(path), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 

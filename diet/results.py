@@ -1,0 +1,36 @@
+"""The result of any mask method: what the views, pruning and export read. Pure numpy (no model, no torch).
+
+Why its own module: `diet.methods` builds these and `diet.api` hands them out; both import it downward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from diet import masks as M
+from diet.settings import MaskSettings
+
+
+@dataclass
+class MaskResult:
+    """Everything the views, pruning and export need about one choice of mask settings."""
+
+    tasks: list[str]
+    settings: MaskSettings
+    task_masks: np.ndarray  # (T, L, I) bool
+    mask: np.ndarray  # (L, I) bool: the merged, global mask
+    votes: np.ndarray  # (L, I) uint8
+    shape: dict  # model shape: widths, params per unit, total params
+    summary: dict = field(default_factory=dict)  # sparsity two ways, kept per layer, overlap statistics
+    method: str = "diet"  # the diet.methods registry name that produced the mask
+    compensation: np.ndarray | None = None  # FLAP: (L, channels) mean input; pruning adds it as an output bias
+    ranking: np.ndarray | None = None  # (L, I) importance (votes, then mean normalised score): what --round-to uses
+
+    @property
+    def unit(self) -> str:
+        return self.shape.get("unit", "mlp")
+
+    def keep(self) -> list[np.ndarray]:
+        return M.keep_indices(self.mask)
