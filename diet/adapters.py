@@ -146,10 +146,6 @@ class MLPChannels:
         """The output projection's input columns the kept units own (one per channel here)."""
         return keep.to(self.out_proj(layer).weight.device)
 
-    def down_weight(self, layer: nn.Module) -> torch.Tensor:
-        """down_proj weight (out x channels): baselines such as Wanda-sp and FLAP weight scores by its columns."""
-        return self.family.mlp(layer).down.weight
-
     def slice(self, layer: nn.Module, keep: torch.Tensor) -> None:
         """Physically keep only channels `keep` (sorted long indices) of this layer, in place."""
         p = self.family.mlp(layer)

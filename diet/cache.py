@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diet.models import cache_root
+from diet.settings import cache_root
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -79,12 +79,6 @@ def register_on_import() -> None:
         sys.meta_path.insert(0, _RegisterAfterTransformers())
 
 
-def supported(model_type: str) -> bool:
-    from diet.modeling_diet import CLASSES
-
-    return model_type in CLASSES
-
-
 def hetero_config(config, widths: list[int]):
     """The heterogeneous subclass of `config`'s family with per-layer `intermediate_sizes`.
 

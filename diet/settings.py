@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from diet.errors import DietError
 
 CACHE_FORMAT_VERSION = 2  # bump when the layout or meaning of cached statistics changes (2: per-sequence sums)
 
 DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_root() -> Path:
+    """Where converted models, statistics and results live. `DIET_CACHE` overrides ~/.cache/diet."""
+    return Path(os.environ.get("DIET_CACHE") or Path.home() / ".cache" / "diet")
+
+
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # what --dtype accepts; "auto" = the checkpoint's own
 
 
@@ -26,11 +35,6 @@ def canonical_json(obj) -> str:
 
 def sha256_of(obj) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
-
-
-def settings_hash(settings) -> str:
-    """Short stable hash of a settings dataclass (its class name is part of it)."""
-    return sha256_of({"kind": type(settings).__name__, **asdict(settings)})[:16]
 
 
 @dataclass(frozen=True)
@@ -208,9 +212,3 @@ class CompensationSettings:
         d = asdict(self)
         d.pop("batch_size")
         return d
-
-
-def replace_fields(settings, **changes):
-    """dataclasses.replace that ignores keys the class does not have (handy for CLI dicts)."""
-    names = {f.name for f in fields(settings)}
-    return type(settings)(**{**asdict(settings), **{k: v for k, v in changes.items() if k in names}})

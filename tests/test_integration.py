@@ -18,7 +18,8 @@ def run_cli(*args, env=None):
 @pytest.fixture(scope="module")
 def cache_env(tmp_path_factory):
     """A fresh statistics cache (so the first profile really runs) sharing the converted model folder."""
-    from diet.models import cache_root, ensure_embedded
+    from diet.models import ensure_embedded
+    from diet.settings import cache_root
 
     models = ensure_embedded("smollm2-135m").parent
     root = tmp_path_factory.mktemp("diet_cache")
