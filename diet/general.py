@@ -6,7 +6,7 @@ Sources (`general_task(source)`):
   Wanda calibrate on;
 - `c4`: the first shard of C4's English validation split (allenai/c4), what Wanda's and SparseGPT's code reads;
 - `generated`: assets/general/generated.jsonl — text the embedded SmolLM2-135M-Instruct wrote itself from varied
-  short prompts (`generate_corpus`, run once by assets/general/build.py); works offline;
+  short prompts (generated once by assets/general/build.py); works offline;
 - a path to a UTF-8 text file: one text per paragraph (blank-line separated);
 - `auto` (default): WikiText-2 when the Hub answers, else the generated corpus.
 
@@ -111,53 +111,3 @@ def general_task(source: str = "auto", say: Callable[[str], None] | None = None)
     used, texts = general_texts(source, say)
     return Task(name="general", description=f"general text ({used})", source=f"general:{used}", metric="acc",
                 calibration=tuple(texts), evaluation=())
-
-
-# ---------------------------------------------------------------- the offline corpus (generated once)
-
-TOPICS = (
-    "the history of bread", "how bicycles work", "a rainy afternoon in a small town", "the life of a butterfly",
-    "why the sky is blue", "moving to a new house", "growing tomatoes", "the printing press", "a day at the beach",
-    "the game of chess", "volcanoes", "ocean tides", "saving money", "learning a new language", "a long train journey",
-    "the water cycle", "honey bees", "the first moon landing", "making pancakes", "a busy market",
-    "winter in the mountains", "the importance of sleep", "how computers store data", "a lost cat",
-    "the first day of school", "recycling", "the Roman Empire", "jazz music", "a thunderstorm", "photosynthesis",
-    "a birthday party", "how airplanes fly", "the desert at night", "a friendly robot", "gardening in spring",
-    "the human heart", "an old lighthouse", "public libraries", "coffee", "a football match",
-)
-FORMS = (
-    "Write a short paragraph about {}.",
-    "Tell a short story about {}.",
-    "Explain {} to a curious child.",
-    "Write a short news report about {}.",
-)
-
-
-def corpus_prompts() -> list[str]:
-    """Topics × forms: 160 varied short prompts (no task of the offline suite is asked about)."""
-    return [form.format(topic) for topic in TOPICS for form in FORMS]
-
-
-def generate_corpus(model, tokenizer, prompts: list[str], seed: int = 0, max_new_tokens: int = 160,
-                    batch_size: int = 16, temperature: float = 0.7, top_p: float = 0.9) -> list[dict]:
-    """Sample one answer per prompt with the chat template (seeded); records keep prompt, text and settings."""
-    import torch
-
-    torch.manual_seed(seed)
-    tokenizer.padding_side = "left"
-    settings = {"seed": seed, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-                "repetition_penalty": 1.1}
-    records = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in batch]
-        enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.inference_mode():
-            out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
-                                 repetition_penalty=1.1, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id)
-        for prompt, ids in zip(batch, out[:, enc["input_ids"].shape[1]:], strict=True):
-            text = " ".join(tokenizer.decode(ids, skip_special_tokens=True).split())
-            records.append({"prompt": prompt, "text": text, **settings})
-    return records
