@@ -26,6 +26,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -236,6 +237,59 @@ class LearnResult:
 Progress = Callable[[int, int, dict], None]  # (step done, steps, {"lm_loss", "budget", "ratio"})
 
 
+@contextmanager
+def frozen_eval(model: nn.Module):
+    """The model in eval mode with no parameter requiring grad, restored afterwards (only the hypernetwork trains)."""
+    was_training = model.training
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield model
+    finally:
+        for p, req in frozen:
+            p.requires_grad_(req)
+        model.train(was_training)
+
+
+def train_step(model: nn.Module, hn: HyperNetwork, hooks: MaskHooks, opt, ids: torch.Tensor, shape: dict,
+               settings: LearnSettings, noise: torch.Generator) -> dict:
+    """One optimisation step: sample hard masks (straight-through), LM loss of the masked frozen model + budget."""
+    flat_logits = hn()
+    flat = [gumbel_sigmoid_st(lg, settings.temperature, settings.offset, noise) for lg in flat_logits]
+    hooks.masks = split_by_position(flat, shape["layers"])
+    ratio = kept_fraction(hooks.masks, shape)
+    autocast = settings.bf16_autocast and ids.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        lm_loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    budget = budget_loss(ratio, settings.p, settings.lam)
+    opt.zero_grad(set_to_none=True)
+    (lm_loss.float() + budget).backward()
+    opt.step()
+    hooks.masks = None
+    with torch.no_grad():
+        mode = split_by_position([m.float() for m in final_masks(
+            [f.detach() for f in flat_logits], settings.offset)], shape["layers"])
+    return {"lm_loss": float(lm_loss.detach()), "budget": float(budget.detach()), "ratio": float(ratio.detach()),
+            "mode_ratio": float(kept_fraction(mode, shape))}
+
+
+def final_index_sets(hn: HyperNetwork, shape: dict, settings: LearnSettings) -> tuple[dict, dict]:
+    """(index sets, summary) from the trained hypernetwork's noise-free masks (shifted to the budget if asked)."""
+    with torch.no_grad():
+        logits = hn()
+        mode = split_by_position([m.float() for m in final_masks(logits, settings.offset)], shape["layers"])
+        shift = budget_shift(logits, settings.offset, shape, settings.p) if settings.final == "budget" else 0.0
+        masks = split_by_position(final_masks(logits, settings.offset, shift), shape["layers"])
+    sets = {pos: [torch.nonzero(m).flatten().cpu().numpy() for m in masks[pos]] for pos in POSITIONS}
+    summary = param_summary(shape, {pos: np.array([len(k) for k in sets[pos]]) for pos in POSITIONS})
+    summary["target_p"] = settings.p
+    summary["mode_kept_fraction"] = float(kept_fraction(mode, shape))  # what training alone reached
+    summary["final_shift"] = shift
+    return sets, summary
+
+
 def learn_index_sets(model: nn.Module, tokenizer, texts: Sequence[str], settings: LearnSettings = LearnSettings(),
                      progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> LearnResult:
     """Train the hypernetwork against the frozen `model` on `texts`; return the learned index sets.
@@ -250,61 +304,25 @@ def learn_index_sets(model: nn.Module, tokenizer, texts: Sequence[str], settings
     per_step = settings.tokens_per_step // settings.seq_len
     order = list(range(len(data)))
     random.Random(settings.seed).shuffle(order)
-
     hn = HyperNetwork(widths, settings.hidden, settings.seed).to(device)
     opt = torch.optim.AdamW(hn.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     noise = torch.Generator().manual_seed(settings.seed)
-    hooks = MaskHooks(model)
-    was_training = model.training
-    frozen = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in frozen:
-        p.requires_grad_(False)
-    model.eval()
-    autocast = settings.bf16_autocast and device.type == "cuda"
     history: list[dict] = []
     t0 = time.perf_counter()
-    cursor = 0
+    hooks = MaskHooks(model)
     try:
-        for step in range(settings.steps):
-            if should_stop is not None and should_stop():
-                break
-            idx = [order[(cursor + j) % len(order)] for j in range(per_step)]
-            cursor += per_step
-            ids = data[idx].to(device)
-            flat_logits = hn()
-            flat = [gumbel_sigmoid_st(lg, settings.temperature, settings.offset, noise) for lg in flat_logits]
-            hooks.masks = split_by_position(flat, shape["layers"])
-            ratio = kept_fraction(hooks.masks, shape)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                lm_loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            budget = budget_loss(ratio, settings.p, settings.lam)
-            opt.zero_grad(set_to_none=True)
-            (lm_loss.float() + budget).backward()
-            opt.step()
-            hooks.masks = None
-            with torch.no_grad():
-                mode = split_by_position([m.float() for m in final_masks(
-                    [f.detach() for f in flat_logits], settings.offset)], shape["layers"])
-            rec = {"step": step + 1, "lm_loss": float(lm_loss.detach()), "budget": float(budget.detach()),
-                   "ratio": float(ratio.detach()), "mode_ratio": float(kept_fraction(mode, shape))}
-            history.append(rec)
-            if progress is not None:
-                progress(step + 1, settings.steps, rec)
+        with frozen_eval(model):
+            for step in range(settings.steps):
+                if should_stop is not None and should_stop():
+                    break
+                ids = data[[order[(step * per_step + j) % len(order)] for j in range(per_step)]].to(device)
+                rec = {"step": step + 1, **train_step(model, hn, hooks, opt, ids, shape, settings, noise)}
+                history.append(rec)
+                if progress is not None:
+                    progress(step + 1, settings.steps, rec)
     finally:
         hooks.close()
-        for p, req in frozen:
-            p.requires_grad_(req)
-        model.train(was_training)
-    with torch.no_grad():
-        logits = hn()
-        mode = split_by_position([m.float() for m in final_masks(logits, settings.offset)], shape["layers"])
-        shift = budget_shift(logits, settings.offset, shape, settings.p) if settings.final == "budget" else 0.0
-        masks = split_by_position(final_masks(logits, settings.offset, shift), shape["layers"])
-    sets = {pos: [torch.nonzero(m).flatten().cpu().numpy() for m in masks[pos]] for pos in POSITIONS}
-    summary = param_summary(shape, {pos: np.array([len(k) for k in sets[pos]]) for pos in POSITIONS})
-    summary["target_p"] = settings.p
-    summary["mode_kept_fraction"] = float(kept_fraction(mode, shape))  # what training alone reached
-    summary["final_shift"] = shift
+    sets, summary = final_index_sets(hn, shape, settings)
     summary["steps_done"] = len(history)
     return LearnResult(sets, settings, summary, history, time.perf_counter() - t0,
                        {k: v.detach().cpu() for k, v in hn.state_dict().items()})
