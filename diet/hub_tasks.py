@@ -7,7 +7,7 @@ only when a Hub task is actually loaded.
 Splits follow the harness: calibration comes from the train split (never the evaluation split); evaluation from
 the harness' test split where it has one (ARC, OpenBookQA), its validation split otherwise. Train items whose
 prompt + gold answer also appear in the evaluation split are dropped from calibration (the Hub data is not
-ours to fix). Metrics follow METHODS.md section 5: acc for BoolQ, RTE, WinoGrande; acc_norm for the rest.
+ours to fix). Metrics follow docs/evaluation.md: acc for BoolQ, RTE, WinoGrande; acc_norm for the rest.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Why these choices:
 - Wide layers (9216 or 14336 channels) are shown twice: an overview binned to a few hundred columns (fraction kept
   per bin) and a full-resolution strip of one selected layer. A browser cannot usefully draw 600k cells.
 - Every overlap figure carries its reference (chance level for independent masks, split-half noise ceiling): a bare
-  Jaccard number misleads (see PRODUCT.md, "Is an overlap meaningful?").
+  Jaccard number misleads (docs/app.md, "Why the references").
 - `CAPTIONS` holds the one line under each figure that says how to read it; the app and the HTML report use the
   same words.
 """

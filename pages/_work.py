@@ -398,7 +398,7 @@ def mask_digest(mask: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class OverlapRefs:
-    """The references every overlap figure is read against (PRODUCT.md, "Is an overlap meaningful?")."""
+    """The references every overlap figure is read against (docs/app.md, "Why the references")."""
 
     chance: float  # mean over pairs of the expected Jaccard of independent masks with the same sizes
     split_half: dict  # task -> Jaccard of the task's masks from its two halves of samples (its noise ceiling)
