@@ -17,7 +17,7 @@ import torch
 
 from diet.adapters import get_family
 from diet.errors import DietError
-from diet.settings import CACHE_FORMAT_VERSION, ProfileSettings, sha256_of
+from diet.settings import ProfileSettings
 
 
 def block_influence(model: torch.nn.Module, tokenizer, texts: list[str], settings: ProfileSettings,
@@ -94,12 +94,11 @@ def layer_params(model: torch.nn.Module) -> list[int]:
 
 def shortgpt_bi(lm, texts: list[str], settings: ProfileSettings, cache=None) -> np.ndarray:
     """Block Influence of the loaded model on `texts`, cached by model identity, texts and settings."""
+    from diet.api import stats_key
     from diet.cache import ArtifactCache
-    from diet.profile import texts_hash
 
     cache = cache or ArtifactCache()
-    key = sha256_of({"format": CACHE_FORMAT_VERSION, "kind": "shortgpt", "model": lm.identity,
-                     "dtype": lm.spec.dtype, "texts": texts_hash(texts), "settings": settings.key_fields()})[:24]
+    key = stats_key(lm, texts, settings, probe="shortgpt")
     hit = cache.load_json("shortgpt", key)
     if hit is not None:
         return np.asarray(hit["bi"], dtype=np.float64)
