@@ -54,11 +54,18 @@ MethodFn = Callable[[MethodInputs, MaskSettings, MethodSettings], MethodOutput]
 
 @dataclass(frozen=True)
 class Method:
+    """One registry entry: the function, and the traits that say which settings change its mask (the Masks and
+    Sweep pages show a setting only where it matters; tests/test_app.py checks every trait against the function)."""
+
     name: str
     kind: str  # "task-aware", "task-agnostic" or "reference"
     needs: tuple[str, ...]  # parts of MethodInputs it reads: "tasks", "general", "weights"
     description: str
     fn: MethodFn
+    votes: bool = False  # task masks merged by DIET's vote: the merge settings (merge, threshold) apply
+    scored: bool = False  # ranks by DIET's score: the `score` setting (mean |x| or RMS) applies
+    own_allocation: bool = False  # always ranks across layers: `min_keep` applies, `allocation` does not
+    knobs: tuple[str, ...] = ()  # its own MethodSettings fields that change its mask (tau, seed, ...)
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -340,34 +347,41 @@ def random_mask(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("diet", "task-aware", ("tasks",),
-           "DIET: one mask per task (top mean-|x| units), merged by majority vote into one mask", diet),
+           "DIET: one mask per task (top mean-|x| units), merged by majority vote into one mask", diet,
+           votes=True, scored=True),
     Method("diet-global", "task-aware", ("tasks",),
            "DIET with a cross-layer allocation: units ranked across layers after per-layer normalisation",
-           diet_global),
+           diet_global, votes=True, scored=True, own_allocation=True),
     Method("task-fusion", "task-aware", ("tasks", "general", "weights"),
            "Task-aware score fusion (our structured adaptation of arXiv 2510.22489): general + task Wanda-style "
-           "scores fused per shared/exclusive unit, then merged across tasks like DIET", task_fusion),
-    Method("single-task", "task-aware", ("tasks",), "The mask of one task alone (DIET's per-task mask)", single_task),
+           "scores fused per shared/exclusive unit, then merged across tasks like DIET", task_fusion,
+           votes=True, knobs=("tau", "alpha", "fusion_norm")),
+    Method("single-task", "task-aware", ("tasks",), "The mask of one task alone (DIET's per-task mask)", single_task,
+           scored=True, knobs=("single_task",)),
     Method("union", "task-aware", ("tasks",), "Keep a unit if any task keeps it (vote threshold 1; less sparse)",
-           union),
+           union, scored=True),
     Method("intersection", "task-aware", ("tasks",),
-           "Keep a unit only if every task keeps it (vote threshold T; sparser)", intersection),
+           "Keep a unit only if every task keeps it (vote threshold T; sparser)", intersection, scored=True),
     Method("pooled", "task-aware", ("tasks",),
-           "DIET's score on all selected tasks' texts pooled (no vote); --pool-weight tokens or tasks", pooled),
+           "DIET's score on all selected tasks' texts pooled (no vote); --pool-weight tokens or tasks", pooled,
+           scored=True, knobs=("pool_weight",)),
     Method("diet-weighted", "task-aware", ("tasks",),
            "Score-weighted merge: per-layer-normalised task scores summed, one top-k (instead of binary votes)",
-           diet_weighted),
+           diet_weighted, scored=True),
     Method("task-agnostic", "task-agnostic", ("general",),
-           "DIET's score (mean |x|) on general text only: what task awareness is compared against", task_agnostic),
+           "DIET's score (mean |x|) on general text only: what task awareness is compared against", task_agnostic,
+           scored=True),
     Method("wanda-sp", "task-agnostic", ("general", "weights"),
            "Wanda-sp: mean |W_out| column × RMS of the input, same width in every layer", wanda_sp),
     Method("flap", "task-agnostic", ("general", "weights"),
-           "FLAP: input variance × ‖W_out column‖², z-scored, global threshold, bias compensation", flap),
+           "FLAP: input variance × ‖W_out column‖², z-scored, global threshold, bias compensation", flap,
+           own_allocation=True, knobs=("flap_bias",)),
     Method("minitron", "task-agnostic", ("general",),
            "Minitron: mean |x| over each sequence, L2 over sequences, same width in every layer", minitron),
     Method("magnitude", "reference", ("weights",), "Weight magnitude only (no data): L2 norm of each unit's weights",
            magnitude),
-    Method("random", "reference", (), "Random units (seeded): the floor every method must beat", random_mask),
+    Method("random", "reference", (), "Random units (seeded): the floor every method must beat", random_mask,
+           knobs=("seed",)),
 )}
 
 
@@ -466,3 +480,34 @@ def run_method(name: str, inputs: MethodInputs, settings: MaskSettings = MaskSet
     }
     return MaskResult(names, settings, task_masks, out.mask, v, shape, summary, method=name,
                       compensation=out.compensation)
+
+
+def uses_tasks(method: str, ms: MethodSettings) -> bool:
+    """True when the method reads the task statistics (task-aware, or a baseline calibrated on the pooled tasks)."""
+    needs = get_method(method).needs
+    return "tasks" in needs or ("general" in needs and method != "task-fusion" and ms.calibration == "tasks")
+
+
+def mask_knobs(method: str, ms: MethodSettings) -> set[str]:
+    """The MaskSettings fields (plus "tasks", the task selection) that change this method's mask, from its traits."""
+    m = get_method(method)
+    knobs = {"sparsity", "min_keep" if m.own_allocation else "allocation"}
+    if m.votes:
+        knobs |= {"merge", "threshold"}
+    if m.scored:
+        knobs.add("score")
+    if uses_tasks(method, ms):
+        knobs.add("tasks")
+    return knobs
+
+
+def method_knobs(method: str, ms: MethodSettings) -> set[str]:
+    """The MethodSettings fields that change this method's mask, plus "general" (the general-text source) when it
+    reads general-text statistics with these settings."""
+    m = get_method(method)
+    knobs = set(m.knobs)
+    if "general" in m.needs and method != "task-fusion":
+        knobs.add("calibration")
+    if needs_general(method, ms):
+        knobs.add("general")
+    return knobs

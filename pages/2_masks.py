@@ -16,7 +16,7 @@ import streamlit as st
 from diet import masks as M
 from diet import viz
 from diet.api import estimate_seconds
-from diet.methods import get_method, list_methods, needs_general, weight_stats
+from diet.methods import get_method, list_methods, mask_knobs, method_knobs, needs_general, weight_stats
 from diet.settings import MaskSettings, MethodSettings
 from pages._common import (
     MASK_DEFAULTS,
@@ -34,15 +34,12 @@ from pages._common import (
 )
 from pages._work import (
     COMPENSATION,
-    OWN_ALLOCATION,
     cached_general,
     diet_mask,
     general_job,
     general_key,
     half_ranks,
-    mask_knobs,
     mask_stats,
-    method_knobs,
     method_label,
     method_result,
     needs_model,
@@ -68,6 +65,7 @@ GENERAL = {"generated": "the shipped corpus (offline; the app's default)",
 CALIBRATION = {"default": "general text, as in the method's paper (default)",
                "tasks": "the profiled tasks, pooled into one set"}
 FUSION_NORM = {"rank": "per-layer rank (our default)", "zscore": "per-layer z-score"}
+POOL_WEIGHT = {"tokens": "by tokens (every token counts once)", "tasks": "by tasks (every task counts once)"}
 NEEDS = {"tasks": "the task statistics", "general": "statistics on general text", "weights": "the weights"}
 
 
@@ -122,7 +120,7 @@ def method_controls(names_all: list[str]) -> tuple[MethodSettings, str]:
                    + (" (weights: norms read once, no forward pass)" if "weights" in method.needs else ""))
         knobs = method_knobs(name, MethodSettings(method=name, calibration=ss["p_calibration"]))
         widgets = [k for k in ("calibration", "general", "tau", "alpha", "fusion_norm", "single_task", "seed",
-                               "flap_bias") if k in knobs]
+                               "flap_bias", "pool_weight") if k in knobs]
         cols = st.columns(max(len(widgets), 1)) if widgets else []
         for col, k in zip(cols, widgets):
             if k == "calibration":
@@ -149,6 +147,10 @@ def method_controls(names_all: list[str]) -> tuple[MethodSettings, str]:
                 col.toggle("Bias compensation (FLAP): pruned channels' mean contribution added back as a bias",
                            key="p_flap_bias", help="the pruned model then has a bias on down_proj; export writes it "
                                                    "where the model's stock config can carry one (Llama)")
+            elif k == "pool_weight":
+                col.radio("Pool the tasks' statistics", list(POOL_WEIGHT), key="p_pool_weight",
+                          format_func=POOL_WEIGHT.get, help="tokens: the tasks' sums added (a task with longer texts "
+                                                            "weighs more); tasks: each task's score weighs 1/T")
         defaults(p_compensation="none")
         st.radio("Compensation after removal", list(COMPENSATION), key="p_compensation", horizontal=True,
                  format_func=COMPENSATION.get,
@@ -157,7 +159,7 @@ def method_controls(names_all: list[str]) -> tuple[MethodSettings, str]:
                       "passes over calibration texts when the model is pruned (docs/methods.md)")
     values = {"calibration": ss["p_calibration"], "tau": float(ss["p_tau"]), "alpha": float(ss["p_alpha"]),
               "fusion_norm": ss["p_fusion_norm"], "single_task": ss["p_single_task"], "seed": int(ss["p_seed"]),
-              "flap_bias": bool(ss["p_flap_bias"])}
+              "flap_bias": bool(ss["p_flap_bias"]), "pool_weight": ss["p_pool_weight"]}
     own = {f.name for f in fields(MethodSettings)} & knobs  # only the knobs of this method; the rest as default
     return MethodSettings(method=name, **{k: values[k] for k in own}), ss["p_general"]
 
@@ -195,7 +197,7 @@ def controls(names_all: list[str], ms: MethodSettings) -> tuple[MaskSettings, li
                           "normalisation (widths then differ per layer)")
         else:
             c4.markdown("**Allocation**: global ranking across layers (part of the method)")
-        if ms.method in OWN_ALLOCATION or ss["p_allocation"] == "global":
+        if get_method(ms.method).own_allocation or ss["p_allocation"] == "global":
             c4.slider("Minimum kept fraction per layer", 0.01, 1.0, step=0.01, key="p_min_keep")
         if "tasks" in knobs and ms.method != "single-task":
             label = ("Tasks pooled into the calibration set" if ms.method not in ("diet", "diet-global", "task-fusion",

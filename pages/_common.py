@@ -111,7 +111,7 @@ def profile_settings() -> ProfileSettings:
 # Initial values of the mask and method widgets (Masks page); the Sweep page reads the same ones.
 MASK_DEFAULTS = dict(p_sparsity=0.2, p_merge="budget", p_score="mean_abs", p_allocation="layer", p_min_keep=0.05)
 METHOD_DEFAULTS = dict(p_method="diet", p_calibration="default", p_general="generated", p_tau=0.9, p_alpha=0.5,
-                       p_fusion_norm="rank", p_seed=0, p_flap_bias=True)
+                       p_fusion_norm="rank", p_seed=0, p_flap_bias=True, p_pool_weight="tokens")
 
 
 def knob_settings() -> tuple[MaskSettings, MethodSettings, str]:
@@ -124,7 +124,7 @@ def knob_settings() -> tuple[MaskSettings, MethodSettings, str]:
                         allocation=v["p_allocation"], min_keep=float(v["p_min_keep"]))
     ms = MethodSettings(method=v["p_method"], calibration=v["p_calibration"], tau=float(v["p_tau"]),
                         alpha=float(v["p_alpha"]), fusion_norm=v["p_fusion_norm"], seed=int(v["p_seed"]),
-                        flap_bias=bool(v["p_flap_bias"]))
+                        flap_bias=bool(v["p_flap_bias"]), pool_weight=v["p_pool_weight"])
     return mask, ms, v["p_general"]
 
 

@@ -29,7 +29,7 @@ from diet.cache import ArtifactCache
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, TaskResult, average, evaluate_task
 from diet.jobs import JobContext
-from diet.methods import MethodInputs, get_method, needs_general, run_method
+from diet.methods import MethodInputs, get_method, mask_knobs, method_knobs, needs_general, run_method
 from diet.profile import Cancelled, choose_texts
 from diet.settings import MaskSettings, MethodSettings, ProfileSettings, sha256_of
 
@@ -172,54 +172,6 @@ def tasks_of(stats: dict) -> list:
 
 # ----------------------------------------------------------------------------------------------- methods
 
-# Which settings change a method's mask. Why here: the page shows a knob only where it matters, and
-# tests/test_app.py checks, method by method, that every knob left out here really changes nothing.
-VOTING = ("diet", "diet-global", "task-fusion")  # task masks merged by DIET's vote: the merge settings apply
-DIET_SCORE = ("diet", "diet-global", "union", "intersection", "single-task", "task-agnostic")  # mean |x| or RMS
-OWN_ALLOCATION = ("diet-global", "flap")  # always a global ranking across layers (min_keep still applies)
-
-
-def uses_tasks(method: str, ms: MethodSettings) -> bool:
-    """True when the method reads the task statistics (task-aware, or a baseline calibrated on the pooled tasks)."""
-    needs = get_method(method).needs
-    return "tasks" in needs or ("general" in needs and method != "task-fusion" and ms.calibration == "tasks")
-
-
-def mask_knobs(method: str, ms: MethodSettings) -> set[str]:
-    """The MaskSettings fields (plus "tasks", the task selection) that change this method's mask.
-
-    min_keep matters where the allocation is global: always for OWN_ALLOCATION, else when the user picks it."""
-    knobs = {"sparsity"}
-    if method in VOTING:
-        knobs |= {"merge", "threshold"}
-    if method in DIET_SCORE:
-        knobs.add("score")
-    knobs.add("min_keep" if method in OWN_ALLOCATION else "allocation")
-    if uses_tasks(method, ms):
-        knobs.add("tasks")
-    return knobs
-
-
-def method_knobs(method: str, ms: MethodSettings) -> set[str]:
-    """The MethodSettings fields that change this method's mask, plus "general" (the general-text source) when it
-    reads general-text statistics with these settings."""
-    needs = get_method(method).needs
-    knobs = set()
-    if "general" in needs and method != "task-fusion":
-        knobs.add("calibration")
-    if needs_general(method, ms):
-        knobs.add("general")
-    if method == "task-fusion":
-        knobs |= {"tau", "alpha", "fusion_norm"}
-    if method == "single-task":
-        knobs.add("single_task")
-    if method == "random":
-        knobs.add("seed")
-    if method == "flap":
-        knobs.add("flap_bias")
-    return knobs
-
-
 def needs_model(method: str, ms: MethodSettings) -> bool:
     """True when the mask needs the loaded model: weight norms, or general text profiled through it."""
     return "weights" in get_method(method).needs or needs_general(method, ms)
@@ -322,7 +274,7 @@ def settings_summary(result: MaskResult) -> str:
                      else f"vote threshold k = {s.resolved_threshold(len(result.tasks))}")
     if "score" in knobs:
         parts.append("mean |x| score" if s.score == "mean_abs" else "RMS score")
-    if result.method in OWN_ALLOCATION or s.allocation == "global":
+    if get_method(result.method).own_allocation or s.allocation == "global":
         parts.append(f"global allocation, each layer keeps at least {s.min_keep:.0%}")
     else:
         parts.append("same count in every layer")

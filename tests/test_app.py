@@ -467,24 +467,26 @@ def test_flap_compensation_reaches_pruning_and_export_explains_itself(cache_dir,
 
 
 def test_settings_hidden_for_a_method_change_nothing_and_shown_ones_matter():
-    """The Masks page shows a knob only where pages._work says it matters: check that claim on every method."""
+    """The Masks page shows a knob only where the method's traits say it matters: check that on every method."""
     from dataclasses import replace
 
-    from diet.methods import MethodInputs, list_methods, needs_general, run_method
-    from pages._work import mask_knobs, method_knobs
+    from diet.methods import MethodInputs, list_methods, mask_knobs, method_knobs, needs_general, run_method
 
     stats = synthetic_stats(["a", "b", "c"])
     general = synthetic_stats(["general"], seed=1)["general"]
     rng = np.random.default_rng(2)
     for st_ in [*stats.values(), general]:  # Minitron's per-sequence sums
         st_.seq_sq_sum, st_.seqs = rng.random((2, 4, 96)).astype(np.float32), np.array([4.0, 4.0])
+    a = stats["a"]  # three times the tokens of the others, same means: pooling by tokens and by tasks then differ
+    a.abs_sum, a.sq_sum, a.sum, a.count = a.abs_sum * 3, a.sq_sum * 3, a.sum * 3, a.count * 3
     weights = {k: rng.random((4, 96)) + 0.1 for k in ("out_l2", "out_l1mean", "magnitude")}
     inputs = MethodInputs(stats, general, weights)
     mask_changes = {"merge": dict(merge="threshold", threshold=3), "score": dict(score="rms"),
                     "allocation": dict(allocation="global"), "min_keep": dict(min_keep=0.5)}  # 0.5: uniform at 50%
     method_changes = {"calibration": dict(calibration="tasks"), "tau": dict(tau=0.5), "alpha": dict(alpha=0.0),
                       "fusion_norm": dict(fusion_norm="zscore"), "single_task": dict(single_task="c"),
-                      "seed": dict(seed=5), "flap_bias": dict(flap_bias=False)}
+                      "seed": dict(seed=5), "flap_bias": dict(flap_bias=False),
+                      "pool_weight": dict(pool_weight="tasks")}
 
     def outcome(name, mask: MaskSettings, ms: MethodSettings):
         r = run_method(name, inputs, mask, ms)

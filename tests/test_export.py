@@ -73,7 +73,7 @@ def greedy(model) -> torch.Tensor:
     return model.generate(IDS[:1], max_new_tokens=6, do_sample=False)
 
 
-BLOCK_DIET = "import sys; sys.modules['diet'] = None  # installed here (editable): importing it now fails, as if absent\n"
+BLOCK_DIET = "import sys; sys.modules['diet'] = None  # installed (editable) here: importing it fails, as if absent\n"
 
 
 def fresh_python(script: str, args: list[str], cwd: Path, diet_importable: bool) -> subprocess.CompletedProcess:
