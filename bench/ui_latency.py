@@ -33,6 +33,7 @@ import plotly.io
 import plotly.tools
 
 from diet import masks as M
+from diet import report as R
 from diet import viz
 from diet.api import MaskResult
 from diet.methods import unit_scores
@@ -105,7 +106,7 @@ def check_same(PM, stats: dict, settings: MaskSettings, ranked, halves) -> None:
             raise SystemExit(f"error: {field} differs from the previous implementation at {settings}")
     if want.summary != got.summary:
         raise SystemExit(f"error: the summary differs from the previous implementation at {settings}")
-    if previous_split_halves(PM, want, stats) != W.split_halves(got, stats, halves):
+    if previous_split_halves(PM, want, stats) != R.split_halves(got, stats, halves):
         raise SystemExit(f"error: the split-half overlaps differ from the previous implementation at {settings}")
 
 
@@ -117,7 +118,7 @@ def random_checks(PM, cases: int = 60) -> None:
             for s in stats.values():
                 s.abs_sum[:] = np.round(s.abs_sum / 2000.0) * 1000.0
         for score in ("mean_abs", "rms"):
-            ranked, halves = W.ranked_scores(stats, score), W.half_ranks(stats, score)
+            ranked, halves = W.ranked_scores(stats, score), R.half_ranks(stats, score)
             for sparsity in (0.0, 0.13, 0.5, 0.9):
                 settings = MaskSettings(sparsity=sparsity, score=score, merge=str(rng.choice(["budget", "threshold"])),
                                         allocation=str(rng.choice(["layer", "global"])), min_keep=0.02)
@@ -151,7 +152,7 @@ def figure_builders(result: MaskResult, stats: dict, split: dict, norm: np.ndarr
     rows = {"merged": result.mask[layer], **{n: result.task_masks[i, layer] for i, n in enumerate(names)}}
 
     def refs():
-        return W.overlap_refs(result, stats, split)
+        return R.overlap_refs(result, stats, split)
 
     def upset():  # pages/_work.upset_figure, on this viz module
         inter = M.intersections(result.task_masks)
@@ -176,8 +177,8 @@ def figure_builders(result: MaskResult, stats: dict, split: dict, norm: np.ndarr
     if who_loses_view is not None:  # the Overlap tab's "who loses in the merge", as it was
         out["who_loses (own masks, pooled, random)"] = lambda: who_loses_view(result, stats)
     else:
-        wl = W.who_loses_ranks(stats, result.settings.score, ranked)
-        out["who_loses (own masks, pooled, random)"] = lambda: W.who_loses_view(result, stats, wl)[0]
+        wl = R.who_loses_ranks(stats, result.settings.score, ranked)
+        out["who_loses (own masks, pooled, random)"] = lambda: R.who_loses_view(result, stats, wl)[0]
     return out
 
 
@@ -207,11 +208,11 @@ def main() -> None:
     stats = synthetic_stats(a.tasks, a.layers, a.width)
     settings = MaskSettings(sparsity=0.3)
     once = {"ranked scores (scores, ranks, tie)": lambda: W.ranked_scores(stats, settings.score),
-            "split-half ranks": lambda: W.half_ranks(stats, settings.score),
-            "who-loses ranks (pooled, random, normalised)": lambda: W.who_loses_ranks(stats, settings.score, ranked),
-            "normalised scores + score order": lambda: viz.order_by(W.task_scores(stats, list(stats), "mean_abs")
+            "split-half ranks": lambda: R.half_ranks(stats, settings.score),
+            "who-loses ranks (pooled, random, normalised)": lambda: R.who_loses_ranks(stats, settings.score, ranked),
+            "normalised scores + score order": lambda: viz.order_by(R.task_scores(stats, list(stats), "mean_abs")
                                                                     .mean(0))}
-    ranked, halves = W.ranked_scores(stats, settings.score), W.half_ranks(stats, settings.score)
+    ranked, halves = W.ranked_scores(stats, settings.score), R.half_ranks(stats, settings.score)
     check_same(PM, stats, settings, ranked, halves)
     print(f"synthetic statistics: {a.tasks} tasks × {a.layers} layers × {a.width} channels; median of {a.repeats} "
           f"runs each; previous = diet/masks.py at {PREVIOUS}. Same masks, summaries and split-half overlaps as the "
@@ -220,7 +221,7 @@ def main() -> None:
     for label, fn in once.items():
         print(f"  {label:44s} {median_ms(fn, 3):8.1f} ms")
 
-    norm = W.task_scores(stats, list(stats), settings.score)
+    norm = R.task_scores(stats, list(stats), settings.score)
     order = viz.order_by(norm.mean(0))
     moves = [replace(settings, sparsity=s) for s in (0.3, 0.31)]  # alternate: nothing is cached across a move
     i = [0]
@@ -232,7 +233,7 @@ def main() -> None:
     prev = {"vote + statistics (build_mask)": lambda: previous_build_mask(PM, stats, nxt()),
             "split-half references": lambda: previous_split_halves(PM, previous_build_mask(PM, stats, nxt()), stats)}
     cur = {"vote + statistics (build_mask)": lambda: W.diet_mask(stats, nxt(), ranked),
-           "split-half references": lambda: W.split_halves(W.diet_mask(stats, nxt(), ranked), stats, halves)}
+           "split-half references": lambda: R.split_halves(W.diet_mask(stats, nxt(), ranked), stats, halves)}
     print(f"\n{'one slider move':46s} {'previous':>9s} {'now':>9s}")
     timed = {}
     for label in prev:
@@ -242,7 +243,7 @@ def main() -> None:
         p, c = timed[label]
         timed[label] = (p - timed["vote + statistics (build_mask)"][0], c - timed["vote + statistics (build_mask)"][1])
     result = W.diet_mask(stats, settings, ranked)
-    split = W.split_halves(result, stats, halves)
+    split = R.split_halves(result, stats, halves)
     builders = figure_builders(result, stats, split, norm, order, ranked)
     PV = previous("diet/viz.py")
     before = figure_builders(result, stats, split, norm, order, None, PV,

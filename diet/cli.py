@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     _method_args(p)
     _disp_args(p)
     _export_args(p)
+    p.add_argument("--report", default=None, metavar="FILE.html",
+                   help="also write the HTML report the app's Export page downloads: headline, settings table and "
+                        "every mask figure (refused if the file exists, unless --overwrite)")
 
     p = sub.add_parser("export", aliases=["apply-mask"], help="re-apply a saved mask to its base model and export",
                        description="Apply a mask saved earlier (mask.json or mask.safetensors, e.g. from an export "
@@ -399,6 +402,7 @@ def cmd_prune(a) -> None:
 
     out = Path(a.out)
     check_out_dir(out, a.overwrite)  # refuse before spending minutes on profiling
+    report_path = _check_report_path(a.report, a.overwrite)
     options = _export_options(a)
     merge = "threshold" if a.threshold is not None else "budget"
     mask_settings = MaskSettings(sparsity=a.sparsity, score=a.score, merge=merge, threshold=a.threshold,
@@ -431,6 +435,8 @@ def cmd_prune(a) -> None:
                "kept_per_layer": s["kept_per_layer"], "profile_settings": asdict(settings),
                "mask_settings": asdict(mask_settings), "method": result.method,
                "method_settings": asdict(method_settings), "compensation": comp[0]}
+    if report_path is not None:  # before export: the model is pruned in place there, the figures need only statistics
+        _write_report(report_path, lm.spec.name, result, stats)
     folder = export_model(lm, result, out, extra={"profile": asdict(settings)}, **options)
     written = json.loads((folder / "diet_settings.json").read_text())
     summary.update(_written_sizes(written, s))
@@ -439,6 +445,28 @@ def cmd_prune(a) -> None:
     what = "MLP channels" if a.unit == "mlp" else "attention KV groups"
     print(f"{result.method}: pruned {summary['unit_sparsity']:.1%} of {what} = {summary['param_sparsity']:.1%} of all "
           f"params ({s['params_total']:,} -> {_size_words(summary)}); wrote {folder} ({summary['export_mode']})")
+
+
+def _check_report_path(report: str | None, overwrite: bool) -> Path | None:
+    """The --report file, checked before any work: an .html path in an existing folder, new unless --overwrite."""
+    if report is None:
+        return None
+    path = Path(report)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise DietError(f"--report {report}: give an .html file name")
+    if path.is_dir() or (path.exists() and not overwrite):
+        raise DietError(f"{path} exists; choose another file name or pass --overwrite")
+    if not path.parent.is_dir():
+        raise DietError(f"--report {report}: the folder {path.parent} does not exist")
+    return path
+
+
+def _write_report(path: Path, model_name: str, result, stats: dict) -> None:
+    from diet.cache import atomic_write_bytes
+    from diet.report import report
+
+    atomic_write_bytes(path, report(model_name, result, stats).encode("utf-8"))
+    print(f"wrote the report {path}", file=sys.stderr)
 
 
 def _written_sizes(written: dict, s: dict) -> dict:

@@ -17,6 +17,19 @@ from diet import masks as M
 from diet import viz
 from diet.api import estimate_seconds
 from diet.methods import get_method, list_methods, mask_knobs, method_knobs, needs_general, weight_stats
+from diet.report import (
+    half_ranks,
+    mask_stats,
+    method_label,
+    overlap_refs,
+    settings_summary,
+    single_mask,
+    split_halves,
+    task_scores,
+    upset_figure,
+    who_loses_ranks,
+    who_loses_view,
+)
 from diet.settings import MaskSettings, MethodSettings
 from pages._common import (
     MASK_DEFAULTS,
@@ -38,21 +51,10 @@ from pages._work import (
     diet_mask,
     general_job,
     general_key,
-    half_ranks,
-    mask_stats,
-    method_label,
     method_result,
     needs_model,
-    overlap_refs,
     ranked_scores,
-    settings_summary,
-    single_mask,
-    split_halves,
     stats_profile_settings,
-    task_scores,
-    upset_figure,
-    who_loses_ranks,
-    who_loses_view,
     with_compensation,
 )
 

@@ -11,6 +11,7 @@ import streamlit as st
 
 from diet import viz
 from diet.evaluate import EvalSettings, average
+from diet.report import comparison_table, mask_stats, settings_summary
 from pages._common import (
     current_mask,
     current_model,
@@ -26,12 +27,9 @@ from pages._work import (
     SPEED_BATCH,
     SPEED_TOKENS,
     compare_job,
-    comparison_table,
     counts_notes,
     lstsq_settings,
-    mask_stats,
     result_digest,
-    settings_summary,
     tasks_of,
 )
 

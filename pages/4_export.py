@@ -9,17 +9,9 @@ from pathlib import Path
 import streamlit as st
 
 from diet.export import SERVING_MODES, mask_json
+from diet.report import mask_stats, report, settings_summary
 from pages._common import current_mask, current_model, job_panel, need_stats, page_errors, prologue, runner, start_job
-from pages._work import (
-    compare_job,
-    export_folder,
-    export_job,
-    export_options,
-    mask_stats,
-    report,
-    result_digest,
-    settings_summary,
-)
+from pages._work import compare_job, export_folder, export_job, export_options, result_digest
 
 MODE_HELP = {
     "auto": "auto: uniform when every layer keeps the same count, else padded (our default)",

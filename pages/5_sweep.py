@@ -13,6 +13,7 @@ import streamlit as st
 from diet import sweep as S
 from diet.errors import DietError
 from diet.methods import get_method, list_methods, needs_general
+from diet.report import SWEEP_CAPTION
 from diet.settings import COMPENSATIONS, MaskSettings, MethodSettings
 from diet.sweep import SweepSettings
 from pages._common import (
@@ -27,7 +28,7 @@ from pages._common import (
     runner,
     start_job,
 )
-from pages._work import SWEEP_CAPTION, stats_profile_settings, sweep_job, sweep_total, tasks_of
+from pages._work import stats_profile_settings, sweep_job, sweep_total, tasks_of
 
 CHOICES = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 DEFAULT_METHODS = ["diet", "task-agnostic", "wanda-sp", "random"]

@@ -15,6 +15,7 @@ from diet.disp import POSITIONS, DispSettings
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, average
 from diet.export import check_out_dir
+from diet.report import comparison_table
 from pages._common import (
     current_model,
     defaults,
@@ -41,7 +42,7 @@ from pages._disp_work import (
     sets_digest,
     timed_build,
 )
-from pages._work import comparison_table, counts_notes, stats_profile_settings, tasks_of
+from pages._work import counts_notes, stats_profile_settings, tasks_of
 
 KINDS = ("disp_profile", "disp_compare", "disp_export")
 MERGE = {"budget": "exact budget (our default)", "threshold": "voting threshold"}

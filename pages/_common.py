@@ -224,7 +224,7 @@ def _progress(key: str) -> None:
 
 def current_mask(stats: dict):
     """The mask chosen on the Masks page, or DIET's defaults when that page has not been visited."""
-    from pages._work import single_mask
+    from diet.report import single_mask
 
     result = st.session_state.get("mask_result")
     if result is None or not (single_mask(result) or set(result.tasks) <= set(stats)):
@@ -259,7 +259,7 @@ def prologue(own_kinds: tuple[str, ...] = ()):
 def mask_note(slot, result) -> None:
     """The sidebar's one line about the current mask (redrawn by the Masks page after it builds a new one)."""
     if result is not None:
-        from pages._work import method_label  # late: pages._work imports torch, the landing page need not
+        from diet.report import method_label  # late: it imports torch, the landing page need not
 
         slot.markdown(f"Mask (**{method_label(result)}**): **{result.summary['unit_sparsity']:.1%}** of MLP "
                       f"channels, **{result.summary['param_sparsity']:.1%}** of parameters removed")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import html
 import inspect
 import os
 import re
@@ -17,20 +16,20 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from diet import masks as M
-from diet import viz
-from diet.api import MaskResult, is_profiled, profile_tasks, prune_copy, split_half_overlap, stats_key
+from diet.api import MaskResult, is_profiled, profile_tasks, prune_copy, stats_key
 from diet.cache import ArtifactCache
 from diet.errors import DietError
-from diet.evaluate import EvalSettings, TaskResult, average, evaluate_task
+from diet.evaluate import EvalSettings, TaskResult, evaluate_task
 from diet.jobs import JobContext
-from diet.methods import MethodInputs, get_method, mask_knobs, method_knobs, needs_general, run_method
+from diet.methods import MethodInputs, get_method, needs_general, run_method
 from diet.profile import Cancelled, choose_texts
+from diet.report import mask_stats, settings_summary
 from diet.settings import MaskSettings, MethodSettings, ProfileSettings, sha256_of
 
 # ----------------------------------------------------------------------------------------------- uploads
@@ -177,25 +176,6 @@ def needs_model(method: str, ms: MethodSettings) -> bool:
     return "weights" in get_method(method).needs or needs_general(method, ms)
 
 
-def single_mask(result: MaskResult) -> bool:
-    """True when the result is one mask named after its method (a baseline), not per-task masks merged by a vote:
-    the views per task (votes, overlap between tasks) then do not apply."""
-    return result.method != "diet" and list(result.tasks) == [result.method]
-
-
-def mask_stats(result: MaskResult, stats: dict) -> dict:
-    """The statistics behind the result's task masks (per-task methods), or all profiled tasks for a single mask
-    (then only used to sort channels by DIET's mean score, a reference order)."""
-    if single_mask(result):
-        return dict(stats)
-    return {n: stats[n] for n in result.tasks}
-
-
-def method_label(result: MaskResult) -> str:
-    """"wanda-sp" or "DIET" — how the pages name the method of a mask."""
-    return "DIET" if result.method == "diet" else result.method
-
-
 def stats_profile_settings(stats: dict, fallback: ProfileSettings) -> ProfileSettings:
     """The profiling settings the statistics were made with (so general text and the sweep use the same ones);
     `fallback` when the statistics do not record them."""
@@ -263,36 +243,6 @@ def method_result(lm, stats: dict, settings: MaskSettings, ms: MethodSettings, u
     return result
 
 
-def settings_summary(result: MaskResult) -> str:
-    """The method and the settings that shaped this mask, in words — only those that matter for its method."""
-    s, summary = result.settings, result.summary
-    ms = MethodSettings(**summary["method_settings"]) if "method_settings" in summary else MethodSettings()
-    knobs = mask_knobs(result.method, ms) | method_knobs(result.method, ms)
-    parts = []
-    if "merge" in knobs:
-        parts.append("exact-budget vote" if s.merge == "budget"
-                     else f"vote threshold k = {s.resolved_threshold(len(result.tasks))}")
-    if "score" in knobs:
-        parts.append("mean |x| score" if s.score == "mean_abs" else "RMS score")
-    if get_method(result.method).own_allocation or s.allocation == "global":
-        parts.append(f"global allocation, each layer keeps at least {s.min_keep:.0%}")
-    else:
-        parts.append("same count in every layer")
-    if "calibration" in knobs:
-        parts.append("calibrated on the pooled tasks" if ms.calibration == "tasks" else "calibrated on general text")
-    if "general" in knobs and "general_source" in summary:
-        parts.append(f"general text: {summary['general_source']}")
-    if "tau" in knobs:
-        parts.append(f"τ = {ms.tau:g}, α = {ms.alpha:g}, {ms.fusion_norm} normalisation")
-    if "seed" in knobs:
-        parts.append(f"seed {ms.seed}")
-    if "flap_bias" in knobs:
-        parts.append("with bias compensation" if ms.flap_bias else "without bias compensation")
-    if summary.get("compensation", "none") != "none":
-        parts.append(f"{summary['compensation']} compensation")
-    return f"{method_label(result)} ({'; '.join(parts)})"
-
-
 # ----------------------------------------------------------------------------------------------- masks
 
 
@@ -348,44 +298,6 @@ def mask_digest(mask: np.ndarray) -> str:
                           ).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class OverlapRefs:
-    """The references every overlap figure is read against (docs/app.md, "Why the references")."""
-
-    chance: float  # mean over pairs of the expected Jaccard of independent masks with the same sizes
-    split_half: dict  # task -> Jaccard of the task's masks from its two halves of samples (its noise ceiling)
-    mean_jaccard: list  # per task: mean Jaccard with the other tasks
-    kept_by_all: int
-    kept_by_all_expected: float
-    kept_by_one: int
-    kept_by_one_expected: float
-
-
-def split_halves(result: MaskResult, stats: dict, halves: dict | None = None) -> dict:
-    """Each task's split-half self-overlap at the current mask settings. `halves`: `half_ranks(stats, score)`,
-    computed once per statistics: each sparsity then costs comparisons (equal to api.split_half_overlap)."""
-    if halves is None:
-        return {n: split_half_overlap(stats[n], result.settings) for n in result.tasks}
-    out = {}
-    for n in result.tasks:
-        (sa, ra), (sb, rb) = halves[n]
-        pair = np.stack([M.task_mask(sa, result.settings, ra), M.task_mask(sb, result.settings, rb)])
-        out[n] = float(M.jaccard_matrix(pair)[0, 1])
-    return out
-
-
-def half_ranks(stats: dict, score: str) -> dict:
-    """Per task, (scores, desc_ranks of the normalised scores) of each half of its samples: what `split_halves`
-    needs that no slider changes."""
-    from diet.methods import unit_scores
-
-    out = {}
-    for n, st_ in stats.items():
-        pair = [unit_scores(st_.half(h), score) for h in (0, 1)]
-        out[n] = [(sc, M.desc_ranks(M.normalise(sc))) for sc in pair]
-    return out
-
-
 def ranked_scores(stats: dict, score: str) -> M.RankedScores:
     """The tasks' scores with their per-layer ranks and tie scores: computed once per (statistics, score)."""
     from diet.methods import unit_scores
@@ -413,98 +325,6 @@ def diet_mask(stats: dict, settings: MaskSettings, ranked: M.RankedScores) -> Ma
     }
     return MaskResult(names, settings, task_masks, mask, v, shape, summary,
                       ranking=M.vote_ranking(v, ranked.scores, ranked.tie))
-
-
-def overlap_refs(result: MaskResult, stats: dict, split: dict | None = None) -> OverlapRefs:
-    T = len(result.tasks)
-    J = np.asarray(result.summary["jaccard"], dtype=np.float64)
-    C = viz.chance_matrix(result.task_masks)
-    off = ~np.eye(T, dtype=bool)
-    split = split if split is not None else split_halves(result, stats)
-    mean_j = [float(J[i][off[i]].mean()) if T > 1 else float("nan") for i in range(T)]
-    s = result.summary
-    return OverlapRefs(float(C[off].mean()) if T > 1 else float("nan"), split, mean_j, int(s["kept_by_all"]),
-                       float(s["kept_by_all_expected"]), int(s["kept_by_one"]), float(s["kept_by_one_expected"]))
-
-
-def task_scores(stats: dict, names: list[str], score: str) -> np.ndarray:
-    """(T, L, I) per-layer-normalised scores: what the per-task masks rank by."""
-    return np.stack([M.normalise(M.scores_from(stats[n], score)) for n in names])
-
-
-def mask_figures(result: MaskResult, stats: dict, refs: OverlapRefs | None = None) -> list[tuple]:
-    """(title, caption, figure) for every mask view, in the order the report shows them. A single mask (a
-    baseline) has no votes or overlap between tasks; its channels are sorted by DIET's mean score over `stats`."""
-    names = result.tasks
-    per_task = not single_mask(result)
-    sub = mask_stats(result, stats)
-    scores = task_scores(sub, list(sub), result.settings.score).mean(0)
-    title = "Merged mask: kept channels, sorted by score" if per_task else \
-        f"{method_label(result)} mask: kept channels, sorted by DIET's score"
-    out = [("Kept channels (merged mask, sorted by score)" if per_task else "Kept channels", viz.CAPTIONS[
-        "kept_overview"], viz.kept_overview(result.mask, title, viz.order_by(scores)))]
-    if per_task:
-        out.append(("Votes", viz.CAPTIONS["votes_map"], viz.votes_map(result.votes, len(names), sort=True)))
-    out += [("Kept channels per layer", viz.CAPTIONS["kept_per_layer"],
-             viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape["widths"],
-                                result.task_masks.sum(-1) if per_task else None, names)),
-            ("Parameters", viz.CAPTIONS["params"], viz.params_breakdown(result.summary))]
-    fig, reading = who_loses_view(result, stats)
-    out.append(("Who loses in the merge", f"{reading} {viz.CAPTIONS['who_loses']}", fig))
-    if per_task and len(names) > 1:
-        refs = refs or overlap_refs(result, sub)
-        out += [("Overlap between task masks", viz.CAPTIONS["jaccard_matrix"],
-                 viz.jaccard_matrix(np.asarray(result.summary["jaccard"]), names,
-                                    viz.chance_matrix(result.task_masks))),
-                ("Is the overlap meaningful?", viz.CAPTIONS["references"],
-                 viz.references(names, refs.split_half, refs.mean_jaccard, refs.chance)),
-                ("Overlap per layer", viz.CAPTIONS["jaccard_layers"],
-                 viz.jaccard_layers(result.task_masks, names, float(np.mean(list(refs.split_half.values()))))),
-                ("Intersections", viz.CAPTIONS["upset"], upset_figure(result))]
-    return out
-
-
-def who_loses_view(result: MaskResult, stats: dict, ranks: dict | None = None) -> tuple:
-    """(figure, one-line reading) of who loses in the merge: each task's own top-k and score mass kept by this
-    mask, next to the pooled mask and a random mask of the same size (diet.methods.who_loses).
-
-    `ranks`: `who_loses_ranks(...)` of these statistics, computed once: for a DIET mask with the same count in every
-    layer, the task masks, pooled and random masks then come from comparisons (the same masks; tests check it)."""
-    from dataclasses import replace
-
-    from diet.methods import who_loses
-
-    sub = mask_stats(result, stats)
-    inputs = MethodInputs(sub, shape=result.shape)
-    settings = replace(result.settings, merge="budget")
-    fast = ranks is not None and result.method == "diet" and settings.allocation == "layer"
-    k = M.keep_count(result.mask.shape[-1], settings.sparsity)
-    masks = {method_label(result): result.mask}
-    if result.method != "pooled":
-        masks["pooled"] = ranks["pooled"] < k if fast else run_method("pooled", inputs, settings).mask
-    masks["random"] = ranks["random"] < k if fast else run_method("random", inputs, settings).mask
-    w = who_loses(inputs, settings, masks, own=result.task_masks if fast else None,
-                  norm=ranks["norm"] if fast else None)
-    return viz.who_loses(w), w["reading"]
-
-
-def who_loses_ranks(stats: dict, score: str, ranked: M.RankedScores) -> dict:
-    """What `who_loses_view` needs that no slider changes: the tasks' normalised scores (`ranked`: theirs), and the
-    per-layer ranks of the pooled method's scores and of the random method's keys (its default seed), as
-    diet.methods computes them."""
-    from diet.methods import pooled_stats, unit_scores
-
-    pooled = unit_scores(pooled_stats(list(stats.values())), score)
-    L, n = ranked.scores.shape[1:]
-    return {"norm": [M.normalise(s) for s in ranked.scores],
-            "pooled": M.desc_ranks(M.normalise(pooled)),
-            "random": M.desc_ranks(np.random.default_rng(MethodSettings().seed).random((L, n)))}
-
-
-def upset_figure(result: MaskResult):
-    inter = M.intersections(result.task_masks)
-    combos = sorted(inter, key=lambda c: (-inter[c], len(c), c))[: viz.MAX_UPSET_BARS]
-    return viz.upset(inter, result.tasks, viz.expected_intersections(result.task_masks, combos))
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -720,21 +540,6 @@ def counts_notes(results: list) -> list[str]:
     return out
 
 
-def comparison_table(comp: dict) -> list[dict]:
-    """Rows for the dense-vs-pruned table (fractions; the page formats them), then the unweighted average."""
-    rows = []
-    for d, p in zip(comp["dense"], comp["pruned"]):
-        rows.append({"task": d.task, "metric": d.metric,
-                     "items": d.note if d.calibration_items else f"{d.n} of {d.total}" + (" (preview)" if d.preview
-                                                                                          else ""),
-                     "dense": d.value, "pruned": p.value, "Δ": p.value - d.value, "dense acc": d.acc,
-                     "pruned acc": p.acc, "dense acc_norm": d.acc_norm, "pruned acc_norm": p.acc_norm})
-    numeric = [k for k in rows[0] if k not in ("task", "metric", "items")]
-    rows.append({"task": "average", "metric": "primary", "items": "",
-                 **{k: float(np.mean([r[k] for r in rows])) for k in numeric}})
-    return rows
-
-
 # ----------------------------------------------------------------------------------------------- export
 
 
@@ -769,52 +574,3 @@ def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bo
         return str(path)
 
     return run
-
-
-# ----------------------------------------------------------------------------------------------- report
-
-
-def _table_html(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
-    body = ""
-    for r in rows:
-        cells = "".join(f"<td>{'' if v is None else (f'{v:.4f}' if isinstance(v, float) else html.escape(str(v)))}"
-                        "</td>" for v in r.values())
-        body += f"<tr>{cells}</tr>"
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def report(model_name: str, result: MaskResult, stats: dict, comparison: dict | None = None,
-           sweep: dict | None = None) -> str:
-    """The downloadable HTML report: settings, every mask figure with its caption, measured results if any."""
-    s = result.summary
-    method = get_method(result.method)
-    notes = [f"Model: {model_name}. Tasks: {', '.join(mask_stats(result, stats))}.",
-             f"Method: {result.method} — {method.description}."
-             + (f" Method settings: {s['method_settings']}." if "method_settings" in s else ""),
-             f"Mask settings: {asdict(result.settings)} (our defaults: exact budget, mean |x|, per-layer).",
-             f"Removed {s['unit_sparsity']:.1%} of MLP channels = {s['params_removed']:,} parameters "
-             f"({s['param_sparsity']:.1%} of the model).",
-             "No mask is claimed to be better than any other: the measured results below are what counts."]
-    sections = [(t, c, f) for t, c, f in mask_figures(result, stats)]
-    if comparison:
-        tasks = comparison["tasks"]
-        sections.append(("Dense vs pruned (measured)", viz.CAPTIONS["accuracy"],
-                         viz.accuracy_bars(tasks + ["average"],
-                                           [r.value for r in comparison["dense"]] + [average(comparison["dense"])],
-                                           [r.value for r in comparison["pruned"]] + [average(comparison["pruned"])])))
-        sections.append(("Results table", "", _table_html(comparison_table(comparison))))
-    if sweep:
-        from diet import sweep as S
-
-        lim = sweep["settings"]["limit"]
-        sections.append(("Sweep: accuracy vs sparsity (measured)", SWEEP_CAPTION
-                         + (f" Preview: first {lim} items per task." if lim else ""), S.figure(sweep["rows"])))
-        sections.append(("Sweep results (tidy table)", "", _table_html(S.table(sweep["rows"]).to_dict("records"))))
-    return viz.report_html(f"DIET Explorer report — {model_name}", sections, notes)
-
-
-SWEEP_CAPTION = ("Mean over the evaluation tasks of each task's primary metric, per method and sparsity (fraction of "
-                 "MLP channels removed); the dashed line is the dense model. Every point is a measured pruned model.")

@@ -21,6 +21,7 @@ from diet.evaluate import EvalSettings, evaluate_task
 from diet.jobs import CANCELLED, DONE, FAILED, Job, JobRunner
 from diet.models import LoadedModel, count_parameters
 from diet.profile import Cancelled, Stats
+from diet.report import report
 from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
 from diet.tasks import get_task
 from tests.test_viz import arr
@@ -230,7 +231,8 @@ def test_every_task_shows_its_own_counts(cache_dir, tiny_lm):
 
 
 def test_results_say_when_items_went_to_calibration(tmp_path, tiny_lm):
-    from pages._work import comparison_table, counts_notes
+    from diet.report import comparison_table
+    from pages._work import counts_notes
 
     records = [{"context": f"Q{i}:", "choices": ["yes", "no"], "gold": i % 2} for i in range(40)]
     path = tmp_path / "forty.jsonl"
@@ -245,7 +247,8 @@ def test_results_say_when_items_went_to_calibration(tmp_path, tiny_lm):
 def test_slider_fast_path_equals_build_mask_and_split_half_overlap():
     # what a slider move runs on the Masks page (ranks computed once) against the engine, on random statistics
     from diet.api import split_half_overlap
-    from pages._work import diet_mask, half_ranks, ranked_scores, split_halves, who_loses_ranks, who_loses_view
+    from diet.report import half_ranks, split_halves, who_loses_ranks, who_loses_view
+    from pages._work import diet_mask, ranked_scores
 
     rng = np.random.default_rng(11)
     for case in range(12):
@@ -460,10 +463,11 @@ def test_flap_compensation_reaches_pruning_and_export_explains_itself(cache_dir,
     assert not at.exception and not at.error
     assert not at.warning and not at.button(key="btn_export").disabled  # a Llama config carries the bias (mlp_bias)
     assert [b.label for b in at.get("download_button")][0] == "Download the mask (JSON)"
-    import pages._work as W
 
-    page = W.report("tiny-llama", at.session_state["mask_result"], stats)  # what the report button builds
-    assert "<h2>Kept channels" in page and "<h2>Votes" not in page and "Method: flap" in page
+    page = report("tiny-llama", at.session_state["mask_result"], stats)  # what the report button builds
+    assert "<h2>Kept channels" in page and "<h2>Votes" not in page and "<td>Method</td><td>flap — " in page
+    assert page.index("Removed ") < page.index("<h2>Settings") < page.index("<h2>Kept channels")  # headline first
+    assert "{'sparsity'" not in page  # settings as a table, not a Python dict
 
 
 def test_settings_hidden_for_a_method_change_nothing_and_shown_ones_matter():
@@ -546,7 +550,6 @@ def test_prune_page_measures_dense_vs_pruned_like_the_engine(cache_dir, tiny_lm)
 def test_export_page_writes_a_loadable_folder_and_explains_failures(cache_dir, tiny_lm, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    import pages._work as W
 
     stats = profile_tasks(tiny_lm, [get_task("arithmetic"), get_task("capitals")], ProfileSettings(samples=8))
     at = open_page(EXPORT, tiny_lm, stats=stats)
@@ -579,7 +582,7 @@ def test_export_page_writes_a_loadable_folder_and_explains_failures(cache_dir, t
     assert json.loads((het / "diet_settings.json").read_text())["mode"] == "heterogeneous"
     assert "trust_remote_code=True" in at.code[0].value
 
-    page = W.report("tiny-llama", result, stats)
+    page = report("tiny-llama", result, stats)
     for title in ("Kept channels", "Votes", "Overlap between task masks", "Is the overlap meaningful?",
                   "Intersections", "Parameters"):
         assert f"<h2>{title}" in page
@@ -634,9 +637,8 @@ def test_sweep_page_equals_run_sweep_and_reuses_its_cells(cache_dir, tiny_lm, mo
     np.testing.assert_allclose(arr(curves["diet"]["y"]), pruned_means.loc["diet"].to_numpy(), rtol=1e-6)
     csv = next(b for b in at.get("download_button") if b.proto.label == "Download the table (CSV)")
     assert csv is not None
-    import pages._work as W
 
-    page = W.report("tiny-llama", build_mask(stats, MaskSettings()), stats, sweep=sweep)  # the sweep in the report
+    page = report("tiny-llama", build_mask(stats, MaskSettings()), stats, sweep=sweep)  # the sweep in the report
     assert "<h2>Sweep: accuracy vs sparsity" in page and "<h2>Sweep results" in page
 
     at.button(key="btn_sweep").click().run()  # the same sweep again: read from the cache, nothing evaluated
