@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -238,14 +239,30 @@ def _score_batch(model: torch.nn.Module, batch, conts: list[list[int]], keep_arg
     return scores
 
 
+def _smaller_batch(size: int, say: Callable[[str], None] | None) -> int:
+    """After a CUDA out-of-memory error at `size` contexts per pass: half of it (the rest of the run keeps it),
+    said on stderr (or through `say`); at 1 there is nothing left to halve, so the run stops with the way out."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if size <= 1:
+        raise DietError("CUDA out of memory even at batch 1: use --device-map auto, a smaller --max-length, or a "
+                        "GPU with more free memory")
+    smaller = max(1, size // 2)
+    (say or (lambda m: print(m, file=sys.stderr)))(
+        f"CUDA out of memory at batch {size}: retrying with batch {smaller}")
+    return smaller
+
+
 @torch.inference_mode()
 def loglikelihoods(model: torch.nn.Module, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16,
-                   max_length: int = 2048, progress: Progress | None = None) -> list[float]:
+                   max_length: int = 2048, progress: Progress | None = None,
+                   say: Callable[[str], None] | None = None) -> list[float]:
     """Loglikelihood of each (context, continuation) request: equal to `reference_loglikelihoods` (fp32 noise).
 
     Requests whose token context is identical (the choices of one item) share one context pass. Requests that
     would be truncated (context + continuation > max_length + 1 tokens) take the reference path, since their
-    truncated contexts differ per choice. `progress(done, total)` counts scored requests."""
+    truncated contexts differ per choice. `progress(done, total)` counts scored requests. A CUDA out-of-memory
+    error halves the batch (down to 1) and retries; `say` (default: stderr) is told."""
     if batch_size < 1:
         raise DietError(f"batch_size must be at least 1, got {batch_size}")
     encoded = _checked(tokenizer, requests)
@@ -261,9 +278,18 @@ def loglikelihoods(model: torch.nn.Module, tokenizer, requests: Sequence[tuple[s
     conts = [cont for _, cont in encoded]
     keep_arg = "logits_to_keep" in _forward_kwargs(model)
     done = 0
-    for batch in _batches(list(groups.items()), conts, batch_size):
-        for r, value in _score_batch(model, [(list(c), m) for c, m in batch], conts, keep_arg).items():
+    pending = [g for batch in _batches(list(groups.items()), conts, batch_size) for g in batch]
+    size, start = batch_size, 0
+    while start < len(pending):
+        batch = pending[start: start + size]
+        try:
+            scored = _score_batch(model, [(list(c), m) for c, m in batch], conts, keep_arg)
+        except torch.cuda.OutOfMemoryError:
+            size = _smaller_batch(size, say)
+            continue
+        for r, value in scored.items():
             result[r] = value
+        start += len(batch)
         done += sum(len(m) for _, m in batch)
         if progress:
             progress(done, total)

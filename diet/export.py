@@ -225,24 +225,41 @@ def _zero_channels(layer, family, channels) -> None:
                     lin.bias[idx] = 0
 
 
-def build_export_model(model, keep: list[np.ndarray], mode: str, unit: str = "mlp"):
-    """A new model (the given one is left dense) in the shape `mode` writes, computing the masked model's function."""
+def shared_copy(model):
+    """A copy of `model`'s modules that shares every parameter and buffer tensor with it.
+
+    Why: pruning replaces the sliced layers' weights with new tensors and never writes into the old ones, so a
+    pruned copy only needs its own module tree; everything pruning leaves alone (embeddings, norms, the other
+    unit) stays one tensor for both models. Do not write into either model's weights in place afterwards."""
+    import itertools
+
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def build_export_model(model, keep: list[np.ndarray], mode: str, unit: str = "mlp", in_place: bool = False,
+                       release: bool = False):
+    """The model in the shape `mode` writes, computing the masked model's function.
+
+    `in_place=False`: `model` is left dense and the result shares the tensors pruning does not touch with it
+    (`shared_copy`). `in_place=True`: `model` itself is cut layer by layer (nothing is copied; a heterogeneous
+    model takes over its tensors); use what this returns, not `model`. `release`: see `diet.prune.prune_units`.
+    """
     from diet.adapters import get_unit
     from diet.prune import prune_units
 
+    base = model if in_place else shared_copy(model)
     widths = [len(k) for k in keep]
     if mode in SERVING_MODES:  # exact slicing per layer; the writer turns it into the engine's format
-        return prune_units(copy.deepcopy(model), keep, unit=unit)
+        return prune_units(base, keep, unit=unit, release=release)
     if mode == "uniform":
         if len(set(widths)) != 1:
             raise DietError("uniform export needs the same kept count in every layer")
-        return prune_units(copy.deepcopy(model), keep, unit=unit)
+        return prune_units(base, keep, unit=unit, release=release)
     if unit != "mlp":
         raise DietError(f"{mode} export supports MLP channels only; a {unit!r} mask exports in uniform mode")
     if mode == "heterogeneous":
-        from diet.hetero import to_heterogeneous
-
-        return to_heterogeneous(prune_units(copy.deepcopy(model), keep), widths)
+        return _heterogeneous(prune_units(base, keep, release=release), widths)
     if mode != "padded":
         raise DietError(f"unknown export mode {mode!r}: use one of {', '.join(MODES)}")
     unit = get_unit(model)
@@ -255,11 +272,38 @@ def build_export_model(model, keep: list[np.ndarray], mode: str, unit: str = "ml
         stored = np.union1d(k, pad)
         slots.append(stored)
         pads.append(np.searchsorted(stored, pad))
-    padded = prune_units(copy.deepcopy(model), slots)
+    padded = prune_units(base, slots, release=release)
     for layer, pad in zip(unit.family.layers(padded), pads, strict=True):
         if len(pad):
             _zero_channels(layer, unit.family, pad)
     return padded
+
+
+def _heterogeneous(pruned, widths: list[int]):
+    """The heterogeneous-class model holding exactly `pruned`'s tensors (no copy: built on the meta device, then
+    given the very tensors of `pruned`; buffers that are not saved, such as RoPE's, are taken over too)."""
+    import torch
+
+    from diet.hetero import hetero_config
+    from diet.modeling_diet import CLASSES
+
+    config = hetero_config(pruned.config, widths)  # refuses an unsupported family in one line
+    _, model_cls = CLASSES[pruned.config.model_type]
+    dtype = next(pruned.parameters()).dtype
+    with torch.device("meta"):
+        model = model_cls._from_config(config, dtype=dtype)
+    model.load_state_dict(pruned.state_dict(), strict=True, assign=True)
+    for name, buf in pruned.named_buffers():
+        owner, _, attr = name.rpartition(".")
+        target = model.get_submodule(owner) if owner else model
+        setattr(target, attr, buf)  # an existing buffer name: stays a buffer, persistence unchanged
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if left:
+        raise DietError(f"heterogeneous export could not take over {left[:3]} from the pruned model")
+    model.generation_config = pruned.generation_config
+    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------------ sizes
@@ -297,17 +341,19 @@ def _evaluation_dict(evaluation) -> dict[str, list[dict]] | None:
     return tables or None
 
 
-def evaluate_pair(lm, pruned, tasks: list[str], eval_settings, say: Say) -> dict[str, list]:
-    """Dense and pruned scores on the mask's own tasks, for the card (same scorer, same items)."""
+def evaluate_one(model, tokenizer, label: str, tasks: list[str], eval_settings, say: Say) -> list:
+    """One model's scores on the mask's own tasks (the dense side is scored before an in-place prune)."""
     from diet.evaluate import evaluate_tasks
     from diet.tasks import get_task
 
-    resolved = [get_task(t) for t in tasks]
-    out = {}
-    for label, model in (("dense", lm.model), ("pruned", pruned)):
-        say(f"evaluating the {label} model on {', '.join(tasks)}...")
-        out[label] = evaluate_tasks(model, lm.tokenizer, resolved, eval_settings)
-    return out
+    say(f"evaluating the {label} model on {', '.join(tasks)}...")
+    return evaluate_tasks(model, tokenizer, [get_task(t) for t in tasks], eval_settings)
+
+
+def evaluate_pair(lm, pruned, tasks: list[str], eval_settings, say: Say) -> dict[str, list]:
+    """Dense (`lm.model`) and pruned scores on the mask's own tasks, for the card (same scorer, same items)."""
+    return {label: evaluate_one(model, lm.tokenizer, label, tasks, eval_settings, say)
+            for label, model in (("dense", lm.model), ("pruned", pruned))}
 
 
 def check_serving(lm, result, mode: str, outtype: str = "f32") -> None:
@@ -329,7 +375,7 @@ def check_serving(lm, result, mode: str, outtype: str = "f32") -> None:
         check_request(get_family(lm.model).name, ffn, kept if heads else None)
 
 
-def _write_model(mode: str, model, lm, folder: Path, outtype: str, name: str) -> dict:
+def _write_model(mode: str, model, lm, folder: Path, outtype: str, name: str, max_shard_size: str = "2GB") -> dict:
     """Write the weights (+ config and tokenizer where the format has them); returns {"params_stored", ...}."""
     from diet.models import count_parameters
 
@@ -342,15 +388,16 @@ def _write_model(mode: str, model, lm, folder: Path, outtype: str, name: str) ->
 
         info = write_vllm_folder(model, folder)
     else:
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, max_shard_size=max_shard_size)  # shards + index; written from the tensors
         info = {}
     lm.tokenizer.save_pretrained(folder)
     return {"params_stored": count_parameters(model), **info}
 
 
-def _compensated_base(lm, result, mode: str, unit: str, compensation, texts, say: Say) -> tuple:
-    """(the model to cut, what was done): a compensated masked copy when a bias or an lstsq refit is asked for,
-    else the loaded model itself (the cutting code copies it)."""
+def _compensated_base(lm, result, mode: str, unit: str, compensation, texts, say: Say,
+                      in_place: bool = False) -> tuple:
+    """(the model to cut, what was done): a compensated masked copy when a bias or an lstsq refit is asked for
+    (`in_place`: the loaded model itself, compensated in place), else the loaded model itself."""
     from diet.compensate import bias_supported, compensate_masked, fit_texts
 
     lstsq = compensation if compensation is not None and compensation.method == "lstsq" else None
@@ -368,7 +415,7 @@ def _compensated_base(lm, result, mode: str, unit: str, compensation, texts, say
         from diet.tasks import get_task
 
         texts = fit_texts([get_task(t) for t in result.tasks], lstsq)
-    base = copy.deepcopy(lm.model)
+    base = lm.model if in_place else copy.deepcopy(lm.model)
     if lstsq is not None:
         say(f"lstsq: refitting every layer's output projection on {len(texts)} calibration texts...")
     report = compensate_masked(base, result.keep(), unit, means, lstsq, lm.tokenizer, texts)
@@ -378,11 +425,56 @@ def _compensated_base(lm, result, mode: str, unit: str, compensation, texts, say
     return base, info
 
 
+def prune_for_export(lm, result, mode: str, compensation=None, texts: list[str] | None = None,
+                     say: Say | None = None, in_place: bool = True, release: bool = True) -> tuple:
+    """(the model an export writes, compensation info): `lm.model` cut to `mode`'s shape, compensated first when
+    asked. Every writer (save_pretrained, GGUF, vLLM) writes what this returns.
+
+    `in_place=True` (what the CLI does): the loaded model itself is cut, layer by layer, with no second copy;
+    `lm.model` becomes the pruned model and `lm.pruned` says so (profiling it is refused from then on).
+    `release`: give back the dense weights' file pages as they are replaced (`diet.prune.prune_units`).
+    `in_place=False`: `lm.model` stays dense; the result shares the untouched tensors with it.
+    """
+    from diet.prune import mark_pruned
+
+    say = say or (lambda m: None)
+    unit = result.shape.get("unit", "mlp")
+    base, comp_info = _compensated_base(lm, result, mode, unit, compensation, texts, say, in_place)
+    owned = in_place or base is not lm.model  # a compensated copy is ours to cut as well
+    model = build_export_model(base, result.keep(), mode, unit, in_place=owned, release=release and in_place)
+    del base
+    if comp_info.get("method") == "bias":
+        from diet.compensate import enable_output_bias
+
+        enable_output_bias(model, unit)
+    if in_place:
+        lm.model = model
+        lm.pruned = f"{mode} export of a {getattr(result, 'method', 'diet')} mask"
+        mark_pruned(model, lm.pruned)
+    return model, comp_info
+
+
+def _dense_twin(lm, result, compensation):
+    """The dense model kept for interleaved timing next to an in-place prune. It shares tensors with the loaded
+    model unless a compensation will write into weights in place (then a full copy)."""
+    if compensation is not None or getattr(result, "compensation", None) is not None:
+        return copy.deepcopy(lm.model)
+    return shared_copy(lm.model)
+
+
+def model_dtype(model) -> str:
+    """The dtype most of the model's weights are in, as a word ("bfloat16")."""
+    counts: dict[str, int] = {}
+    for p in model.parameters():
+        counts[str(p.dtype).removeprefix("torch.")] = counts.get(str(p.dtype).removeprefix("torch."), 0) + p.numel()
+    return max(counts, key=counts.get) if counts else "unknown"
+
+
 def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite: bool = False,
                  extra: dict | None = None, evaluation=None, speed=None, eval_settings=None,
                  say: Say | None = None, outtype: str = "f32", round_to: int = 1, compensation=None,
-                 texts: list[str] | None = None) -> Path:
-    """Prune a copy of `lm.model` per `result` and write the export folder atomically; returns its path.
+                 texts: list[str] | None = None, in_place: bool = False, max_shard_size: str = "2GB") -> Path:
+    """Prune `lm.model` per `result` (a copy, or itself with `in_place`) and write the export folder atomically.
 
     mode=None picks `uniform` when every layer keeps the same count, else `padded`. `evaluation`: an optional list
     of TaskResult (dicts) of the pruned model, or {"dense": [...], "pruned": [...]}, shown in the card; or
@@ -393,6 +485,9 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     `diet.settings.CompensationSettings`; "lstsq" refits the output projections on `texts` (default: calibration
     texts of the mask's tasks) before cutting; a bias (`result.compensation`, FLAP's or "bias") is written where the
     family's stock config can carry it (`diet.compensate.bias_supported`) and refused clearly elsewhere.
+    `in_place`: cut the loaded model itself (see `prune_for_export`): the dense side of any comparison is measured
+    first, so only `speed.interleaved` keeps a dense twin. `max_shard_size`: weight files are written in shards of
+    at most this size plus an index (the weights are in the dtype the model was loaded in).
     """
     from diet import __version__
     from diet.modelcard import CardFacts, render_card, write_plots
@@ -409,22 +504,29 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     mode = resolve_mode(result, mode)
     check_serving(lm, result, mode, outtype)
     keep = result.keep()
-    unit = result.shape.get("unit", "mlp")
-    base, comp_info = _compensated_base(lm, result, mode, unit, compensation, texts, say)
-    model = build_export_model(base, keep, mode, unit)
-    del base
-    if comp_info.get("method") == "bias":
-        from diet.compensate import enable_output_bias
+    params_before, (disk_before, estimated), dtype = count_parameters(lm.model), _disk_before(lm), model_dtype(lm.model)
+    tasks = list(result.tasks)
+    want_eval = eval_settings is not None and evaluation is None
+    want_speed = speed is not None and speed.repeats > 0
+    dense_eval = dense_times = twin = None
+    if in_place and want_eval:
+        dense_eval = evaluate_one(lm.model, lm.tokenizer, "dense", tasks, eval_settings, say)
+    if in_place and want_speed:
+        if speed.interleaved:
+            twin = _dense_twin(lm, result, compensation)
+        else:
+            from diet.timing import time_model
 
-        enable_output_bias(model, unit)
-    if eval_settings is not None and evaluation is None:
-        evaluation = evaluate_pair(lm, model, list(result.tasks), eval_settings, say)
-    measured = None
-    if speed is not None and speed.repeats > 0:
-        from diet.timing import measure_speed
-
-        say(f"measuring forward speed, dense vs pruned (batch {', '.join(map(str, speed.batch_sizes))})...")
-        measured = measure_speed({"dense": lm.model, "pruned": model}, speed)
+            say(f"timing the dense model's forward pass (batch {', '.join(map(str, speed.batch_sizes))})...")
+            dense_times = time_model(lm.model, speed)
+    dense = twin if in_place else lm.model
+    model, comp_info = prune_for_export(lm, result, mode, compensation, texts, say, in_place, release=twin is None)
+    if want_eval:
+        dense_eval = dense_eval or evaluate_one(dense, lm.tokenizer, "dense", tasks, eval_settings, say)
+        evaluation = {"dense": dense_eval, "pruned": evaluate_one(model, lm.tokenizer, "pruned", tasks,
+                                                                  eval_settings, say)}
+    measured = _measure_speed(dense, model, dense_times, speed, say) if want_speed else None
+    del dense, twin
     s = result.summary
     source = {"model": lm.spec.name, "model_identity": lm.identity}
     settings = {"format": "diet-export/1", "diet_version": __version__, "mode": mode, **source,
@@ -432,27 +534,27 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
                 "mask": asdict(result.settings),
                 "kept_per_layer": [len(k) for k in keep], "params_logical": int(s["params_after"]),
                 **({"outtype": outtype} if mode == "gguf" else {}), **({"round_to": round_to} if round_to > 1 else {}),
-                **({"compensation": comp_info} if comp_info else {}), **(extra or {})}
+                **({"compensation": comp_info} if comp_info else {}), "dtype": dtype, **(extra or {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        written = _write_model(mode, model, lm, tmp, outtype, f"{lm.spec.name} pruned with DIET")
+        written = _write_model(mode, model, lm, tmp, outtype, f"{lm.spec.name} pruned with DIET", max_shard_size)
         settings["params_stored"] = int(written["params_stored"])
         settings.update({k: v for k, v in written.items() if k in ("arch", "bytes")})
         write_mask_files(tmp, result, source)
         atomic_write_json(tmp / "diet_settings.json", settings)
         unit = result.shape.get("unit", "mlp")
         plots = write_plots(tmp, list(result.shape["widths"]), [len(k) for k in keep], s.get("votes_histogram"), unit)
-        disk_before, estimated = _disk_before(lm)
         facts = CardFacts(
             base_model=lm.spec.name, base_identity=lm.identity, mode=mode, tasks=list(result.tasks),
             mask_settings=asdict(result.settings), unit_sparsity=float(s["unit_sparsity"]),
-            param_sparsity=float(s["param_sparsity"]), params_before=count_parameters(lm.model),
+            param_sparsity=float(s["param_sparsity"]), params_before=params_before,
             params_stored=int(written["params_stored"]), params_effective=int(s["params_after"]),
             widths=list(result.shape["widths"]), kept_per_layer=[len(k) for k in keep],
             votes_histogram=s.get("votes_histogram"), disk_before=disk_before, disk_before_estimated=estimated,
             disk_after=sum(p.stat().st_size for p in _weight_files(tmp)), evaluation=_evaluation_dict(evaluation),
-            speed=measured, plots=plots, unit=unit, extra={k: v for k, v in (extra or {}).items() if k != "evaluation"})
+            speed=measured, plots=plots, unit=unit, extra={k: v for k, v in (extra or {}).items() if k != "evaluation"},
+            dtype=dtype)
         (tmp / "README.md").write_text(render_card(facts, folder_hint=str(out)))
         pickles = [p.name for p in tmp.rglob("*") if p.suffix in PICKLE_SUFFIXES]
         if pickles:
@@ -461,6 +563,20 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _measure_speed(dense, model, dense_times, speed, say: Say) -> dict:
+    """Dense vs pruned forward speed: interleaved when both models are here, else the pruned model's times next to
+    the dense times taken before the in-place prune."""
+    from diet.models import input_device
+    from diet.timing import measure_speed, speed_report, time_model
+
+    if dense_times is None:
+        say(f"measuring forward speed, dense vs pruned (batch {', '.join(map(str, speed.batch_sizes))})...")
+        return measure_speed({"dense": dense, "pruned": model}, speed)
+    say("timing the pruned model's forward pass...")
+    pruned_times = time_model(model, speed, vocab=int(model.config.vocab_size))
+    return speed_report({"dense": dense_times, "pruned": pruned_times}, speed, input_device(model), "sequential")
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -480,7 +596,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def apply_mask(lm, mask_path: str | Path, out: str | Path, mode: str | None = None, overwrite: bool = False,
-               speed=None, eval_settings=None, say: Say = print, outtype: str = "f32", round_to: int = 1) -> Path:
+               speed=None, eval_settings=None, say: Say = print, outtype: str = "f32", round_to: int = 1,
+               in_place: bool = False) -> Path:
     """Re-apply a saved mask (a few KB) to its base model and export: the alternative to sharing a checkpoint."""
     from diet import masks as M
     from diet.adapters import model_shape
@@ -493,5 +610,5 @@ def apply_mask(lm, mask_path: str | Path, out: str | Path, mode: str | None = No
     result.summary = {**result.summary, **M.param_summary(result.mask, shape),
                       "kept_per_layer": M.kept_per_layer(result.mask).tolist()}
     return export_model(lm, result, out, mode=mode, overwrite=overwrite, speed=speed, eval_settings=eval_settings,
-                        say=say, outtype=outtype, round_to=round_to,
+                        say=say, outtype=outtype, round_to=round_to, in_place=in_place,
                         extra={"mask_source": {"path": str(Path(mask_path).resolve()), **source}})

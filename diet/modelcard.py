@@ -56,6 +56,13 @@ MODE_WORDS = {
 }
 
 
+SPEED_ORDER_WORDS = {
+    "interleaved": "dense and pruned interleaved in one run",
+    "sequential": "the dense model first, then the same model pruned in place (one copy in memory; the two "
+                  "were timed one after the other, so a change in machine load would show in the ratio)",
+}
+
+
 @dataclass(frozen=True)
 class CardFacts:
     """Everything the card states. Sizes in bytes; `None` where unknown or not measured."""
@@ -78,6 +85,7 @@ class CardFacts:
     disk_after: int | None = None  # weight files written here
     evaluation: dict[str, list[dict]] | None = None  # label ("dense", "pruned") -> TaskResult dicts
     speed: dict | None = None  # diet.timing.measure_speed output
+    dtype: str | None = None  # the weights' dtype in this folder (the dtype the base model was loaded in)
     plots: list[str] = field(default_factory=list)  # PNG file names in the folder
     extra: dict = field(default_factory=dict)  # profile settings and the like, shown as JSON
     unit: str = "mlp"  # "mlp" (MLP channels) or "heads" (attention KV groups)
@@ -208,12 +216,15 @@ def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
         f"- Mask settings: `{json.dumps(f.mask_settings, sort_keys=True)}`",
         f"- Base model identity (content fingerprint): `{f.base_identity}`",
     ]
+    if f.dtype:
+        out.append(f"- Weights dtype: {f.dtype} (the dtype the base model was loaded in; no conversion on export)")
     if f.extra:
         out.append(f"- Other settings: `{json.dumps(f.extra, sort_keys=True, default=str)}`")
     out += ["", "## Measured forward speed", ""]
     if f.speed:
         out += [f"Measured on {f.speed['device']} ({f.speed['threads']} threads), median of {f.speed['repeats']} "
-                "forward passes per model, dense and pruned interleaved in one run:", "", _speed_table(f.speed),
+                "forward passes per model, " + SPEED_ORDER_WORDS[f.speed.get("order", "interleaved")] + ":", "",
+                _speed_table(f.speed),
                 "", "Speed depends on the hardware, batch size and kernels; measure on yours."]
     else:
         out.append("Not measured for this export.")

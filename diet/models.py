@@ -15,13 +15,13 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from diet.errors import DietError
-from diet.settings import DEFAULT_MODEL, ModelSpec
+from diet.settings import DEFAULT_MODEL, ModelSpec, cache_root
 
 EMBEDDED = {
     # name -> (package holding the GGUF, file name, what it is)
@@ -31,20 +31,16 @@ EMBEDDED = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def cache_root() -> Path:
-    """Where converted models, statistics and results live. `DIET_CACHE` overrides ~/.cache/diet."""
-    return Path(os.environ.get("DIET_CACHE") or Path.home() / ".cache" / "diet")
-
-
 @dataclass
 class LoadedModel:
     """A model with everything the engine needs to know about where it came from."""
 
     model: torch.nn.Module
     tokenizer: object
-    spec: ModelSpec
+    spec: ModelSpec  # as loaded: `dtype` is the concrete dtype ("auto" resolved), since it enters cache keys
     path: str  # a local folder with config + weights + tokenizer (what lm-eval or vLLM would load)
     identity: str  # content fingerprint: changes when the weights change, so cached statistics do too
+    pruned: str | None = None  # set when `model` was pruned in place (an export): it is no longer the dense model
 
 
 def resolve_device(device: str) -> str:
@@ -145,21 +141,103 @@ def _resolve_source(spec: ModelSpec, say: Callable[[str], None]) -> tuple[str, s
     return spec.name, f"hub:{spec.name}@{spec.revision or 'main'}"
 
 
-def load_model(spec: ModelSpec | str = ModelSpec(), say: Callable[[str], None] = print) -> LoadedModel:
-    """Load model + tokenizer per `spec`. Every user-side problem becomes a one-line `DietError`."""
+def _read_config(source: str, spec: ModelSpec) -> dict | None:
+    """config.json of a local folder, or of a hub id through transformers (None when it cannot be read)."""
+    folder = Path(source)
+    if (folder / "config.json").is_file():
+        try:
+            return json.loads((folder / "config.json").read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DietError(f"{folder / 'config.json'} is not readable JSON: {e}") from None
+    if spec.dtype != "auto":  # a hub config is only needed to resolve "auto"
+        return None
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(source, revision=spec.revision,
+                                          trust_remote_code=spec.trust_remote_code).to_dict()
+    except Exception:  # hub unreachable or gated: the load below says so in its own words
+        return None
+
+
+def resolve_dtype(spec: ModelSpec, config: dict | None, say: Callable[[str], None] = print) -> str:
+    """The concrete dtype to load: the user's, or for "auto" the one the checkpoint was saved in (float32 when its
+    config names none, said in a note)."""
+    from diet.memory import config_dtype
+
+    if spec.dtype != "auto":
+        return spec.dtype
+    saved = config_dtype(config or {})
+    if saved in DTYPES:
+        return saved
+    if saved:
+        say(f"note: {spec.name} was saved in {saved}, which DIET does not compute in; loading float32 "
+            "(pass --dtype bfloat16 for half the memory)")
+    else:
+        say(f"note: {spec.name}'s config names no dtype; loading float32 (pass --dtype bfloat16 or float16 for "
+            "half the memory)")
+    return "float32"
+
+
+def parse_device_map(value: str | None):
+    """--device-map: None, a name accelerate knows ("auto", "balanced", "sequential", "cpu", "cuda:0"), or a JSON
+    object {"module name": device} (devices: a GPU index, "cpu", "disk")."""
+    if value is None or not value.strip().startswith("{"):
+        return value
+    try:
+        mapping = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise DietError(f"--device-map is not valid JSON: {e}") from None
+    if not isinstance(mapping, dict) or not mapping:
+        raise DietError("--device-map JSON must be an object {\"module name\": device, ...}")
+    return mapping
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where input ids go: the embedding's device (a device map may put it anywhere; offloaded = CPU)."""
+    weight = model.get_input_embeddings().weight
+    if weight.device.type == "meta":  # offloaded by accelerate: its hooks run it on the CPU
+        return torch.device("cpu")
+    return weight.device
+
+
+def _check_memory(spec: ModelSpec, source: str, dtype: str, work, config: dict | None) -> None:
+    """Refuse before loading when the weights plus the largest activation cannot fit (local folders; a device map
+    spreads the model on purpose, so it is not checked)."""
+    from diet.memory import Workload, check_fits, estimate
+
+    if spec.device_map or config is None or not (Path(source) / "config.json").is_file():
+        return
+    work = work or Workload()
+    est = estimate(Path(source), dtype, spec.quantization, work)
+    check_fits(spec.name, est, resolve_device(spec.device), work, spec.quantization)
+
+
+def load_model(spec: ModelSpec | str = ModelSpec(), say: Callable[[str], None] = print, work=None) -> LoadedModel:
+    """Load model + tokenizer per `spec`. Every user-side problem becomes a one-line `DietError`.
+
+    `work` (a `diet.memory.Workload`): the largest forward pass the caller will run, for the memory check made
+    before loading (default: 8 sequences x 256 tokens). The returned spec holds the concrete dtype.
+    """
     if isinstance(spec, str):
         spec = ModelSpec(name=spec)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, identity = _resolve_source(spec, say)
-    kwargs: dict = {"dtype": DTYPES[spec.dtype], "trust_remote_code": spec.trust_remote_code}
+    config = _read_config(source, spec)
+    dtype = resolve_dtype(spec, config, say)
+    spec = replace(spec, dtype=dtype)
+    _check_memory(spec, source, dtype, work, config)
+    kwargs: dict = {"dtype": DTYPES[dtype], "trust_remote_code": spec.trust_remote_code}
     if spec.revision:
         kwargs["revision"] = spec.revision
     if spec.quantization:
         kwargs["quantization_config"] = _bnb_config(spec)
         identity += f":{spec.quantization}"
     if spec.device_map:
-        kwargs["device_map"] = spec.device_map
+        kwargs["device_map"] = parse_device_map(spec.device_map)
+        if spec.offload_folder:
+            kwargs["offload_folder"] = spec.offload_folder
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision,
                                                   trust_remote_code=spec.trust_remote_code)

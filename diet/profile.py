@@ -23,6 +23,8 @@ import torch
 
 from diet.adapters import get_unit, model_shape
 from diet.errors import DietError
+from diet.models import input_device
+from diet.prune import check_dense
 from diet.settings import ProfileSettings, sha256_of
 
 Progress = Callable[[int, int], None]  # (texts done, texts total)
@@ -136,13 +138,11 @@ class _Accumulator(HalfSums):
         widths = {self.unit.stat_width(layer) for layer in layers}
         if len(widths) != 1:
             raise DietError("profiling a model whose layers have different widths is not supported")
-        width = widths.pop()
-        dev = next(model.parameters()).device
-        shape = (2, len(layers), width)
-        self.abs_sum = torch.zeros(shape, dtype=torch.float32, device=dev)
-        self.sq_sum = torch.zeros(shape, dtype=torch.float32, device=dev)
-        self.sum = torch.zeros(shape, dtype=torch.float32, device=dev)
-        self.seq_sq_sum = torch.zeros(shape, dtype=torch.float32, device=dev)
+        self.width = widths.pop()
+        # Per layer, on the device that layer runs on (a device map may spread layers over GPUs, CPU and disk):
+        # (abs_sum, sq_sum, sum, seq_sq_sum), each (2, width) fp32, created at the layer's first batch and
+        # gathered to the CPU once at the end (`gathered`), never moved per batch.
+        self.layer_sums: list[tuple[torch.Tensor, ...] | None] = [None] * len(layers)
         self.count = torch.zeros(2, dtype=torch.float64)
         self.seqs = torch.zeros(2, dtype=torch.float64)
         self.seq_weights: torch.Tensor | None = None  # (B, B*T): 1/len(sequence) on that sequence's real tokens
@@ -154,15 +154,27 @@ class _Accumulator(HalfSums):
         def hook(module, args):
             x = args[0]
             x = x.reshape(-1, x.shape[-1]).float()  # (B*T, I)
+            if self.layer_sums[i] is None:
+                self.layer_sums[i] = tuple(torch.zeros(2, x.shape[-1], dtype=torch.float32, device=x.device)
+                                           for _ in range(4))
+            abs_sum, sq_sum, total, seq_sq_sum = self.layer_sums[i]
             w = self.weights.to(x.device)
             ax = x.abs()
-            self.abs_sum[:, i] += w @ ax
-            self.sq_sum[:, i] += w @ (x * x)
-            self.sum[:, i] += w @ x
+            abs_sum += w @ ax
+            sq_sum += w @ (x * x)
+            total += w @ x
             seq_mean = self.seq_weights.to(x.device) @ ax  # (B, I) mean |x| of each sequence
-            self.seq_sq_sum[:, i] += self.seq_halves.to(x.device) @ (seq_mean * seq_mean)
+            seq_sq_sum += self.seq_halves.to(x.device) @ (seq_mean * seq_mean)
 
         return hook
+
+    def gathered(self) -> list[np.ndarray]:
+        """[abs_sum, sq_sum, sum, seq_sq_sum], each (2, L, width) on the CPU (zeros for a layer never reached)."""
+        out = []
+        for k in range(4):
+            rows = [s[k].cpu() if s is not None else torch.zeros(2, self.width) for s in self.layer_sums]
+            out.append(torch.stack(rows, dim=1).numpy())
+        return out
 
     def set_batch(self, attention_mask: torch.Tensor, halves: torch.Tensor) -> None:
         super().set_batch(attention_mask, halves)
@@ -184,7 +196,7 @@ def run_batches(model: torch.nn.Module, tokenizer, texts: list[str], settings: P
     """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     body = model.base_model  # the decoder without the lm_head
-    device = next(model.parameters()).device
+    device = input_device(model)
     done = 0
     try:
         with torch.inference_mode():
@@ -207,8 +219,10 @@ def run_batches(model: torch.nn.Module, tokenizer, texts: list[str], settings: P
 def profile_texts(model: torch.nn.Module, tokenizer, texts: list[str], settings: ProfileSettings,
                   progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> Stats:
     """Run `texts` through the model's decoder body and return the summed unit statistics."""
+    check_dense(model)
     acc = _Accumulator(model, settings.unit)
     run_batches(model, tokenizer, texts, settings, acc, progress, should_stop)
-    return Stats(abs_sum=acc.abs_sum.cpu().numpy(), sq_sum=acc.sq_sum.cpu().numpy(), sum=acc.sum.cpu().numpy(),
-                 count=acc.count.numpy().astype(np.float64), meta={"shape": model_shape(model, settings.unit)},
-                 seq_sq_sum=acc.seq_sq_sum.cpu().numpy(), seqs=acc.seqs.numpy().astype(np.float64))
+    abs_sum, sq_sum, total, seq_sq_sum = acc.gathered()
+    return Stats(abs_sum=abs_sum, sq_sum=sq_sum, sum=total, count=acc.count.numpy().astype(np.float64),
+                 meta={"shape": model_shape(model, settings.unit)}, seq_sq_sum=seq_sq_sum,
+                 seqs=acc.seqs.numpy().astype(np.float64))

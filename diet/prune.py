@@ -6,6 +6,7 @@ exactness test compares against, and it is the `padded` export — outputs ident
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,19 +54,58 @@ def _compensate(u, layers, idx, compensation) -> None:
         u.compensate(layer, k, torch.as_tensor(compensation[i]))
 
 
+_PRUNED_IN_PLACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> what was done to it
+
+
+def mark_pruned(model: torch.nn.Module, what: str) -> None:
+    """Remember that `model` (a loaded model) was pruned in place, so nobody profiles it as the dense model."""
+    _PRUNED_IN_PLACE[model] = what
+
+
+def check_dense(model: torch.nn.Module) -> None:
+    """Refuse to profile a loaded model that an export pruned in place: its statistics would be cached under the
+    dense model's identity."""
+    what = _PRUNED_IN_PLACE.get(model)
+    if what is not None:
+        raise DietError(f"this model was pruned in place ({what}); load it again to profile the dense model")
+
+
+def _check_resident(layer: torch.nn.Module, i: int) -> None:
+    for p in layer.parameters():
+        if p.device.type == "meta":
+            raise DietError(f"layer {i} is offloaded (device map on CPU/disk) and cannot be sliced in place: load "
+                            "the model without --device-map (or with every layer on a GPU) to prune it")
+
+
 def prune_units(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str = "mlp",
-                compensation: np.ndarray | None = None) -> torch.nn.Module:
+                compensation: np.ndarray | None = None, release: bool = False) -> torch.nn.Module:
     """Slice `model` in place to the kept units (per layer: sorted indices, or one boolean (L, I) mask).
 
     Widths may differ per layer; the model runs on the same transformers code. When every layer keeps the same
     count, the config's width is updated so `save_pretrained` gives a stock, loadable config.
     `compensation` (L, channels): the mean input of every profiled channel; when given, the output projection
     gains the bias W[:, pruned] · mean[pruned] (FLAP), so the model then has a bias there (down_proj or o_proj).
+    Layers are sliced one at a time, each old weight dropped before the next layer is cut, so the peak is the
+    model plus one layer's sliced weights. `release=True` also gives back the resident pages of replaced weights
+    that are views of the checkpoint file (`diet.memory.PageReleaser`): use it when nothing else keeps the dense
+    model, so its file pages do not stay counted next to the pruned weights.
     """
+    from diet.memory import PageReleaser
+
     u, layers, idx = _as_index_list(model, keep, unit)
+    for i, layer in enumerate(layers):
+        _check_resident(layer, i)
     _compensate(u, layers, idx, compensation)
+    releaser = PageReleaser() if release else None
     for layer, k in zip(layers, idx, strict=True):
+        before = list(layer.parameters())
         u.slice(layer, k)
+        if releaser is not None:
+            kept = {id(p) for p in layer.parameters()}
+            for p in before:
+                if id(p) not in kept:
+                    releaser.release(p.detach())
+        del before
     widths = {int(k.numel()) for k in idx}
     if unit == "mlp" and len(widths) == 1:
         model.config.intermediate_size = widths.pop()

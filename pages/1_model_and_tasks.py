@@ -24,7 +24,10 @@ from pages._common import (
 )
 from pages._work import estimate_profile_seconds, profile_job, save_upload
 
-DTYPES = ["float32", "bfloat16", "float16"]
+DTYPES = {"auto (checkpoint's)": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+BNB_NOTE = ("8/4-bit statistics are not the fp ones: on SmolLM2-135M the 20% masks they give agree with the fp32 "
+            "masks at Jaccard {j8} (8-bit) and {j4} (4-bit), measured in docs/performance.md. Prune from fp/bf16 "
+            "statistics when you can.")
 QUANT = ["none", "8bit", "4bit"]
 
 
@@ -41,8 +44,11 @@ def model_section():
                                   "or a Hugging Face id such as google/gemma-2-2b (needs network); or a local folder")
         revision = c2.text_input("Revision", value=spec.revision or "", placeholder="main",
                                  help="hub branch, tag or commit (hub ids only)")
-        dtype = c3.selectbox("dtype", DTYPES, index=DTYPES.index(spec.dtype),
-                             help="weights dtype; statistics are always summed in fp32")
+        labels = list(DTYPES)
+        dtype = DTYPES[c3.selectbox("dtype", labels, index=list(DTYPES.values()).index(spec.dtype),
+                                    help="weights dtype in memory and in exports; auto = the dtype the checkpoint "
+                                         "was saved in (the embedded default is stored float32); statistics are "
+                                         "always summed in fp32")]
         quant = c4.selectbox("8/4-bit", QUANT, index=QUANT.index(spec.quantization or "none"),
                              help="bitsandbytes loading (needs bitsandbytes and accelerate): less memory for "
                                   "profiling a large model; a quantized model cannot be pruned")
