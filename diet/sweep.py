@@ -83,79 +83,125 @@ def _row(method: str, variant: str, sparsity: float, summary: dict, unit: str, r
             "seconds": round(r.seconds, 3), "compensation": comp}
 
 
+@dataclass
+class SweepInputs:
+    """What every cell of one sweep shares: statistics, method inputs, the base of the cell keys, the lstsq texts."""
+
+    inputs: object  # diet.methods.MethodInputs: task and general statistics, weight norms, shape
+    base: dict  # everything of a cell key that is the same for every cell
+    eval_tasks: list
+    eval_settings: object  # diet.evaluate.EvalSettings
+    lstsq: CompensationSettings
+    fit: list[str] | None  # the lstsq fit texts (None when no cell refits)
+
+
+def prepare(lm, settings: SweepSettings, profile: ProfileSettings, mask: MaskSettings, method: MethodSettings,
+            cache, say: Say, lstsq: CompensationSettings) -> SweepInputs:
+    """Statistics (cached or profiled), general text when a method needs it, weight norms and the key base."""
+    from diet.adapters import model_shape
+    from diet.api import profile_tasks, stats_key
+    from diet.compensate import fit_texts
+    from diet.evaluate import EvalSettings
+    from diet.general import general_task
+    from diet.methods import MethodInputs, needs_general, weight_stats
+    from diet.profile import choose_texts
+    from diet.tasks import get_task
+
+    tasks = [get_task(t) for t in settings.tasks]
+    stats = profile_tasks(lm, tasks, profile, cache=cache)
+    general, g = None, None
+    if any(needs_general(m, method) for m in settings.methods):
+        g = general_task(settings.general, say)
+        general = profile_tasks(lm, [g], profile, cache=cache)["general"]
+    keys = {t.name: stats_key(lm, choose_texts(t.calibration, profile), profile) for t in tasks}
+    if g is not None:
+        keys["general"] = stats_key(lm, choose_texts(g.calibration, profile), profile)
+    eval_settings = EvalSettings(limit=settings.limit, batch_size=settings.batch_size)
+    base = {"kind": "sweep-cell/1", "model": lm.identity, "dtype": lm.spec.dtype, "stats": keys,
+            "profile": profile.key_fields(), "mask": asdict(mask), "limit": settings.limit,
+            "max_length": eval_settings.max_length}
+    inputs = MethodInputs(stats, general, weight_stats(lm.model, profile.unit), model_shape(lm.model, profile.unit))
+    lstsq = replace(lstsq, method="lstsq")
+    fit = fit_texts(tasks, lstsq) if "lstsq" in settings.compensations else None
+    return SweepInputs(inputs, base, [get_task(t) for t in (settings.eval_tasks or settings.tasks)], eval_settings,
+                       lstsq, fit)
+
+
+def evaluate_cell(lm, si: SweepInputs, cell: tuple, mask: MaskSettings, ms: MethodSettings, unit: str,
+                  hits: dict, keys: dict, cache) -> list[dict]:
+    """Prune a copy for one cell (or use the dense model) and evaluate the tasks not cached yet; rows in task order."""
+    from diet.api import prune_copy
+    from diet.evaluate import evaluate_task
+    from diet.methods import run_method
+
+    name, _variant, sparsity, comp = cell
+    if name == "dense":
+        model, summary = lm.model, {"unit_sparsity": 0.0, "param_sparsity": 0.0}
+    else:
+        result = run_method(name, si.inputs, replace(mask, sparsity=sparsity), ms, comp)
+        model = prune_copy(lm, result, si.lstsq if comp == "lstsq" else None, si.fit)
+        summary = result.summary
+    rows = []
+    for t in si.eval_tasks:
+        if hits[t.name] is None:
+            hits[t.name] = _row(name, cell[1], sparsity, summary, unit, evaluate_task(model, lm.tokenizer, t,
+                                                                                      si.eval_settings), comp)
+            cache.save_json("sweep", keys[t.name], hits[t.name])
+        rows.append(hits[t.name])
+    return rows
+
+
+SweepProgress = Callable[[int, int, int], None]  # (cells read from the cache, cells evaluated now, cells in all)
+
+
 def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSettings(),
               mask: MaskSettings = MaskSettings(), method: MethodSettings = MethodSettings(), cache=None,
               say: Say | None = None, lock: Callable | None = None,
-              lstsq: CompensationSettings = CompensationSettings(method="lstsq")) -> list[dict]:
+              lstsq: CompensationSettings = CompensationSettings(method="lstsq"),
+              progress: SweepProgress | None = None, should_stop: Callable[[], bool] | None = None) -> list[dict]:
     """Every cell's rows (cached cells are read, not recomputed), plus the dense model's rows (sparsity 0).
 
+    A cell here is one (model, evaluation task) number. `progress` is told after every cell; `should_stop` is polled
+    between models and ends the sweep with `Cancelled` (finished cells stay cached: run it again to resume).
     `lock`: an optional context-manager factory held around each model evaluation (the heavy part), so a long
     sweep lets other torch jobs on a shared machine take turns between cells. `lstsq`: the knobs of the lstsq
     cells (ridge, texts per task...); it fits on the sweep's calibration tasks' texts.
     """
     from contextlib import nullcontext
 
-    from diet.adapters import model_shape
-    from diet.api import profile_tasks, prune_copy, stats_key
     from diet.cache import ArtifactCache
-    from diet.compensate import fit_texts
-    from diet.evaluate import EvalSettings, evaluate_task
-    from diet.general import general_task
-    from diet.methods import MethodInputs, needs_general, run_method, weight_stats
-    from diet.profile import choose_texts
-    from diet.tasks import get_task
+    from diet.profile import Cancelled
 
     cache = cache or ArtifactCache()
     say = say or (lambda m: None)
     lock = lock or nullcontext
-    tasks = [get_task(t) for t in settings.tasks]
-    eval_tasks = [get_task(t) for t in (settings.eval_tasks or settings.tasks)]
-    eval_settings = EvalSettings(limit=settings.limit, batch_size=settings.batch_size)
     with lock():
-        stats = profile_tasks(lm, tasks, profile, cache=cache)
-        general, g = None, None
-        if any(needs_general(m, method) for m in settings.methods):
-            g = general_task(settings.general, say)
-            general = profile_tasks(lm, [g], profile, cache=cache)["general"]
-    keys = {t.name: stats_key(lm, choose_texts(t.calibration, profile), profile) for t in tasks}
-    if g is not None:
-        keys["general"] = stats_key(lm, choose_texts(g.calibration, profile), profile)
-    base = {"kind": "sweep-cell/1", "model": lm.identity, "dtype": lm.spec.dtype, "stats": keys,
-            "profile": profile.key_fields(), "mask": asdict(mask), "limit": settings.limit,
-            "max_length": eval_settings.max_length}
-    inputs = MethodInputs(stats, general, weight_stats(lm.model, profile.unit), model_shape(lm.model, profile.unit))
-
-    lstsq = replace(lstsq, method="lstsq")
-    fit = fit_texts(tasks, lstsq) if "lstsq" in settings.compensations else None
-    rows: list[dict] = []
+        si = prepare(lm, settings, profile, mask, method, cache, say, lstsq)
     todo = [("dense", "", 0.0, "none")] + cells(settings)
+    total, cached, evaluated = len(todo) * len(si.eval_tasks), 0, 0
+    rows: list[dict] = []
     for i, (name, variant, sparsity, comp) in enumerate(todo):
         ms = replace(method, method=name, single_task=variant or method.single_task)
-        knobs = lstsq.key_fields() if comp == "lstsq" else {"method": comp}
-        cell_keys = {t.name: _cell_key(base, name, variant, sparsity, ms, t, knobs) for t in eval_tasks}
-        hits = {n: cache.load_json("sweep", k) for n, k in cell_keys.items()}
-        if all(h is not None for h in hits.values()):
+        knobs = si.lstsq.key_fields() if comp == "lstsq" else {"method": comp}
+        keys = {t.name: _cell_key(si.base, name, variant, sparsity, ms, t, knobs) for t in si.eval_tasks}
+        hits = {n: cache.load_json("sweep", k) for n, k in keys.items()}
+        hit = sum(h is not None for h in hits.values())
+        if hit == len(hits):
             rows += list(hits.values())
+            cached += hit
+            if progress:
+                progress(cached, evaluated, total)
             continue
+        if should_stop is not None and should_stop():
+            raise Cancelled("sweep cancelled: the finished cells are kept in the cache, run it again to resume")
         t0 = time.perf_counter()
-        if name == "dense":
-            model, summary = lm.model, {"unit_sparsity": 0.0, "param_sparsity": 0.0}
-        else:
-            result = run_method(name, inputs, replace(mask, sparsity=sparsity), ms, comp)
-            model, summary = None, result.summary
         with lock():
-            if model is None:
-                model = prune_copy(lm, result, lstsq if comp == "lstsq" else None, fit)
-            for t in eval_tasks:
-                if hits[t.name] is not None:
-                    rows.append(hits[t.name])
-                    continue
-                row = _row(name, variant, sparsity, summary, profile.unit,
-                           evaluate_task(model, lm.tokenizer, t, eval_settings), comp)
-                cache.save_json("sweep", cell_keys[t.name], row)
-                rows.append(row)
+            done = evaluate_cell(lm, si, (name, variant, sparsity, comp), mask, ms, profile.unit, hits, keys, cache)
+        rows += done
+        cached, evaluated = cached + hit, evaluated + len(hits) - hit
+        if progress:
+            progress(cached, evaluated, total)
         label = f"{name}{':' + variant if variant else ''}{'+' + comp if comp != 'none' else ''} @ {sparsity:g}"
-        done = rows[-len(eval_tasks):]
         say(f"[{i + 1}/{len(todo)}] {label}: mean {np.mean([r['value'] for r in done]):.4f} "
             f"({time.perf_counter() - t0:.0f} s)")
     return rows

@@ -454,33 +454,6 @@ def export_folder(lm, tag: str, sparsity: float) -> str:
     return str(Path.home() / "diet-exports" / f"{name}-{tag}-s{round(sparsity * 100)}")
 
 
-class _SweepCache(ArtifactCache):
-    """The engine's artifact cache, counting the sweep cells it reads (cached) and writes (evaluated now).
-
-    Why: diet.sweep.run_sweep looks every cell up in the cache before it evaluates anything, and writes each cell
-    as soon as it is measured; counting those two calls is the job's progress and the page's "N of M cached",
-    without a second copy of the sweep's cache keys here."""
-
-    def __init__(self, on_cell) -> None:
-        super().__init__()
-        self.cached = 0
-        self.evaluated = 0
-        self._on_cell = on_cell
-
-    def load_json(self, kind: str, key: str) -> dict | None:
-        hit = super().load_json(kind, key)
-        if kind == "sweep" and hit is not None:
-            self.cached += 1
-            self._on_cell(self.cached + self.evaluated)
-        return hit
-
-    def save_json(self, kind: str, key: str, obj: dict) -> None:
-        super().save_json(kind, key, obj)
-        if kind == "sweep":
-            self.evaluated += 1
-            self._on_cell(self.cached + self.evaluated)
-
-
 def sweep_total(settings) -> int:
     """Cells of a sweep: (dense + every pruned model) × evaluation tasks; each is one cached number."""
     from diet.sweep import cells
@@ -489,12 +462,10 @@ def sweep_total(settings) -> int:
 
 
 def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodSettings):
-    """Job body: diet.sweep.run_sweep (methods × sparsities × tasks, each cell cached on disk), with progress
-    per cell and a cancel that takes effect between cells (finished cells stay cached: run again to resume).
+    """Job body: diet.sweep.run_sweep (methods × sparsities × tasks, each cell cached on disk), with its progress
+    per cell and its cancel between cells (finished cells stay cached: run again to resume).
 
     The statistics it needs are loaded (or profiled, with progress) first, so run_sweep then finds them cached."""
-    from contextlib import contextmanager
-
     from diet.sweep import run_sweep
 
     total = sweep_total(settings)
@@ -511,17 +482,15 @@ def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodS
             ctx.report(f"statistics: {t.name}", 0, min(ps.samples, len(t.calibration)))
         profile_shared(ctx, lm, tasks, ps, progress=lambda n, d, t: ctx.report(f"statistics: {n}", d, t))
         ctx.report("cells", 0, total)
-        cache = _SweepCache(lambda done: ctx.report("cells", done, total))
+        counts = {"cached": 0, "evaluated": 0}
 
-        @contextmanager
-        def between_cells():  # run_sweep holds this around each model evaluation: the place to stop
-            if ctx.should_stop():
-                raise Cancelled("sweep cancelled: the finished cells are kept in the cache, run it again to resume")
-            yield
+        def progress(cached: int, evaluated: int, all_cells: int) -> None:
+            counts.update(cached=cached, evaluated=evaluated)
+            ctx.report("cells", cached + evaluated, all_cells)
 
-        rows = run_sweep(lm, settings, ps, mask, ms, cache=cache, say=ctx.note, lock=between_cells)
-        return {"rows": rows, "cached": cache.cached, "evaluated": cache.evaluated, "total": total,
-                "settings": asdict(settings), "mask": asdict(mask), "method": asdict(ms), "profile": asdict(ps)}
+        rows = run_sweep(lm, settings, ps, mask, ms, say=ctx.note, progress=progress, should_stop=ctx.should_stop)
+        return {"rows": rows, **counts, "total": total, "settings": asdict(settings), "mask": asdict(mask),
+                "method": asdict(ms), "profile": asdict(ps)}
 
     return run
 

@@ -163,3 +163,20 @@ def test_block_influence_by_hand_and_layer_choice():
     assert layers_to_drop(np.array([0.3, 0.1, 0.5, 0.1]), 0.5) == [1, 3]
     with pytest.raises(DietError):
         layers_to_drop(np.array([0.3, 0.1]), 1.0)
+
+
+def test_progress_counts_every_cell_and_should_stop_cancels_between_models(lm, tmp_path):
+    """progress sees every (model, task) number, read or evaluated; a stop keeps finished cells for the resume."""
+    from diet.profile import Cancelled
+
+    small = replace(SWEEP, methods=("diet", "random"))
+    total = (1 + len(cells(small))) * 2
+    seen: list[tuple[int, int, int]] = []
+    with pytest.raises(Cancelled, match="resume"):
+        run_sweep(lm, small, PROFILE, cache=ArtifactCache(tmp_path), progress=lambda *a: seen.append(a),
+                  should_stop=lambda: len(seen) >= 2)  # stop after the dense model and one pruned model
+    assert seen == [(0, 2, total), (0, 4, total)]
+    seen.clear()
+    rows = run_sweep(lm, small, PROFILE, cache=ArtifactCache(tmp_path), progress=lambda *a: seen.append(a))
+    assert seen[-1] == (4, total - 4, total) and len(rows) == total  # the two finished models were read back
+    assert rows == run_sweep(lm, small, PROFILE, cache=ArtifactCache(tmp_path))
