@@ -8,10 +8,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from diet.export import SERVING_MODES, mask_json
+from diet.export import MODES, SERVING_MODES, mask_json
 from diet.report import mask_stats, report, settings_summary
 from pages._common import current_mask, current_model, job_panel, need_stats, page_errors, prologue, runner, start_job
-from pages._work import compare_job, export_folder, export_job, export_options, result_digest
+from pages._work import compare_job, export_folder, export_job, result_digest
 
 MODE_HELP = {
     "auto": "auto: uniform when every layer keeps the same count, else padded (our default)",
@@ -71,20 +71,18 @@ def default_folder(lm, result) -> str:
 
 
 def model_folder_section(lm, result, stats: dict | None = None) -> None:
-    modes, params = export_options()
     c1, c2 = st.columns([3, 2])
     out = c1.text_input("Output folder", value=default_folder(lm, result), key="out_dir",
                         help="must be new or empty (or tick overwrite); written atomically")
-    mode = c2.selectbox("Export mode", ["auto", *modes], key="export_mode",
+    mode = c2.selectbox("Export mode", ["auto", *MODES], key="export_mode",
                         format_func=lambda m: MODE_HELP.get(m, m))
     overwrite = st.checkbox("Overwrite a non-empty folder", key="overwrite")
     optional: dict = {}
-    if "round_to" in params:
-        if mode == "gguf":
-            optional["outtype"] = st.selectbox("GGUF tensor type", list(OUTTYPE_HELP), key="gguf_outtype",
-                                               format_func=OUTTYPE_HELP.get)
-        optional["round_to"] = rounding_section(lm, result, stats)
-    if "speed" in params and st.checkbox("Measure dense vs pruned forward speed for the model card", value=True,
+    if mode == "gguf":
+        optional["outtype"] = st.selectbox("GGUF tensor type", list(OUTTYPE_HELP), key="gguf_outtype",
+                                           format_func=OUTTYPE_HELP.get)
+    optional["round_to"] = rounding_section(lm, result, stats)
+    if st.checkbox("Measure dense vs pruned forward speed for the model card", value=True,
                                          key="export_speed"):
         from diet.timing import SpeedSettings
 
@@ -94,7 +92,7 @@ def model_folder_section(lm, result, stats: dict | None = None) -> None:
         optional["evaluation"] = {"dense": [r.to_dict() for r in comp["dense"]],
                                   "pruned": [r.to_dict() for r in comp["pruned"]]}
         st.caption("The dense-vs-pruned results measured on the Prune and evaluate page go into the model card.")
-    elif "evaluation" in params:
+    else:
         st.caption("No measured results of this mask yet: evaluate it on the Prune and evaluate page first to put "
                    "them in the model card.")
     from diet.compensate import bias_supported

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import inspect
 import os
 import re
 import tempfile
@@ -512,33 +511,22 @@ def counts_notes(results: list) -> list[str]:
 # ----------------------------------------------------------------------------------------------- export
 
 
-def export_options() -> tuple[list[str], set[str]]:
-    """The export modes and keyword arguments that diet.export.export_model offers right now (it is growing)."""
-    from diet import export
-
-    modes = list(getattr(export, "MODES", ("uniform", "padded")))
-    params = set(inspect.signature(export.export_model).parameters)
-    return modes, params
-
-
 def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bool, optional: dict,
                stats: dict | None = None):
-    """Job body: export_model with those `optional` arguments it accepts (evaluation table, speed settings, say):
-    the export module grows, the page passes what it can."""
+    """Job body: export_model with the page's `optional` arguments (GGUF type, rounding, speed, evaluation table)
+    and, for an lstsq mask, the refit's settings and texts. The loaded model is shared: export prunes a copy."""
 
     def run(ctx: JobContext) -> str:
         from diet.export import export_model
 
         ctx.report("export", 0, 1)
         ctx.note(f"writing {out}")
-        _, params = export_options()
         comp = lstsq_settings(result)
         if comp is not None:
             from diet.compensate import fit_texts
 
             optional.update(compensation=comp, texts=fit_texts(tasks_of(mask_stats(result, stats or {})), comp))
-        kwargs = {k: v for k, v in {**optional, "say": ctx.note}.items() if k in params}
-        path = export_model(lm, result, out, mode=mode, overwrite=overwrite, **kwargs)
+        path = export_model(lm, result, out, mode=mode, overwrite=overwrite, say=ctx.note, **optional)
         ctx.report("export", 1, 1)
         return str(path)
 
