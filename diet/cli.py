@@ -48,7 +48,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"'{DEFAULT_MODEL}' (embedded, offline), a Hugging Face id, or a local folder "
-                        f"(default: {DEFAULT_MODEL})")
+                        f"(default: {DEFAULT_MODEL}). Before a local folder is loaded, its weights (sizes from "
+                        "config.json and the safetensors headers) plus the largest activation are checked "
+                        "against free RAM, or free GPU memory on --device cuda; a run that cannot fit stops "
+                        "with the numbers and the ways out")
     g.add_argument("--revision", default=None, help="hub revision: branch, tag or commit (default: main)")
     g.add_argument("--dtype", default="auto", type=_dtype_arg, metavar="{" + ",".join(DTYPE_CHOICES) + "}",
                    help="weights dtype in memory and in the export: auto = the dtype the checkpoint was saved in "

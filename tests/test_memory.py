@@ -264,3 +264,32 @@ def test_gpu_check_tiny_path_runs_every_step_on_cpu(tmp_path, capsys):
         assert r["profile_overhead"] > 0 and r["ours_items_per_s"] > 0 and r["lm_eval_items_per_s"] > 0
         assert r["loglik_max_diff"] < 0.5  # same requests, same bf16 model: lm-eval's numbers up to bf16 noise
     assert "| tiny-llama |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ bitsandbytes
+
+
+def test_bitsandbytes_profiling_works_on_cpu_and_is_compared_with_fp(tmp_path):
+    """bitsandbytes 0.50 runs 8-bit and 4-bit layers on the CPU: profiling works there, and its masks are compared
+    with the fp32 ones (Jaccard of the 20% masks). 8-bit must beat chance (two random 80% masks: 0.8²/(1-0.2²))."""
+    from diet import masks as M
+
+    folder = tmp_path / "m"
+    torch.manual_seed(0)  # 4-bit blocks are 64 wide: the tiny 32-wide model is too narrow for them
+    AutoModelForCausalLM.from_config(LlamaConfig(**{**COMMON, "hidden_size": 128, "intermediate_size": 256})
+                                     ).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+
+    def merged_mask(lm):
+        return tiny_result(lm, sparsity=0.2).mask
+
+    fp = merged_mask(load_model(ModelSpec(name=str(folder)), say=lambda m: None))
+    jaccard = {}
+    for q in ("8bit", "4bit"):
+        lm = load_model(ModelSpec(name=str(folder), quantization=q, device="cpu"), say=lambda m: None)
+        assert type(lm.model.model.layers[0].mlp.down_proj).__name__ in ("Linear8bitLt", "Linear4bit")
+        jaccard[q] = float(M.jaccard_matrix(np.stack([fp, merged_mask(lm)]))[0, 1])
+        with pytest.raises(DietError, match="quantized"):
+            prune_units(lm.model, [np.arange(200)] * 3)
+    assert jaccard["8bit"] > 0.8**2 / (1 - 0.2**2)
+    assert 0.0 <= jaccard["4bit"] <= 1.0
