@@ -96,11 +96,12 @@ def order_by(scores: np.ndarray) -> np.ndarray:
 
 
 def kept_overview(mask: np.ndarray, title: str = "Kept channels", order: np.ndarray | None = None,
-                  max_columns: int = MAX_OVERVIEW_COLUMNS) -> go.Figure:
+                  max_columns: int = MAX_OVERVIEW_COLUMNS, unit: str = "channel") -> go.Figure:
     """Layers × channels overview of a (L, I) mask, binned to `max_columns` columns (fraction kept per bin).
 
     `order` (L, I), e.g. `order_by(scores)`, reorders each layer's channels (highest score first) before binning, so
-    the picture shows how deep into the score ranking the mask keeps; None keeps channel order."""
+    the picture shows how deep into the score ranking the mask keeps; None keeps channel order. `unit` names a
+    column's element in the hover and axis ("residual dim" for DISP's residual positions)."""
     mask = np.asarray(mask, dtype=bool)
     L, width = mask.shape
     if order is not None:
@@ -108,7 +109,7 @@ def kept_overview(mask: np.ndarray, title: str = "Kept channels", order: np.ndar
     edges = bin_edges(width, max_columns)
     z = bin_mean(mask, edges)
     ends = np.broadcast_to((edges[1:] - 1).astype(np.int32), z.shape)
-    xname = "rank by score" if order is not None else "channel"
+    xname = "rank by score" if order is not None else unit
     bins = len(edges) - 1
     fig = go.Figure(go.Heatmap(
         z=z, x=edges[:-1].astype(np.int32), y=np.arange(L, dtype=np.int32), customdata=ends,
@@ -172,7 +173,7 @@ def discrete_colorscale(n_tasks: int) -> list:
 
 
 def votes_map(votes: np.ndarray, n_tasks: int, sort: bool = False, max_columns: int = MAX_VOTE_COLUMNS,
-              title: str = "Votes: in how many task masks each channel is kept") -> go.Figure:
+              title: str = "Votes: in how many task masks each channel is kept", unit: str = "channel") -> go.Figure:
     """(L, I) vote counts in discrete colours 0 … T with fixed zmin/zmax (so colours mean the same at any setting).
 
     Wider than `max_columns`: bins show the rounded mean vote (say so on the axis). With `sort`, each layer's
@@ -186,17 +187,17 @@ def votes_map(votes: np.ndarray, n_tasks: int, sort: bool = False, max_columns: 
         edges = bin_edges(width, max_columns)
         z = np.rint(bin_mean(v, edges)).astype(np.uint8)
         x = edges[:-1].astype(np.int32)
-        xtitle = f"channel bins ({len(edges) - 1} of ~{width // (len(edges) - 1)}; rounded mean vote)"
+        xtitle = f"{unit} bins ({len(edges) - 1} of ~{width // (len(edges) - 1)}; rounded mean vote)"
     else:
         z, x = v, np.arange(width, dtype=np.int32)
-        xtitle = "channel"
+        xtitle = unit
     if sort:
-        xtitle = "channels sorted by votes (most first)" + (", binned" if binned else "")
+        xtitle = f"{unit}s sorted by votes (most first)" + (", binned" if binned else "")
     fig = go.Figure(go.Heatmap(
         z=z, x=x, y=np.arange(L, dtype=np.int32), zmin=-0.5, zmax=n_tasks + 0.5,
         colorscale=discrete_colorscale(n_tasks),
         colorbar=dict(title="votes", tickmode="array", tickvals=list(range(n_tasks + 1))),
-        hovertemplate="layer %{y}<br>channel %{x}<br>votes %{z}<extra></extra>"))
+        hovertemplate=f"layer %{{y}}<br>{unit} %{{x}}<br>votes %{{z}}<extra></extra>"))
     return _layout(fig, title, 140 + 9 * L,
                    xaxis=dict(title=xtitle), yaxis=dict(title="layer", autorange="reversed"))
 

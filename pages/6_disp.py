@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from diet import viz
-from diet.disp import POSITIONS, DispSettings
+from diet.disp import POSITION_SHORT, POSITION_WHAT, POSITIONS, DispSettings
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, average
 from diet.export import check_out_dir
@@ -28,8 +28,6 @@ from pages._common import (
     start_job,
 )
 from pages._disp_work import (
-    SHORT,
-    WHAT,
     default_folder,
     disp_compare_job,
     disp_export_job,
@@ -43,6 +41,8 @@ from pages._disp_work import (
     timed_build,
 )
 from pages._work import counts_notes, stats_profile_settings, tasks_of
+
+SHORT, WHAT = POSITION_SHORT, POSITION_WHAT
 
 KINDS = ("disp_profile", "disp_compare", "disp_export")
 MERGE = {"budget": "exact budget (our default)", "threshold": "voting threshold"}

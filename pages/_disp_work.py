@@ -20,8 +20,11 @@ import numpy as np
 
 from diet import masks as M
 from diet import viz
+from diet.disp import POSITION_SHORT as SHORT
+from diet.disp import POSITION_WHAT as WHAT
 from diet.disp import (
     POSITIONS,
+    RESIDUAL,
     DispMaskResult,
     DispSettings,
     build_disp_masks,
@@ -29,28 +32,13 @@ from diet.disp import (
     disp_shape,
     is_disp_profiled,
     profile_disp,
+    unit_word,
 )
 from diet.errors import DietError
 from diet.evaluate import EvalSettings
 from diet.jobs import JobContext
 from diet.settings import ProfileSettings, sha256_of
 from pages._work import evaluate_dense_and_pruned, export_folder
-
-# What each position selects, in words the page uses everywhere. attn_in/mlp_in/attn_out/mlp_out are residual
-# dims (the same dim index means the same residual coordinate in every layer); mlp_mid are MLP channels.
-SHORT = {"attn_in": "Attention input", "attn_out": "Attention output", "mlp_in": "MLP input",
-         "mlp_mid": "MLP channels", "mlp_out": "MLP output"}
-WHAT = {"attn_in": "residual dims read by attention (q/k/v)",
-        "attn_out": "residual dims written by attention (o_proj)",
-        "mlp_in": "residual dims read by the MLP (gate/up)",
-        "mlp_mid": "MLP intermediate channels",
-        "mlp_out": "residual dims written by the MLP (down_proj)"}
-RESIDUAL = ("attn_in", "attn_out", "mlp_in", "mlp_out")
-
-
-def unit_word(pos: str) -> str:
-    return "residual dim" if pos in RESIDUAL else "MLP channel"
-
 
 # ----------------------------------------------------------------------------------------------- statistics
 
@@ -134,13 +122,7 @@ def position_rows(result: DispMaskResult) -> list[dict]:
     return rows
 
 
-def _retitle(fig, title: str, pos: str, **axes):
-    """A DIET figure relabelled for a DISP position: its title, and "channel" → "residual dim" where it applies."""
-    word = unit_word(pos)
-    if word != "MLP channel":
-        for trace in fig.data:
-            if trace.hovertemplate:
-                trace.hovertemplate = trace.hovertemplate.replace("channel", word)
+def _retitle(fig, title: str, **axes):
     fig.update_layout(title_text=title, **axes)
     return fig
 
@@ -165,26 +147,27 @@ def position_figures(result: DispMaskResult, stats: dict, pos: str) -> list[tupl
     out = [(f"{pos}-kept", f"Each row is a layer, each column {'a bin of ' if bins < width else ''}{what}; colour = "
             "fraction kept (dark = kept, light = removed)."
             + (" Vertical stripes: the layers keep the same residual dims." if order is None else ""),
-            _retitle(viz.kept_overview(mask, "", order), f"{SHORT[pos]}: which {what} are kept", pos,
+            _retitle(viz.kept_overview(mask, "", order, unit=word), f"{SHORT[pos]}: which {what} are kept",
                      xaxis_title=xtitle))]
     if T > 1:  # MLP channels: each layer's sorted by votes (their order means nothing); residual dims in place
         sort = order is not None
         out.append((f"{pos}-votes", f"Colour = in how many of the {T} task masks each {word} is kept; the merged "
                     "index set keeps the most-voted ones.",
-                    _retitle(viz.votes_map(result.votes[pos], T, sort=sort), f"{SHORT[pos]}: votes per {word}", pos,
+                    _retitle(viz.votes_map(result.votes[pos], T, sort=sort, unit=word),
+                             f"{SHORT[pos]}: votes per {word}",
                              xaxis_title=f"{word}s sorted by votes, most first" if sort
                              else f"{word} (the same dim in every layer)")))
     per_task = result.task_masks[pos].sum(-1) if T > 1 else None
     out.append((f"{pos}-layers", f"{word[0].upper()}{word[1:]}s kept per layer by the merged index set (bars) out of "
                 "the width (line); one line per task where their counts differ.",
                 _retitle(viz.kept_per_layer(M.kept_per_layer(mask), [width] * mask.shape[0], per_task, names),
-                         f"{SHORT[pos]}: kept {word}s per layer", pos, yaxis_title=f"{word}s")))
+                         f"{SHORT[pos]}: kept {word}s per layer", yaxis_title=f"{word}s")))
     if T > 1:
         out.append((f"{pos}-jaccard", "Jaccard overlap |A∩B| / |A∪B| of two task masks at this position over all "
                     "layers (1 = identical); hover for the chance level of independent masks of the same sizes.",
                     _retitle(viz.jaccard_matrix(np.asarray(result.summary["jaccard"][pos]), names,
                                                 viz.chance_matrix(result.task_masks[pos])),
-                             f"{SHORT[pos]}: overlap between task masks (Jaccard)", pos)))
+                             f"{SHORT[pos]}: overlap between task masks (Jaccard)")))
     return out
 
 

@@ -203,3 +203,14 @@ def test_who_loses_figure_carries_the_shares_and_the_per_layer_losses():
     lost = [t for t in fig["data"] if t.get("yaxis") == "y2"]
     assert np.allclose(arr(lost[0]["y"]), 1 - w["layer_topk"]["vote"].mean(0))
     assert w["reading"].startswith("The vote mask keeps 50%–100% of each task's own top-k (random")
+
+
+def test_unit_word_reaches_hover_and_axis():
+    """DISP's residual positions name their elements "residual dim" (not "channel") in hover text and axis titles."""
+    mask = np.ones((2, 8), dtype=bool)
+    over = viz.kept_overview(mask, unit="residual dim")
+    votes = viz.votes_map(np.ones((2, 8), dtype=np.uint8), 2, unit="residual dim")
+    for fig in (over, votes):
+        assert "residual dim" in fig.data[0].hovertemplate and "channel" not in fig.data[0].hovertemplate
+        assert fig.layout.xaxis.title.text.startswith("residual dim")
+    assert "channel" in viz.votes_map(np.ones((2, 8), dtype=np.uint8), 2).data[0].hovertemplate

@@ -41,7 +41,10 @@ from diet.disp.statistics import POSITION_PROBE, is_disp_profiled, profile_disp,
 from diet.disp.structure import (
     DISP_FAMILIES,
     POSITION_LABELS,
+    POSITION_SHORT,
+    POSITION_WHAT,
     POSITIONS,
+    RESIDUAL,
     IndexSets,
     block_params,
     check_sets,
@@ -53,6 +56,7 @@ from diet.disp.structure import (
     is_disp_layer,
     param_summary,
     slice_disp,
+    unit_word,
     zero_disp,
 )
 from diet.hetero import register_classes
@@ -60,7 +64,8 @@ from diet.hetero import register_classes
 register_classes(CLASSES)  # DISP folders then load without trust_remote_code wherever diet.disp is imported
 
 __all__ = [
-    "DISP_FAMILIES", "POSITIONS", "POSITION_LABELS", "POSITION_PROBE", "DispMaskResult", "DispSettings",
+    "DISP_FAMILIES", "POSITIONS", "POSITION_LABELS", "POSITION_SHORT", "POSITION_WHAT", "RESIDUAL", "unit_word",
+    "POSITION_PROBE", "DispMaskResult", "DispSettings",
     "IndexSets", "LearnResult", "LearnSettings", "block_params", "build_disp_masks", "check_sets", "counts_of",
     "disp_copy", "disp_layers", "disp_shape", "export_disp", "index_sets_of", "is_disp_layer", "is_disp_profiled",
     "keep_fractions", "learn_index_sets", "load_disp", "param_summary", "profile_disp", "profile_positions",

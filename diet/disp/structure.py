@@ -20,14 +20,21 @@ from diet.errors import DietError
 from diet.models import count_parameters
 
 POSITIONS = ("attn_in", "attn_out", "mlp_in", "mlp_mid", "mlp_out")
-POSITION_LABELS = {
-    "attn_in": "attention input (residual dims read by q/k/v)",
-    "attn_out": "attention output (residual dims written by o_proj)",
-    "mlp_in": "MLP input (residual dims read by gate/up)",
-    "mlp_mid": "MLP intermediate channels",
-    "mlp_out": "MLP output (residual dims written by down_proj)",
-}
+POSITION_SHORT = {"attn_in": "Attention input", "attn_out": "Attention output", "mlp_in": "MLP input",
+                  "mlp_mid": "MLP channels", "mlp_out": "MLP output"}
+POSITION_WHAT = {"attn_in": "residual dims read by attention (q/k/v)",
+                 "attn_out": "residual dims written by attention (o_proj)",
+                 "mlp_in": "residual dims read by the MLP (gate/up)",
+                 "mlp_mid": "MLP intermediate channels",
+                 "mlp_out": "residual dims written by the MLP (down_proj)"}
+POSITION_LABELS = {p: f"{POSITION_SHORT[p]} ({POSITION_WHAT[p]})" for p in POSITIONS}
+RESIDUAL = ("attn_in", "attn_out", "mlp_in", "mlp_out")  # residual dims: dim d is the same coordinate in every layer
 DISP_FAMILIES = ("llama", "mistral", "qwen2", "gemma2", "gemma3")
+
+
+def unit_word(pos: str) -> str:
+    """What one element of a position's index set is, in words: a residual dim or an MLP channel."""
+    return "residual dim" if pos in RESIDUAL else "MLP channel"
 
 IndexSets = Mapping[str, Sequence]  # position -> per-layer sorted kept indices (np arrays, lists or tensors)
 
