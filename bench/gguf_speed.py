@@ -16,7 +16,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,8 @@ def measure(path: str, n_prompt: int, n_gen: int, threads: int, queue) -> None:
     from diet.gguf_export import measure_speed
 
     r = measure_speed(path, repeats=1, n_prompt=n_prompt, n_gen=n_gen, threads=threads)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not getrusage: Linux hands a spawned child its parent's ru_maxrss (here a process with torch loaded)
+    peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     queue.put({"prompt_tps": r["prompt_tokens_per_s"], "gen_tps": r["gen_tokens_per_s"], "peak_rss": peak})
 
 
@@ -61,8 +61,7 @@ def build_files(args, folder: Path) -> dict:
     lm = load_model("smollm2-135m", say=lambda m: None)
     stats = profile_tasks(lm, args.tasks.split(","), ProfileSettings(samples=args.samples))
     result = build_mask(stats, MaskSettings(sparsity=args.sparsity, merge="threshold", threshold=args.threshold))
-    if args.outtype == "q8_0":
-        result = rounded(result, 32)
+    result = rounded(result, args.round_to or (32 if args.outtype == "q8_0" else 1))
     fields = tokenizer_fields(lm)
     settings = GGUFSettings(outtype=args.outtype)
     files = {}
@@ -84,6 +83,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--sparsity", type=float, default=0.25)
     ap.add_argument("--threshold", type=int, default=2)
+    ap.add_argument("--round-to", type=int, default=None, choices=[1, 32, 64, 128, 256],
+                    help="round the pruned widths first (default: 32 for q8_0, else 1 = exact)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -97,7 +98,8 @@ def main() -> None:
     med = {n: {k: statistics.median(r[k] for r in rs) for k in ("prompt_tps", "gen_tps", "peak_rss")}
            for n, rs in runs.items()}
     ideal = files["dense"][1] / files["pruned"][1]
-    report = {"outtype": args.outtype, "threads": args.threads, "repeats": args.repeats, "n_prompt": args.prompt,
+    report = {"outtype": args.outtype, "round_to": args.round_to, "threads": args.threads, "repeats": args.repeats,
+              "n_prompt": args.prompt,
               "n_gen": args.gen, "params": {n: files[n][1] for n in files}, "file_bytes": sizes,
               "pruned_ffn": files["pruned"][2], "ideal_speedup": ideal, "median": med,
               "prompt_speedup": med["pruned"]["prompt_tps"] / med["dense"]["prompt_tps"],
@@ -105,7 +107,8 @@ def main() -> None:
               "peak_rss_over_file": {n: med[n]["peak_rss"] / sizes[n] for n in sizes}}
     report["gen_fraction_of_ideal"] = report["gen_speedup"] / ideal
     report["prompt_fraction_of_ideal"] = report["prompt_speedup"] / ideal
-    print(f"SmolLM2-135M {args.outtype}, llama.cpp {args.threads} threads, median of {args.repeats} alternating runs")
+    print(f"SmolLM2-135M {args.outtype}, widths rounded to {args.round_to or 'exact'}, llama.cpp {args.threads} "
+          f"threads, median of {args.repeats} alternating runs")
     print(f"parameters: dense {files['dense'][1]:,}  pruned {files['pruned'][1]:,}  ideal speedup {ideal:.3f}x")
     for n in ("dense", "pruned"):
         print(f"{n:7s} prompt {med[n]['prompt_tps']:8.1f} tok/s  generation {med[n]['gen_tps']:7.1f} tok/s  "
