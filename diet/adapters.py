@@ -167,6 +167,24 @@ class MLPChannels:
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = int(keep.numel())
 
+    def zero_channels(self, layer: nn.Module, channels: torch.Tensor) -> None:
+        """Zero every weight and bias of `channels` (gate/up rows, down columns): padding that contributes exactly 0
+        and stores no stray values."""
+        p = self.family.mlp(layer)
+        idx = torch.as_tensor(channels, dtype=torch.long, device=p.down.weight.device)
+        with torch.no_grad():
+            p.down.weight[:, idx] = 0
+            if p.gate_up is not None:
+                rows = torch.cat([idx, idx + p.down.in_features])
+                p.gate_up.weight[rows] = 0
+                if p.gate_up.bias is not None:
+                    p.gate_up.bias[rows] = 0
+            else:
+                for lin in (p.gate, p.up):
+                    lin.weight[idx] = 0
+                    if lin.bias is not None:
+                        lin.bias[idx] = 0
+
     def zero(self, layer: nn.Module, keep: torch.Tensor) -> None:
         """The masked-dense reference: zero the down_proj columns of every channel not in `keep`, in place."""
         p = self.family.mlp(layer)

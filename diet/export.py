@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -32,22 +29,13 @@ import numpy as np
 
 from diet.cache import atomic_write_json
 from diet.errors import DietError
+from diet.folders import check_out_dir, staged_folder
 
 MODES = ("uniform", "padded", "heterogeneous", "gguf", "vllm")
 SERVING_MODES = ("gguf", "vllm")  # exact per-layer widths in a serving engine's own format
 MASK_FORMAT = "diet-mask/1"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 Say = Callable[[str], None]
-
-
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse a file, or a non-empty folder unless `overwrite` (checked before any expensive work)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DietError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DietError(f"{out} is not empty; choose another folder or pass --overwrite")
 
 
 def resolve_mode(result, mode: str | None) -> str:
@@ -205,26 +193,6 @@ def _widths_words(widths) -> str:
 # ------------------------------------------------------------------------------------------------ models
 
 
-def _zero_channels(layer, family, channels) -> None:
-    """Zero the gate/up rows and down columns of `channels` (padding): the channel then contributes exactly 0."""
-    import torch
-
-    p = family.mlp(layer)
-    idx = torch.as_tensor(channels, dtype=torch.long, device=p.down.weight.device)
-    with torch.no_grad():
-        p.down.weight[:, idx] = 0
-        if p.gate_up is not None:
-            rows = torch.cat([idx, idx + p.down.in_features])
-            p.gate_up.weight[rows] = 0
-            if p.gate_up.bias is not None:
-                p.gate_up.bias[rows] = 0
-        else:
-            for lin in (p.gate, p.up):
-                lin.weight[idx] = 0
-                if lin.bias is not None:
-                    lin.bias[idx] = 0
-
-
 def shared_copy(model):
     """A copy of `model`'s modules that shares every parameter and buffer tensor with it.
 
@@ -275,7 +243,7 @@ def build_export_model(model, keep: list[np.ndarray], mode: str, unit: str = "ml
     padded = prune_units(base, slots, release=release)
     for layer, pad in zip(unit.family.layers(padded), pads, strict=True):
         if len(pad):
-            _zero_channels(layer, unit.family, pad)
+            unit.zero_channels(layer, pad)
     return padded
 
 
@@ -490,7 +458,6 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     at most this size plus an index (the weights are in the dtype the model was loaded in).
     """
     from diet import __version__
-    from diet.modelcard import CardFacts, render_card, write_plots
     from diet.models import count_parameters
 
     say = say or (lambda m: None)
@@ -503,8 +470,29 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     result = rounded(result, round_to)
     mode = resolve_mode(result, mode)
     check_serving(lm, result, mode, outtype)
-    keep = result.keep()
-    params_before, (disk_before, estimated), dtype = count_parameters(lm.model), _disk_before(lm), model_dtype(lm.model)
+    before = {"params": count_parameters(lm.model), "disk": _disk_before(lm), "dtype": model_dtype(lm.model)}
+    model, comp_info, evaluation, measured = _prune_and_measure(lm, result, mode, compensation, texts, evaluation,
+                                                                speed, eval_settings, in_place, say)
+    settings = {"format": "diet-export/1", "diet_version": __version__, "mode": mode, "model": lm.spec.name,
+                "model_identity": lm.identity, "tasks": list(result.tasks), "method": getattr(result, "method", "diet"),
+                "mask": asdict(result.settings), "kept_per_layer": [len(k) for k in result.keep()],
+                "params_logical": int(result.summary["params_after"]),
+                **({"outtype": outtype} if mode == "gguf" else {}), **({"round_to": round_to} if round_to > 1 else {}),
+                **({"compensation": comp_info} if comp_info else {}), "dtype": before["dtype"], **(extra or {})}
+    with staged_folder(out, overwrite) as tmp:
+        written = _write_model(mode, model, lm, tmp, outtype, f"{lm.spec.name} pruned with DIET", max_shard_size)
+        settings["params_stored"] = int(written["params_stored"])
+        settings.update({k: v for k, v in written.items() if k in ("arch", "bytes")})
+        write_mask_files(tmp, result, {"model": lm.spec.name, "model_identity": lm.identity})
+        atomic_write_json(tmp / "diet_settings.json", settings)
+        _write_card(tmp, out, lm, result, mode, before, int(written["params_stored"]), evaluation, measured, extra)
+    return out
+
+
+def _prune_and_measure(lm, result, mode: str, compensation, texts, evaluation, speed, eval_settings,
+                       in_place: bool, say: Say) -> tuple:
+    """(pruned model, compensation info, evaluation, measured speed): the dense side of each asked-for comparison is
+    measured before the in-place cut, so only `speed.interleaved` keeps a dense twin in memory."""
     tasks = list(result.tasks)
     want_eval = eval_settings is not None and evaluation is None
     want_speed = speed is not None and speed.repeats > 0
@@ -526,43 +514,27 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
         evaluation = {"dense": dense_eval, "pruned": evaluate_one(model, lm.tokenizer, "pruned", tasks,
                                                                   eval_settings, say)}
     measured = _measure_speed(dense, model, dense_times, speed, say) if want_speed else None
-    del dense, twin
-    s = result.summary
-    source = {"model": lm.spec.name, "model_identity": lm.identity}
-    settings = {"format": "diet-export/1", "diet_version": __version__, "mode": mode, **source,
-                "tasks": list(result.tasks), "method": getattr(result, "method", "diet"),
-                "mask": asdict(result.settings),
-                "kept_per_layer": [len(k) for k in keep], "params_logical": int(s["params_after"]),
-                **({"outtype": outtype} if mode == "gguf" else {}), **({"round_to": round_to} if round_to > 1 else {}),
-                **({"compensation": comp_info} if comp_info else {}), "dtype": dtype, **(extra or {})}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        written = _write_model(mode, model, lm, tmp, outtype, f"{lm.spec.name} pruned with DIET", max_shard_size)
-        settings["params_stored"] = int(written["params_stored"])
-        settings.update({k: v for k, v in written.items() if k in ("arch", "bytes")})
-        write_mask_files(tmp, result, source)
-        atomic_write_json(tmp / "diet_settings.json", settings)
-        unit = result.shape.get("unit", "mlp")
-        plots = write_plots(tmp, list(result.shape["widths"]), [len(k) for k in keep], s.get("votes_histogram"), unit)
-        facts = CardFacts(
-            base_model=lm.spec.name, base_identity=lm.identity, mode=mode, tasks=list(result.tasks),
-            mask_settings=asdict(result.settings), unit_sparsity=float(s["unit_sparsity"]),
-            param_sparsity=float(s["param_sparsity"]), params_before=params_before,
-            params_stored=int(written["params_stored"]), params_effective=int(s["params_after"]),
-            widths=list(result.shape["widths"]), kept_per_layer=[len(k) for k in keep],
-            votes_histogram=s.get("votes_histogram"), disk_before=disk_before, disk_before_estimated=estimated,
-            disk_after=sum(p.stat().st_size for p in _weight_files(tmp)), evaluation=_evaluation_dict(evaluation),
-            speed=measured, plots=plots, unit=unit, extra={k: v for k, v in (extra or {}).items() if k != "evaluation"},
-            dtype=dtype)
-        (tmp / "README.md").write_text(render_card(facts, folder_hint=str(out)))
-        pickles = [p.name for p in tmp.rglob("*") if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise DietError(f"refusing to write pickled files {pickles}: only safetensors are exported")
-        _move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return model, comp_info, evaluation, measured
+
+
+def _write_card(folder: Path, out: Path, lm, result, mode: str, before: dict, params_stored: int, evaluation,
+                measured, extra: dict | None) -> None:
+    """The folder's README.md (model card) with its plots: sizes, widths, measured accuracy and speed, how to run."""
+    from diet.modelcard import CardFacts, render_card, write_plots
+
+    s, keep, unit = result.summary, result.keep(), result.shape.get("unit", "mlp")
+    plots = write_plots(folder, list(result.shape["widths"]), [len(k) for k in keep], s.get("votes_histogram"), unit)
+    disk_before, estimated = before["disk"]
+    facts = CardFacts(
+        base_model=lm.spec.name, base_identity=lm.identity, mode=mode, tasks=list(result.tasks),
+        mask_settings=asdict(result.settings), unit_sparsity=float(s["unit_sparsity"]),
+        param_sparsity=float(s["param_sparsity"]), params_before=before["params"], params_stored=params_stored,
+        params_effective=int(s["params_after"]), widths=list(result.shape["widths"]),
+        kept_per_layer=[len(k) for k in keep], votes_histogram=s.get("votes_histogram"), disk_before=disk_before,
+        disk_before_estimated=estimated, disk_after=sum(p.stat().st_size for p in _weight_files(folder)),
+        evaluation=_evaluation_dict(evaluation), speed=measured, plots=plots, unit=unit,
+        extra={k: v for k, v in (extra or {}).items() if k != "evaluation"}, dtype=before["dtype"])
+    (folder / "README.md").write_text(render_card(facts, folder_hint=str(out)))
 
 
 def _measure_speed(dense, model, dense_times, speed, say: Say) -> dict:
@@ -577,22 +549,6 @@ def _measure_speed(dense, model, dense_times, speed, say: Say) -> dict:
     say("timing the pruned model's forward pass...")
     pruned_times = time_model(model, speed, vocab=int(model.config.vocab_size))
     return speed_report({"dense": dense_times, "pruned": pruned_times}, speed, input_device(model), "sequential")
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to `out`; an old `out` (overwrite) is moved aside first, deleted last.
-
-    Temporary files and folders are created private (0600/0700); the export gets ordinary ones (0755/0644) first.
-    """
-    for p in [tmp, *tmp.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "previous")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def apply_mask(lm, mask_path: str | Path, out: str | Path, mode: str | None = None, overwrite: bool = False,
