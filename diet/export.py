@@ -97,19 +97,8 @@ def write_mask_files(folder: Path, result, source: dict | None = None) -> None:
     (folder / "mask.json").write_text(_dump_mask_json(d))
 
 
-def read_mask(path: str | Path):
-    """(MaskResult, source) from a mask.json or mask.safetensors (a sibling of the other kind adds to it).
-
-    source = {"model": ..., "model_identity": ...} of the model the mask was made on (None when unknown).
-    """
-    from diet.api import MaskResult
-    from diet.settings import MaskSettings
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "mask.json"
-    if not path.is_file():
-        raise DietError(f"no mask file at {path} (give a mask.json or mask.safetensors)")
+def _read_mask_files(path: Path) -> tuple[dict, dict, Path, Path]:
+    """(description, arrays, json path, safetensors path): the JSON wins; the safetensors adds arrays."""
     json_path = path if path.suffix == ".json" else path.with_name("mask.json")
     st_path = path if path.suffix == ".safetensors" else path.with_name("mask.safetensors")
     d, arrays = None, {}
@@ -130,23 +119,45 @@ def read_mask(path: str | Path):
             raise DietError(f"{json_path} is not valid JSON: {e}") from None
     if not isinstance(d, dict) or not str(d.get("format", "")).startswith("diet-mask/"):
         raise DietError(f"{path} is not a DIET mask (no 'format': 'diet-mask/…' description found)")
+    return d, arrays, json_path, st_path
+
+
+def _mask_of(d: dict, arrays: dict, widths: list[int], path: Path, json_path: Path, st_path: Path) -> np.ndarray:
+    """The (L, max width) boolean mask from the kept indices (checked against the arrays), else from the arrays."""
+    if "keep" not in d:
+        if "mask" not in arrays:
+            raise DietError(f"{path} holds no kept indices")
+        return arrays["mask"].astype(bool)
+    mask = np.zeros((len(widths), max(widths)), dtype=bool)
+    if len(d["keep"]) != len(widths):
+        raise DietError(f"{json_path}: 'keep' has {len(d['keep'])} layers but 'widths' has {len(widths)}")
+    for i, (k, w) in enumerate(zip(d["keep"], widths, strict=True)):
+        k = np.asarray(k, dtype=np.int64)
+        if k.size and (k.min() < 0 or k.max() >= w):
+            raise DietError(f"{json_path}: layer {i} keeps an index outside 0..{w - 1}")
+        mask[i, k] = True
+    if "mask" in arrays and not np.array_equal(arrays["mask"].astype(bool), mask):
+        raise DietError(f"{json_path.name} and {st_path.name} describe different masks")
+    return mask
+
+
+def read_mask(path: str | Path):
+    """(MaskResult, source) from a mask.json or mask.safetensors (a sibling of the other kind adds to it).
+
+    source = {"model": ..., "model_identity": ...} of the model the mask was made on (None when unknown).
+    """
+    from diet.results import MaskResult
+    from diet.settings import MaskSettings
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "mask.json"
+    if not path.is_file():
+        raise DietError(f"no mask file at {path} (give a mask.json or mask.safetensors)")
+    d, arrays, json_path, st_path = _read_mask_files(path)
     try:
         widths = [int(w) for w in d["widths"]]
-        if "keep" in d:
-            mask = np.zeros((len(widths), max(widths)), dtype=bool)
-            if len(d["keep"]) != len(widths):
-                raise DietError(f"{json_path}: 'keep' has {len(d['keep'])} layers but 'widths' has {len(widths)}")
-            for i, (k, w) in enumerate(zip(d["keep"], widths, strict=True)):
-                k = np.asarray(k, dtype=np.int64)
-                if k.size and (k.min() < 0 or k.max() >= w):
-                    raise DietError(f"{json_path}: layer {i} keeps an index outside 0..{w - 1}")
-                mask[i, k] = True
-            if "mask" in arrays and not np.array_equal(arrays["mask"].astype(bool), mask):
-                raise DietError(f"{json_path.name} and {st_path.name} describe different masks")
-        elif "mask" in arrays:
-            mask = arrays["mask"].astype(bool)
-        else:
-            raise DietError(f"{path} holds no kept indices")
+        mask = _mask_of(d, arrays, widths, path, json_path, st_path)
         settings = MaskSettings(**d["settings"])
         shape = {"family": d.get("family"), "unit": d.get("unit", "mlp"), "layers": len(widths), "widths": widths,
                  "params_per_unit": [int(p) for p in d["params_per_unit"]], "total_params": int(d["total_params"])}
@@ -154,10 +165,8 @@ def read_mask(path: str | Path):
         raise DietError(f"{path}: malformed mask description ({type(e).__name__}: {e})") from None
     tm = arrays.get("task_masks")
     task_masks = tm.astype(bool) if tm is not None else np.zeros((0, *mask.shape), dtype=bool)
-    votes = arrays.get("votes")
-    result = MaskResult(list(d.get("tasks", [])), settings, task_masks, mask, votes, shape, dict(d.get("summary", {})))
-    if "method" in d and hasattr(result, "method"):
-        result.method = str(d["method"])
+    result = MaskResult(list(d.get("tasks", [])), settings, task_masks, mask, arrays.get("votes"), shape,
+                        dict(d.get("summary", {})), method=str(d.get("method", "diet")))
     return result, {"model": d.get("model"), "model_identity": d.get("model_identity")}
 
 
