@@ -179,26 +179,14 @@ def _speed_table(speed: dict) -> str:
     return "\n".join(lines)
 
 
-def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
-    """The README.md text (Hugging Face model card layout: YAML front matter, then Markdown)."""
+def _removed_section(f: CardFacts) -> list[str]:
+    """What was removed: units and parameters before/after (stored next to logical), sparsity, settings."""
     units_total, units_kept = sum(f.widths), sum(f.kept_per_layer)
     k_min, k_max = min(f.kept_per_layer), max(f.kept_per_layer)
     kept_words = f"{k_min} per layer" if k_min == k_max else f"{k_min}–{k_max} per layer"
     units, untouched = UNIT_WORDS.get(f.unit, UNIT_WORDS["mlp"])
     disk_before = _size(f.disk_before) + (" (estimated from the parameter count)" if f.disk_before_estimated else "")
     out = [
-        "---",
-        "library_name: transformers",
-        "tags: [pruned, structured-pruning, diet-explorer]",
-        "---",
-        "",
-        f"# {f.base_model}, pruned with DIET ({f.mode}, {_pct(f.unit_sparsity)} of {units} removed)",
-        "",
-        "Task-aware, training-free structured pruning: one mask per task from activation statistics, merged by "
-        f"DIET's vote, then the pruned {units} are physically removed. No weights were retrained.",
-        "",
-        f"**Export mode — {f.mode}:** {MODE_WORDS[f.mode].format(units=units)}",
-        "",
         "## What was removed",
         "",
         "| | before | after |",
@@ -220,7 +208,12 @@ def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
         out.append(f"- Weights dtype: {f.dtype} (the dtype the base model was loaded in; no conversion on export)")
     if f.extra:
         out.append(f"- Other settings: `{json.dumps(f.extra, sort_keys=True, default=str)}`")
-    out += ["", "## Measured forward speed", ""]
+    return out
+
+
+def _measured_sections(f: CardFacts) -> list[str]:
+    """Measured forward speed (and serving-engine speed), then the evaluation table."""
+    out = ["## Measured forward speed", ""]
     if f.speed:
         out += [f"Measured on {f.speed['device']} ({f.speed['threads']} threads), median of {f.speed['repeats']} "
                 "forward passes per model, " + SPEED_ORDER_WORDS[f.speed.get("order", "interleaved")] + ":", "",
@@ -241,6 +234,29 @@ def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
             out += ["", "Rows marked *preview* scored only the first items: not comparable with published numbers."]
     else:
         out.append("No evaluation was run with this export.")
+    return out
+
+
+def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
+    """The README.md text (Hugging Face model card layout: YAML front matter, then Markdown)."""
+    units = UNIT_WORDS.get(f.unit, UNIT_WORDS["mlp"])[0]
+    out = [
+        "---",
+        "library_name: transformers",
+        "tags: [pruned, structured-pruning, diet-explorer]",
+        "---",
+        "",
+        f"# {f.base_model}, pruned with DIET ({f.mode}, {_pct(f.unit_sparsity)} of {units} removed)",
+        "",
+        "Task-aware, training-free structured pruning: one mask per task from activation statistics, merged by "
+        f"DIET's vote, then the pruned {units} are physically removed. No weights were retrained.",
+        "",
+        f"**Export mode — {f.mode}:** {MODE_WORDS[f.mode].format(units=units)}",
+        "",
+        *_removed_section(f),
+        "",
+        *_measured_sections(f),
+    ]
     out += ["", "## Plots", ""]
     if f.plots:
         out += [f"![{p[:-4].replace('_', ' ')}]({p})" for p in f.plots]
