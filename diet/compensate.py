@@ -270,7 +270,7 @@ def compensate_masked(model: nn.Module, keep: Sequence, unit: str = "mlp", means
     Any later slicing or padding of this model is then exact: `bias` (FLAP's means) is added with the true kept set
     before the removed columns are zeroed; `lstsq` refits the kept columns (it needs the tokenizer and texts).
     """
-    from diet.prune import as_index_list
+    from diet.prune import add_bias_compensation, as_index_list
 
     if lstsq is not None and lstsq.method == "lstsq":
         if tokenizer is None or not texts:
@@ -279,13 +279,7 @@ def compensate_masked(model: nn.Module, keep: Sequence, unit: str = "mlp", means
     if means is None:
         return None
     u, layers, idx = as_index_list(model, keep, unit)
-    means = torch.as_tensor(means)
-    if means.shape[0] != len(layers):
-        raise DietError(f"the compensation has {means.shape[0]} layers but the model has {len(layers)}")
-    for i, (layer, k) in enumerate(zip(layers, idx, strict=True)):
-        if means[i].shape[0] != u.stat_width(layer):
-            raise DietError(f"layer {i}: compensation has {means[i].shape[0]} channels, expected "
-                            f"{u.stat_width(layer)}")
-        u.compensate(layer, k, means[i])
+    add_bias_compensation(u, layers, idx, means)
+    for layer, k in zip(layers, idx, strict=True):
         u.zero(layer, k)
     return None

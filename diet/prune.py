@@ -40,8 +40,10 @@ def as_index_list(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str
     return _as_index_list(model, keep, unit)
 
 
-def _compensate(u, layers, idx, compensation) -> None:
-    """FLAP: add each layer's pruned units' mean contribution as a bias of the output projection (before cutting)."""
+def add_bias_compensation(u, layers, idx, compensation) -> None:
+    """FLAP: add each layer's pruned units' mean contribution as a bias of the output projection (before cutting).
+
+    `compensation` (L, channels): the mean input of every profiled channel; shapes are checked per layer."""
     if compensation is None:
         return
     compensation = np.asarray(compensation)
@@ -95,7 +97,7 @@ def prune_units(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str =
     u, layers, idx = _as_index_list(model, keep, unit)
     for i, layer in enumerate(layers):
         _check_resident(layer, i)
-    _compensate(u, layers, idx, compensation)
+    add_bias_compensation(u, layers, idx, compensation)
     releaser = PageReleaser() if release else None
     for layer, k in zip(layers, idx, strict=True):
         before = list(layer.parameters())
@@ -121,7 +123,7 @@ def zero_units(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str = 
                compensation: np.ndarray | None = None) -> torch.nn.Module:
     """Zero the pruned units in place (shapes unchanged): the masked-dense reference of `prune_units`."""
     u, layers, idx = _as_index_list(model, keep, unit)
-    _compensate(u, layers, idx, compensation)
+    add_bias_compensation(u, layers, idx, compensation)
     for layer, k in zip(layers, idx, strict=True):
         u.zero(layer, k)
     return model
