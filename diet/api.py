@@ -141,27 +141,14 @@ def profile_tasks(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = 
 
 
 def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings()) -> MaskResult:
-    """Per-task masks, DIET's vote and the summary statistics — from cached statistics only (no model)."""
+    """DIET's mask: per-task masks, the vote and the summary statistics — from cached statistics only (no model).
+    The registry's `diet` method (`run_method`), after checking the statistics belong together."""
     if not stats:
         raise DietError("no task statistics: profile at least one task first")
-    names = list(stats)
     shapes = {tuple(s.meta["shape"]["widths"]) for s in stats.values()}
     if len(shapes) != 1:
         raise DietError("the task statistics come from models of different shapes")
-    if settings.merge == "threshold":
-        settings.resolved_threshold(len(names))  # refuses k > T before any work
-    scores = np.stack([unit_scores(stats[n], settings.score) for n in names])
-    task_masks, mask = M.build_masks(scores, settings)
-    v = M.votes(task_masks)
-    shape = stats[names[0]].meta["shape"]
-    summary = {
-        **M.param_summary(mask, shape),
-        "kept_per_layer": M.kept_per_layer(mask).tolist(),
-        "votes_histogram": M.votes_histogram(v, len(names)).tolist(),
-        "jaccard": M.jaccard_matrix(task_masks).round(4).tolist(),
-        **M.independence_expectations(task_masks),
-    }
-    return MaskResult(names, settings, task_masks, mask, v, shape, summary, ranking=M.vote_ranking(v, scores))
+    return run_method("diet", MethodInputs(dict(stats)), settings)
 
 
 def rounded(result: MaskResult, multiple: int) -> MaskResult:

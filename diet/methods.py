@@ -47,6 +47,7 @@ class MethodOutput:
     task_masks: np.ndarray | None = None  # (T, L, n) per-task masks, for methods that vote
     task_names: list[str] | None = None  # names of those masks
     compensation: np.ndarray | None = None  # (L, channels) FLAP: mean input, added back as an output bias
+    ranking: np.ndarray | None = None  # (L, n) importance order for --round-to (votes, then mean normalised score)
 
 
 MethodFn = Callable[[MethodInputs, MaskSettings, MethodSettings], MethodOutput]
@@ -167,7 +168,7 @@ def _task_scores(inputs: MethodInputs, settings: MaskSettings, method: str) -> t
 def diet(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
     names, scores = _task_scores(inputs, settings, "diet")
     tm, mask = M.build_masks(scores, settings)
-    return MethodOutput(mask, tm, names)
+    return MethodOutput(mask, tm, names, ranking=M.vote_ranking(M.votes(tm), scores))
 
 
 def diet_global(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
@@ -466,20 +467,25 @@ def run_method(name: str, inputs: MethodInputs, settings: MaskSettings = MaskSet
         out.compensation = None
     task_masks = out.task_masks if out.task_masks is not None else out.mask[None]
     names = out.task_names or [name]
-    v = M.votes(task_masks)
-    summary = {
-        **M.param_summary(out.mask, shape),
-        "kept_per_layer": M.kept_per_layer(out.mask).tolist(),
-        "votes_histogram": M.votes_histogram(v, len(names)).tolist(),
+    summary = summarize(out.mask, task_masks, shape, name, ms, compensation, out.compensation is not None)
+    return MaskResult(names, settings, task_masks, out.mask, M.votes(task_masks), shape, summary, method=name,
+                      compensation=out.compensation, ranking=out.ranking)
+
+
+def summarize(mask: np.ndarray, task_masks: np.ndarray, shape: dict, name: str, ms: MethodSettings,
+              compensation: str = "none", bias: bool = False) -> dict:
+    """The summary every MaskResult carries: sizes two ways, kept per layer, votes, overlap, the method."""
+    return {
+        **M.param_summary(mask, shape),
+        "kept_per_layer": M.kept_per_layer(mask).tolist(),
+        "votes_histogram": M.votes_histogram(M.votes(task_masks), len(task_masks)).tolist(),
         "jaccard": M.jaccard_matrix(task_masks).round(4).tolist(),
         **M.independence_expectations(task_masks),
         "method": name,
         "method_settings": asdict(ms),
-        "bias_compensation": out.compensation is not None,
+        "bias_compensation": bias,
         "compensation": compensation,
     }
-    return MaskResult(names, settings, task_masks, out.mask, v, shape, summary, method=name,
-                      compensation=out.compensation)
 
 
 def uses_tasks(method: str, ms: MethodSettings) -> bool:

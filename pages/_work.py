@@ -26,7 +26,7 @@ from diet.cache import ArtifactCache
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, TaskResult, evaluate_task
 from diet.jobs import JobContext
-from diet.methods import MethodInputs, get_method, needs_general, run_method
+from diet.methods import MethodInputs, get_method, needs_general, run_method, summarize
 from diet.profile import Cancelled, choose_texts
 from diet.report import mask_stats, settings_summary
 from diet.settings import MaskSettings, MethodSettings, ProfileSettings, sha256_of
@@ -315,13 +315,7 @@ def diet_mask(stats: dict, settings: MaskSettings, ranked: M.RankedScores) -> Ma
     task_masks, mask = M.build_masks(None, settings, ranked)
     v = M.votes(task_masks)
     shape = stats[names[0]].meta["shape"]
-    summary = {
-        **M.param_summary(mask, shape),
-        "kept_per_layer": M.kept_per_layer(mask).tolist(),
-        "votes_histogram": M.votes_histogram(v, len(names)).tolist(),
-        "jaccard": M.jaccard_matrix(task_masks).round(4).tolist(),
-        **M.independence_expectations(task_masks),
-    }
+    summary = summarize(mask, task_masks, shape, "diet", MethodSettings(method="diet"))
     return MaskResult(names, settings, task_masks, mask, v, shape, summary,
                       ranking=M.vote_ranking(v, ranked.scores, ranked.tie))
 
