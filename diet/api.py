@@ -105,39 +105,51 @@ def _tokens_per_second(lm: LoadedModel, cache: ArtifactCache) -> float:
 
 def profile(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = ProfileSettings(), probe: Probe = UNIT_PROBE,
             progress: TaskProgress | None = None, should_stop: Callable[[], bool] | None = None,
-            cache: ArtifactCache | None = None) -> dict:
+            cache: ArtifactCache | None = None, on_wait: Callable[[str], None] | None = None) -> dict:
     """Statistics per task for any probe: from the cache when present (no forward pass), else profiled and cached
-    atomically. Each task's texts are its seeded calibration choice; the meta records where they came from."""
+    atomically. Each task's texts are its seeded calibration choice; the meta records where they came from.
+
+    Each entry is computed under its cache lock (`ArtifactCache.computing`): a second job (another app session, a
+    CLI run) asking for the same statistics meanwhile waits — told through `on_wait` — and then reads them."""
     cache = cache or ArtifactCache()
     out: dict = {}
     for task in map(resolve_task, tasks):
         texts = choose_texts(task.calibration, settings)
         key = stats_key(lm, texts, settings, probe.tag)
         hit = cache.load_tensors(probe.cache_kind, key)
-        if hit is not None:
-            out[task.name] = probe.load(*hit)
-            if progress:
-                progress(task.name, len(texts), len(texts))
-            continue
-        cb = (lambda d, n, name=task.name: progress(name, d, n)) if progress else None
-        t0 = time.perf_counter()
-        tensors, meta = probe.run(lm.model, lm.tokenizer, texts, settings, cb, should_stop)
-        seconds = time.perf_counter() - t0
-        tokens = float(tensors["count"].sum())
-        meta = {**meta, "model": lm.spec.name, "model_identity": lm.identity, "task": task.name,
-                "task_source": task.source, "task_fingerprint": task.fingerprint(), "texts": len(texts),
-                "tokens": tokens, "settings": asdict(settings), "seconds": seconds}
-        cache.save_tensors(probe.cache_kind, key, tensors, meta)
-        cache.save_json("speed", _speed_key(lm), {"tokens_per_second": tokens / seconds})
-        out[task.name] = probe.load(tensors, meta)
+        if hit is None:
+            with cache.computing(probe.cache_kind, key, f"the statistics of {task.name}", on_wait, should_stop):
+                hit = cache.load_tensors(probe.cache_kind, key)  # whoever held the lock may have written it
+                if hit is None:
+                    hit = _profile_one(lm, task, texts, settings, probe, key, cache, progress, should_stop)
+        elif progress:
+            progress(task.name, len(texts), len(texts))
+        out[task.name] = probe.load(*hit)
     return out
+
+
+def _profile_one(lm: LoadedModel, task, texts: list[str], settings: ProfileSettings, probe: Probe, key: str,
+                 cache: ArtifactCache, progress: TaskProgress | None, should_stop) -> tuple[dict, dict]:
+    """One task's statistics computed and cached (with this machine's measured profiling speed)."""
+    cb = (lambda d, n, name=task.name: progress(name, d, n)) if progress else None
+    t0 = time.perf_counter()
+    tensors, meta = probe.run(lm.model, lm.tokenizer, texts, settings, cb, should_stop)
+    seconds = time.perf_counter() - t0
+    tokens = float(tensors["count"].sum())
+    meta = {**meta, "model": lm.spec.name, "model_identity": lm.identity, "task": task.name,
+            "task_source": task.source, "task_fingerprint": task.fingerprint(), "texts": len(texts),
+            "tokens": tokens, "settings": asdict(settings), "seconds": seconds}
+    cache.save_tensors(probe.cache_kind, key, tensors, meta)
+    cache.save_json("speed", _speed_key(lm), {"tokens_per_second": tokens / seconds})
+    return tensors, meta
 
 
 def profile_tasks(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = ProfileSettings(),
                   progress: TaskProgress | None = None, should_stop: Callable[[], bool] | None = None,
-                  cache: ArtifactCache | None = None) -> dict[str, Stats]:
+                  cache: ArtifactCache | None = None, on_wait: Callable[[str], None] | None = None
+                  ) -> dict[str, Stats]:
     """Unit statistics per task (`profile` with the unit probe)."""
-    return profile(lm, tasks, settings, UNIT_PROBE, progress, should_stop, cache)
+    return profile(lm, tasks, settings, UNIT_PROBE, progress, should_stop, cache, on_wait)
 
 
 def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings()) -> MaskResult:

@@ -8,15 +8,20 @@ fails the checksum and is deleted and recomputed — never used.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from diet.errors import Cancelled
 from diet.settings import cache_root
 
 
@@ -98,3 +103,32 @@ class ArtifactCache:
     def remove(self, kind: str, key: str) -> None:
         for p in self._paths(kind, key):
             p.unlink(missing_ok=True)
+
+    @contextmanager
+    def computing(self, kind: str, key: str, what: str = "this result", on_wait: Callable[[str], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> Iterator[None]:
+        """Hold the lock file next to one entry while it is computed: another job about to compute the same entry
+        (another session, another server, the CLI) waits, says so through `on_wait`, then finds it cached.
+
+        fcntl.flock locks belong to the open file, so two threads of one process exclude each other too. The lock
+        file stays (empty, harmless); the entry itself is still written atomically. `should_stop` ends a wait with
+        `Cancelled`; `on_wait("")` says the wait is over."""
+        path = self.root / ".locks" / kind / f"{key}.lock"  # beside, not among, the entries
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if should_stop is not None and should_stop():
+                        raise Cancelled("cancelled while waiting; nothing was written") from None
+                    if on_wait is not None:
+                        on_wait(f"another job is computing {what}; its result will be used here")
+                    time.sleep(0.25)
+            if on_wait is not None:
+                on_wait("")
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)

@@ -7,3 +7,7 @@ and is allowed to surface as one.
 
 class DietError(Exception):
     """A user-facing error: bad input, missing network, corrupt file... The message is shown as is."""
+
+
+class Cancelled(DietError):
+    """Raised when the caller asked to stop (a cancel button, Ctrl-C in a job); nothing is written."""

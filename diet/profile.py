@@ -22,16 +22,12 @@ import numpy as np
 import torch
 
 from diet.adapters import get_unit, model_shape
-from diet.errors import DietError
+from diet.errors import Cancelled, DietError
 from diet.models import input_device
 from diet.prune import check_dense
 from diet.settings import ProfileSettings, sha256_of
 
 Progress = Callable[[int, int], None]  # (texts done, texts total)
-
-
-class Cancelled(DietError):
-    """Raised when the caller asked to stop; nothing is written."""
 
 
 @dataclass

@@ -7,21 +7,18 @@ Everything goes through the engine's public API (diet.api, diet.evaluate, diet.e
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from diet import masks as M
-from diet.api import MaskResult, is_profiled, profile_tasks, prune_copy, stats_key
+from diet.api import MaskResult, is_profiled, profile_tasks, prune_copy
 from diet.cache import ArtifactCache
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, TaskResult, evaluate_task
@@ -71,46 +68,14 @@ class CountingCache(ArtifactCache):
         self._count(kind, key)
 
 
-@contextmanager
-def entry_lock(cache: ArtifactCache, kind: str, key: str, ctx: JobContext, what: str) -> Iterator[None]:
-    """Hold the lock file next to one cache entry while it is computed: another job (another session, another
-    server, the CLI) about to compute the same entry waits, says so, then reads it from the cache.
-
-    fcntl.flock locks belong to the open file, so two threads of one process exclude each other too. The lock file
-    stays (empty, harmless); the entry itself is still written atomically by the cache."""
-    path = cache.root / kind / f"{key}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if ctx.should_stop():
-                    raise Cancelled("cancelled while waiting; nothing was written") from None
-                ctx.wait_for(f"another session is computing {what}; its result will be used here")
-                time.sleep(0.25)
-        ctx.wait_for("")
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 # ----------------------------------------------------------------------------------------------- profiling
 
 
 def profile_shared(ctx: JobContext, lm, tasks: list, settings: ProfileSettings, progress=None) -> dict:
-    """profile_tasks, one task at a time under the lock of its cache entry: statistics of the same (model,
-    settings, task) are computed once, whoever asks for them first; the others wait and read them."""
-    cache = CountingCache()
-    out = {}
-    for t in tasks:
-        key = stats_key(lm, choose_texts(t.calibration, settings), settings)
-        with entry_lock(cache, "stats", key, ctx, f"the statistics of {t.name}"):
-            out.update(profile_tasks(lm, [t], settings, progress=progress or ctx.report, should_stop=ctx.should_stop,
-                                     cache=cache))
-    return out
+    """profile_tasks for a job: statistics of the same (model, settings, task) are computed once, whoever asks for
+    them first (the engine's cache lock); the others say they wait, then read them."""
+    return profile_tasks(lm, tasks, settings, progress=progress or ctx.report, should_stop=ctx.should_stop,
+                         cache=CountingCache(), on_wait=ctx.wait_for)
 
 
 _PROFILE_SPEED: dict = {}  # model identity -> profiling tokens per second measured in this server process
@@ -350,7 +315,7 @@ def cached_evaluate(lm, model, task, settings: EvalSettings, digest: str, memo: 
     if ctx is None:
         res = get()
     else:
-        with entry_lock(cache, "eval", key, ctx, f"the {task.name} score of this model"):
+        with cache.computing("eval", key, f"the {task.name} score of this model", ctx.wait_for, ctx.should_stop):
             res = get()
     memo[key] = res
     return res

@@ -174,3 +174,31 @@ def test_build_mask_and_split_half_from_profiled_stats(tmp_path):
     assert 0.0 <= api.split_half_overlap(stats["a"], MaskSettings(sparsity=0.25)) <= 1.0
     pruned = api.prune_copy(lm, res)
     assert pruned.config.intermediate_size == 36 and lm.model.config.intermediate_size == 48
+
+
+def test_a_second_job_waits_for_the_first_and_reads_its_statistics(tmp_path):
+    """Two jobs asking for the same statistics at once (two app sessions, the CLI): one computes, the other waits
+    (and says so), then reads the cached entry without a forward pass of its own."""
+    import threading
+    import time
+
+    lm, cache = loaded(), ArtifactCache(tmp_path)
+    task, settings = FakeTask("t1", tuple(TEXTS)), ProfileSettings(samples=5)
+    key = api.stats_key(lm, choose_texts(task.calibration, settings), settings)
+    waits, done, forwards = [], {}, []
+    handle = lm.model.model.register_forward_hook(lambda *a: forwards.append(threading.current_thread().name))
+    with cache.computing("stats", key, "the first job's statistics"):
+        second = threading.Thread(target=lambda: done.update(api.profile_tasks(lm, [task], settings, cache=cache,
+                                                                                on_wait=waits.append)), name="second")
+        second.start()
+        deadline = time.monotonic() + 10
+        while not waits and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waits and "is computing" in waits[0] and not done  # it waits, and says so
+        first = api.profile_tasks(lm, [task], settings, cache=ArtifactCache(tmp_path / "other"))  # the first job's
+        cache.save_tensors("stats", key, first["t1"].tensors(), first["t1"].meta)  # ... result, cached
+        forwards.clear()
+    second.join(10)
+    handle.remove()
+    assert not forwards and waits[-1] == ""  # no forward pass of its own; the wait is over
+    np.testing.assert_array_equal(done["t1"].abs_sum, first["t1"].abs_sum)
