@@ -19,6 +19,7 @@ import numpy as np
 
 from diet import masks as M
 from diet.cache import ArtifactCache
+from diet.compare import compare_models  # noqa: F401  the cached dense-vs-pruned comparison, served here
 from diet.errors import DietError
 from diet.methods import MethodInputs, get_method, needs_general, run_method, unit_scores, weight_stats
 from diet.models import LoadedModel, count_parameters

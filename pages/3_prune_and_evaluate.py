@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from diet import viz
+from diet.compare import SPEED_BATCH, SPEED_TOKENS
 from diet.evaluate import EvalSettings, average
 from diet.report import comparison_table, mask_stats, settings_summary
 from pages._common import (
@@ -24,8 +25,6 @@ from pages._common import (
     start_job,
 )
 from pages._work import (
-    SPEED_BATCH,
-    SPEED_TOKENS,
     compare_job,
     counts_notes,
     lstsq_settings,

@@ -20,11 +20,12 @@ import numpy as np
 from diet import masks as M
 from diet.api import MaskResult, is_profiled, profile_tasks, prune_copy
 from diet.cache import ArtifactCache
+from diet.compare import compare_models
 from diet.errors import DietError
-from diet.evaluate import EvalSettings, TaskResult, evaluate_task
+from diet.evaluate import EvalSettings
 from diet.jobs import JobContext
 from diet.methods import MethodInputs, get_method, needs_general, run_method, summarize
-from diet.profile import Cancelled, choose_texts
+from diet.profile import choose_texts
 from diet.report import mask_stats, settings_summary
 from diet.settings import MaskSettings, MethodSettings, ProfileSettings, sha256_of
 
@@ -288,108 +289,12 @@ def diet_mask(stats: dict, settings: MaskSettings, ranked: M.RankedScores) -> Ma
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
-def eval_key(lm, task, settings: EvalSettings, digest: str) -> str:
-    """Everything that determines a task's score: model content and dtype, task data, limit, length, mask."""
-    return sha256_of({"model": lm.identity, "dtype": lm.spec.dtype, "task": task.fingerprint(),
-                      "limit": settings.limit, "max_length": settings.max_length, "mask": digest})[:24]
-
-
-def cached_evaluate(lm, model, task, settings: EvalSettings, digest: str, memo: dict, progress=None,
-                    ctx: JobContext | None = None) -> TaskResult:
-    """evaluate_task, remembered in `memo` (this session) and on disk (kind "eval"): a number is computed once,
-    also across sessions (with `ctx`, under the lock of its cache entry: a second session waits and reads it)."""
-    key = eval_key(lm, task, settings, digest)
-    if key in memo:
-        return memo[key]
-    cache = CountingCache()
-
-    def get() -> TaskResult:
-        hit = cache.load_json("eval", key)
-        if hit is not None:
-            hit.pop("note", None)  # a derived field of to_dict()
-            return TaskResult(**hit)
-        res = evaluate_task(model, lm.tokenizer, task, settings, progress)
-        cache.save_json("eval", key, res.to_dict())
-        return res
-
-    if ctx is None:
-        res = get()
-    else:
-        with cache.computing("eval", key, f"the {task.name} score of this model", ctx.wait_for, ctx.should_stop):
-            res = get()
-    memo[key] = res
-    return res
-
-
-def model_size(model) -> dict:
-    """Parameters (tied weights once) and bytes of the weights as stored in memory."""
-    from diet.models import count_parameters
-
-    seen, nbytes = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            nbytes += p.numel() * p.element_size()
-    return {"params": count_parameters(model), "mb": nbytes / 2**20}
-
-
-SPEED_BATCH, SPEED_TOKENS = 1, 64  # the side-by-side forward-speed measurement of the comparison pages
-
-
-def forward_speed(models: dict) -> dict:
-    """Tokens per second of each model on the same random batch, timed interleaved by the engine
-    (diet.timing.measure_speed: medians, so machine load hits both alike)."""
-    from diet.timing import SpeedSettings, measure_speed
-
-    # One sequence of 64 tokens: a few seconds for both models on a small CPU (8 × 64 took ~15 s, more than the
-    # evaluation itself); the ratio between the models is what the page shows.
-    measured = measure_speed(models, SpeedSettings(batch_sizes=(SPEED_BATCH,), seq_len=SPEED_TOKENS, repeats=3))
-    row = measured["rows"][0]
-    return {**{n: float(row[f"{n}_tokens_per_s"]) for n in models}, "detail": measured}
-
-
-def _eval_tasks(tasks: list) -> list:
-    usable = [t for t in tasks if t.evaluation]
-    if not usable:
-        raise DietError("none of the chosen tasks has evaluation items (text-only task files can only calibrate)")
-    return usable
-
-
-def _requests(tasks, settings: EvalSettings) -> int:
-    return sum(len(it.requests()) for t in tasks for it in t.evaluation[: settings.limit])
-
-
 def evaluate_dense_and_pruned(ctx: JobContext, lm, make_pruned, digest: str, tasks: list, settings: EvalSettings,
                               memo: dict, shown: str = "pruned") -> dict:
-    """The body both comparison jobs share (DIET masks on page 3, DISP index sets on the DISP page): every task on
-    the dense model, then on `make_pruned()`, each number cached (`cached_evaluate`, dense ones shared across pages),
-    progress per model, cancel between tasks; then parameters, size and measured forward speed.
-
-    `digest` keys the pruned model's cached numbers; `shown` is the pruned model's name in progress and notes.
-    Returns {"tasks", "dense", "pruned", "speed", "size"}."""
-    usable = _eval_tasks(tasks)
-    counts = [_requests([t], settings) for t in usable]
-    per = sum(counts)
-    out: dict = {"tasks": [t.name for t in usable]}
-    models = {}
-    for label, make in (("dense", lambda: lm.model), ("pruned", make_pruned)):
-        name = "dense" if label == "dense" else shown
-        ctx.note(f"evaluating the {name} model")
-        model = models[label] = make()
-        rows, offset = [], 0
-        for t, n in zip(usable, counts, strict=True):
-            if ctx.should_stop():
-                raise Cancelled("evaluation cancelled")
-            cb = lambda d, _n, o=offset, lab=name: ctx.report(lab, o + d, per)  # noqa: E731
-            rows.append(cached_evaluate(lm, model, t, settings, "dense" if label == "dense" else digest, memo, cb,
-                                        ctx))
-            offset += n
-            ctx.report(name, offset, per)
-        out[label] = rows
-    ctx.note("measuring forward speed")
-    out["speed"] = forward_speed(models)
-    out["size"] = {k: model_size(m) for k, m in models.items()}
-    return out
+    """The body both comparison jobs share (DIET masks on page 3, DISP index sets on the DISP page): the engine's
+    cached comparison (`diet.compare.compare_models`) wired to the job's progress, notes, cancel and waits."""
+    return compare_models(lm, make_pruned, digest, tasks, settings, memo, progress=ctx.report, note=ctx.note,
+                          should_stop=ctx.should_stop, on_wait=ctx.wait_for, cache=CountingCache(), shown=shown)
 
 
 def compare_job(lm, result: MaskResult, tasks: list, settings: EvalSettings, memo: dict, stats: dict | None = None):
