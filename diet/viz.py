@@ -51,8 +51,6 @@ CAPTIONS = {
     "who_loses": "Top: for each task, the share of its own top-k channels each mask keeps (bars) and the share of "
                  "its importance mass (sum of its per-layer-normalised scores) kept (diamonds). Bottom: per layer, "
                  "the share of the tasks' own top-k that each mask drops, averaged over tasks.",
-    "sweep": "Accuracy of the pruned model at each sparsity (each task's primary metric); the dense model is the "
-             "dashed line. Measured, not predicted.",
 }
 
 
