@@ -1,9 +1,10 @@
 """Where the prunable units live, per architecture family — and how to cut them.
 
 Why a registry: the engine (profiling, pruning, export) must never guess module names. Each family says where its
-decoder layers are and how its MLP is built; a *unit* (MLP channels now; attention heads or hidden dims later) knows
-which module's input carries its activations, how many parameters one unit owns, and how to slice or zero it.
-Adding a unit or a family touches this file only.
+decoder layers are and how its MLP is built; a *unit* (MLP channels, or attention heads as whole KV groups) knows
+which module's input carries its activations, how many parameters one unit owns, and how to slice or zero it. DISP's
+view of a block (`block_parts`) and the serving writers' roles (`llama_like_parts`) live here too, so adding a unit
+or a family touches this file only.
 """
 
 from __future__ import annotations
