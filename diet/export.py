@@ -479,6 +479,9 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     result = rounded(result, round_to)
     mode = resolve_mode(result, mode)
     check_serving(lm, result, mode, outtype)
+    if mode == "vllm" and result.summary.get("uniform"):
+        say("note: every layer keeps the same width, so the ordinary uniform folder (--export-mode uniform) already "
+            "serves in vLLM as the stock architecture, and everywhere else")
     before = {"params": count_parameters(lm.model), "disk": _disk_before(lm), "dtype": model_dtype(lm.model)}
     model, comp_info, evaluation, measured = _prune_and_measure(lm, result, mode, compensation, texts, evaluation,
                                                                 speed, eval_settings, in_place, say)
@@ -492,9 +495,13 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
         written = _write_model(mode, model, lm, tmp, outtype, f"{lm.spec.name} pruned with DIET", max_shard_size)
         settings["params_stored"] = int(written["params_stored"])
         settings.update({k: v for k, v in written.items() if k in ("arch", "bytes")})
+        engine = _engine_speed(mode, tmp, speed, say)
+        if engine:
+            settings["engine_speed"] = engine
         write_mask_files(tmp, result, {"model": lm.spec.name, "model_identity": lm.identity})
         atomic_write_json(tmp / "diet_settings.json", settings)
-        _write_card(tmp, out, lm, result, mode, before, int(written["params_stored"]), evaluation, measured, extra)
+        _write_card(tmp, out, lm, result, mode, before, int(written["params_stored"]), evaluation, measured, extra,
+                    engine)
     return out
 
 
@@ -526,8 +533,18 @@ def _prune_and_measure(lm, result, mode: str, compensation, texts, evaluation, s
     return model, comp_info, evaluation, measured
 
 
+def _engine_speed(mode: str, folder: Path, speed, say: Say) -> dict | None:
+    """llama.cpp tokens/s of the written GGUF for the card, where speed was asked for (None without llama.cpp)."""
+    if mode != "gguf" or speed is None or speed.repeats <= 0:
+        return None
+    from diet.gguf_export import GGUF_NAME, measure_speed
+
+    say("measuring the GGUF file's speed in llama.cpp...")
+    return measure_speed(folder / GGUF_NAME, repeats=speed.repeats)
+
+
 def _write_card(folder: Path, out: Path, lm, result, mode: str, before: dict, params_stored: int, evaluation,
-                measured, extra: dict | None) -> None:
+                measured, extra: dict | None, engine_speed: dict | None = None) -> None:
     """The folder's README.md (model card) with its plots: sizes, widths, measured accuracy and speed, how to run."""
     from diet.modelcard import CardFacts, render_card, write_plots
 
@@ -542,7 +559,8 @@ def _write_card(folder: Path, out: Path, lm, result, mode: str, before: dict, pa
         kept_per_layer=[len(k) for k in keep], votes_histogram=s.get("votes_histogram"), disk_before=disk_before,
         disk_before_estimated=estimated, disk_after=sum(p.stat().st_size for p in _weight_files(folder)),
         evaluation=_evaluation_dict(evaluation), speed=measured, plots=plots, unit=unit,
-        extra={k: v for k, v in (extra or {}).items() if k != "evaluation"}, dtype=before["dtype"])
+        extra={k: v for k, v in (extra or {}).items() if k != "evaluation"}, dtype=before["dtype"],
+        engine_speed=engine_speed)
     (folder / "README.md").write_text(render_card(facts, folder_hint=str(out)))
 
 

@@ -443,3 +443,18 @@ def test_every_export_states_the_parameters_it_stores(tmp_path):
             assert line == f"{logical:,} logical, {stored:,} stored"
         else:
             assert stored == logical
+
+
+def test_gguf_card_gives_llama_cpp_speed_and_how_to_run(tmp_path):
+    from diet.timing import SpeedSettings
+
+    model = tiny("llama")
+    out = export_model(make_lm(model, name=EMBEDDED), make_result(model, [20, 44, 31]), tmp_path / "g", mode="gguf",
+                       speed=SpeedSettings(batch_sizes=(1,), seq_len=8, repeats=1))
+    speed = json.loads((out / "diet_settings.json").read_text())["engine_speed"]
+    assert speed["prompt_tokens_per_s"] > 0 and speed["gen_tokens_per_s"] > 0 and speed["file"] == "model.gguf"
+    card = (out / "README.md").read_text()
+    assert "Measured in llama.cpp (llama-cpp-python 0.3.36" in card
+    assert f"generation **{speed['gen_tokens_per_s']:.0f} tokens/s**" in card
+    assert f"llama-cli -m {out}/model.gguf" in card and "ollama create" in card
+    assert "MLP channels kept per layer: 20, 44, 31" in card
