@@ -175,6 +175,8 @@ def main() -> None:
                     help="claim.csv of an earlier run with the same settings: its rows for the old table (MAIN, "
                          "POOLED, shortgpt) are read instead of recomputed; dense and diet are recomputed as a check")
     ap.add_argument("--no-compensation", action="store_true", help="skip the bias / lstsq rows")
+    ap.add_argument("--no-pooled-compensation", action="store_true",
+                    help="skip the bias / lstsq rows of the baselines on pooled task data (COMPENSATED_POOLED)")
     ap.add_argument("--hold", type=float, default=240.0,
                     help="with --lock: seconds the lock is kept across cells before it is offered to others")
     a = ap.parse_args()
@@ -206,7 +208,7 @@ def main() -> None:
     new = run_sweep(lm, replace(sweep, methods=NEW + COMPENSATED[:1], compensations=comps), profile, MaskSettings(),
                     MethodSettings(), say=say, lock=lock, lstsq=LSTSQ)
     rows += [r for r in new if r["method"] != "dense" and not (r["method"] == "diet" and r["compensation"] == "none")]
-    if not a.no_compensation:
+    if not (a.no_compensation or a.no_pooled_compensation):
         pooled = run_sweep(lm, replace(sweep, methods=COMPENSATED_POOLED, compensations=comps[1:]), profile,
                            MaskSettings(), MethodSettings(calibration="tasks"), say=say, lock=lock, lstsq=LSTSQ)
         rows += [{**r, "variant": "pooled task data"} for r in pooled if r["method"] != "dense"]
