@@ -221,9 +221,14 @@ def free_cores(sample_seconds: float = 0.4) -> float:
 
 
 def thread_count(free: float, cores: int | None = None) -> int:
-    """Torch threads for `free` cores: rounded to the nearest whole core (at least one, at most the cores)."""
+    """Torch threads for `free` cores: one core fewer for each core other processes keep (nearly) fully busy.
+
+    Why not round the free cores: measured with bench/app_job_speed.py on 2 cores, a background process using
+    about half a core made the rounded rule pick 1 thread, and profiling then took ~1.7× the CLI's 2-thread time;
+    2 threads lose badly only when another process holds a whole core (the CLI: 9 s -> ~41 s)."""
     cores = cores or os.cpu_count() or 1
-    return max(1, min(cores, int(free + 0.5)))
+    busy = max(0.0, cores - free)
+    return max(1, min(cores, cores - int(busy + 0.1)))
 
 
 class TorchGate:

@@ -808,7 +808,7 @@ def test_gate_runs_one_job_at_a_time_across_sessions_and_the_waiting_one_says_so
 def test_gate_sizes_threads_to_the_free_cores():
     from diet.jobs import thread_count
 
-    assert [thread_count(idle, cores=2) for idle in (0.0, 0.6, 0.9, 1.8, 2.0)] == [1, 1, 1, 2, 2]
+    assert [thread_count(free, cores=2) for free in (0.0, 0.6, 0.9, 1.2, 1.8, 2.0)] == [1, 1, 1, 2, 2, 2]
     assert thread_count(7.9, cores=8) == 8 and thread_count(3.1, cores=8) == 3
 
 
