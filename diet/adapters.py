@@ -117,6 +117,13 @@ class MLPChannels:
         """The projection that reads the profiled channels (its columns weight Wanda-sp and FLAP scores)."""
         return self.family.mlp(layer).down
 
+    bias_flag = "mlp_bias"  # the stock config flag that gives every MLP projection a bias
+
+    def bias_linears(self, layer: nn.Module) -> list[nn.Linear]:
+        """The projections `bias_flag` gives a bias (gate, up or fused gate_up, down)."""
+        p = self.family.mlp(layer)
+        return [lin for lin in (p.gate, p.up, p.gate_up, p.down) if lin is not None]
+
     def unit_weight_norms(self, layer: nn.Module) -> torch.Tensor:
         """(width,) L2 norm of every weight a channel owns (gate row, up row, down column): the magnitude score."""
         p = self.family.mlp(layer)
@@ -255,6 +262,12 @@ class AttentionHeads:
 
     def out_proj(self, layer: nn.Module) -> nn.Linear:
         return self._attn(layer).o_proj
+
+    bias_flag = "attention_bias"  # the stock config flag that gives q/k/v/o a bias
+
+    def bias_linears(self, layer: nn.Module) -> list[nn.Linear]:
+        a = self._attn(layer)
+        return [a.q_proj, a.k_proj, a.v_proj, a.o_proj]
 
     def params_per_unit(self, layer: nn.Module) -> int:
         a = self._attn(layer)

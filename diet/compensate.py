@@ -82,7 +82,7 @@ def heldout_texts(task, used: Sequence[str], n: int, seed: int = 1) -> list[str]
 def bias_supported(model: nn.Module, unit: str = "mlp") -> str | None:
     """None when a stock config of this family can carry an output bias for `unit`, else the reason it cannot."""
     fam = get_family(model)
-    flag = "mlp_bias" if unit == "mlp" else "attention_bias"
+    flag = get_unit(model, unit).bias_flag
     if fam.name == "qwen2" and unit == "heads":
         return "Qwen2's o_proj has no bias in its stock modelling code"
     if not hasattr(model.config, flag):
@@ -103,14 +103,11 @@ def enable_output_bias(model: nn.Module, unit: str = "mlp") -> None:
                         "(plain weights) or none")
     u = get_unit(model, unit)
     for layer in u.family.layers(model):
-        owner = layer.mlp if unit == "mlp" else layer.self_attn
-        names = ("gate_proj", "up_proj", "down_proj") if unit == "mlp" else ("q_proj", "k_proj", "v_proj", "o_proj")
-        for name in names:
-            lin = getattr(owner, name)
+        for lin in u.bias_linears(layer):
             if lin.bias is None:
                 lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype,
                                                     device=lin.weight.device))
-    setattr(model.config, "mlp_bias" if unit == "mlp" else "attention_bias", True)
+    setattr(model.config, u.bias_flag, True)
 
 
 # ---------------------------------------------------------------- lstsq

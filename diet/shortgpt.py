@@ -73,8 +73,8 @@ def remove_layers(model: torch.nn.Module, drop: list[int]) -> torch.nn.Module:
     keep = [i for i in range(len(layers)) if i not in set(drop)]
     kept = torch.nn.ModuleList([layers[i] for i in keep])
     for new, layer in enumerate(kept):  # the KV cache and per-layer masks are indexed by position
-        for module in (layer, getattr(layer, "self_attn", None)):
-            if module is not None and hasattr(module, "layer_idx"):
+        for module in layer.modules():  # the layer and its attention carry layer_idx (no module names needed)
+            if hasattr(module, "layer_idx"):
                 module.layer_idx = new
     parent = model
     *path, last = fam.layers_path.split(".")
