@@ -458,3 +458,14 @@ def test_gguf_card_gives_llama_cpp_speed_and_how_to_run(tmp_path):
     assert f"generation **{speed['gen_tokens_per_s']:.0f} tokens/s**" in card
     assert f"llama-cli -m {out}/model.gguf" in card and "ollama create" in card
     assert "MLP channels kept per layer: 20, 44, 31" in card
+
+
+def test_cli_passes_the_serving_flags():
+    from diet.cli import _export_options, build_parser
+
+    a = build_parser().parse_args(["export", "--mask", "m.json", "--out", "o", "--export-mode", "gguf",
+                                   "--outtype", "q8_0", "--round-to", "32"])
+    options = _export_options(a)
+    assert (options["mode"], options["outtype"], options["round_to"]) == ("gguf", "q8_0", 32)
+    with pytest.raises(SystemExit):  # argparse refuses a multiple that no quantizer or TP size uses
+        build_parser().parse_args(["export", "--mask", "m.json", "--out", "o", "--round-to", "48"])
