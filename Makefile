@@ -56,7 +56,7 @@ run: install  ## start the app on http://localhost:8501 (embedded SmolLM2-135M p
 test: install llama-cpp vllm-env  ## the whole suite, offline: unit + integration on SmolLM2-135M + browser + engines
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-test-fast: install  ## unit tests only (tiny models, seconds)
+test-fast: install llama-cpp  ## unit tests only (tiny models; llama.cpp for the GGUF ones, a cached wheel after the first build)
 	$(BIN)/python -m pytest -q -m "not integration and not browser"
 
 lint: install
