@@ -185,6 +185,40 @@ def _run(layer: nn.Module, h: torch.Tensor, kwargs: dict) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def _layer_sums(layer: nn.Module, proj: nn.Linear, cols: torch.Tensor, masks: list, h_p: list, h_d: list | None,
+                calls: list) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(Σ x_K x_Kᵀ, Σ y x_Kᵀ, Σ‖y‖²) over the real tokens of one layer, fp64: x = the projection's input on the pruned
+    model's stream `h_p`; y = its output there (target "layer"), or on the dense stream `h_d` (target "dense", which
+    then advances `h_d` through the dense layer)."""
+    W = proj.weight
+    S = torch.zeros(len(cols), len(cols), dtype=torch.float64)
+    G = torch.zeros(W.shape[0], len(cols), dtype=torch.float64)
+    yy, seen = 0.0, {}
+
+    def grab(module, args, output):
+        seen["x"] = args[0].reshape(-1, args[0].shape[-1])
+        y = output if module.bias is None else output - module.bias
+        seen["y"] = y.reshape(-1, y.shape[-1])
+
+    handle = proj.register_forward_hook(grab)
+    try:
+        with torch.inference_mode():
+            for b, m in enumerate(masks):
+                if h_d is not None:
+                    h_d[b] = _run(layer, h_d[b], calls[b])
+                    y = seen["y"][m].float()
+                _run(layer, h_p[b], calls[b])  # only to see x (and y); the stream moves on after the refit
+                if h_d is None:
+                    y = seen["y"][m].float()
+                x = seen["x"][m][:, cols].float()
+                S += (x.T @ x).double().cpu()
+                G += (y.T @ x).double().cpu()
+                yy += float((y * y).sum())
+    finally:
+        handle.remove()
+    return S, G, yy
+
+
 def fit_lstsq(model: nn.Module, tokenizer, texts: list[str], keep: Sequence, unit: str = "mlp",
               settings: CompensationSettings = CompensationSettings(method="lstsq"),
               progress: Progress | None = None) -> FitReport:
@@ -205,40 +239,15 @@ def fit_lstsq(model: nn.Module, tokenizer, texts: list[str], keep: Sequence, uni
                         f"{u.stat_width(layers[0])}-column output projection) but the texts give {tokens}: use "
                         "more calibration texts per task or longer ones")
     h_p, calls = _record_layer_inputs(model, layers, batches, device)
-    dense = settings.target == "dense"
-    h_d = list(h_p) if dense else None
+    h_d = list(h_p) if settings.target == "dense" else None
     masks = [b["attention_mask"].reshape(-1).bool().to(device) for b in batches]
     hidden = h_p[0].shape[-1]
     report = FitReport(len(layers), tokens, 0.0, 0, 2 * tokens * hidden * h_p[0].element_size())
     for i, (layer, k) in enumerate(zip(layers, idx, strict=True)):
         proj = u.out_proj(layer)
         cols = u.kept_channels(layer, k)
+        S, G, yy = _layer_sums(layer, proj, cols, masks, h_p, h_d, calls[i])
         W = proj.weight.detach()
-        S = torch.zeros(len(cols), len(cols), dtype=torch.float64)
-        G = torch.zeros(W.shape[0], len(cols), dtype=torch.float64)
-        yy, seen = 0.0, {}
-
-        def grab(module, args, output, seen=seen):
-            seen["x"] = args[0].reshape(-1, args[0].shape[-1])
-            y = output if module.bias is None else output - module.bias
-            seen["y"] = y.reshape(-1, y.shape[-1])
-
-        handle = proj.register_forward_hook(grab)
-        try:
-            with torch.inference_mode():
-                for b, m in enumerate(masks):
-                    if dense:
-                        h_d[b] = _run(layer, h_d[b], calls[i][b])
-                        y = seen["y"][m].float()
-                    _run(layer, h_p[b], calls[i][b])  # only to see x (and y); the stream moves on after the refit
-                    if not dense:
-                        y = seen["y"][m].float()
-                    x = seen["x"][m][:, cols].float()
-                    S += (x.T @ x).double().cpu()
-                    G += (y.T @ x).double().cpu()
-                    yy += float((y * y).sum())
-        finally:
-            handle.remove()
         W_K = W[:, cols].double().cpu()
         A, lam = _solve(G, S, W_K, settings.ridge)
         report.ridge.append(lam)
