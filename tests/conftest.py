@@ -1,4 +1,4 @@
-"""Fixtures shared by the app tests (tests/test_app.py, tests/test_app_disp.py)."""
+"""Fixtures shared by several test files (the app tests, the CLI tests on a saved tiny model)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,13 @@ def tiny_lm(tmp_path) -> LoadedModel:
     """A tiny random Llama behind the same LoadedModel the app uses for real models."""
     return LoadedModel(tiny_model("llama"), tiny_tokenizer(), ModelSpec(name="tiny-llama"), str(tmp_path),
                        "tiny:llama:0")
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, monkeypatch) -> Path:
+    """A tiny random Llama saved as a model folder (what a user passes as --model), with a private cache."""
+    monkeypatch.setenv("DIET_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

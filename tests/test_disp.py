@@ -359,13 +359,6 @@ def test_export_refuses_a_non_empty_folder_and_writes_nothing(tmp_path):
 # ---------------------------------------------------------------- CLI
 
 
-@pytest.fixture
-def tiny_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIET_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "tiny-llama"
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize("method", ["disp", "disp-learned"])

@@ -12,7 +12,6 @@ from diet.cli import main
 from diet.models import load_model
 from diet.report import report
 from diet.settings import MaskSettings, ModelSpec, ProfileSettings
-from tests.tiny import tiny_model, tiny_tokenizer
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -22,13 +21,6 @@ def normalised(page: str) -> str:
     return UUID.sub("ID", re.sub(r"Generated [^<]* UTC", "Generated", page))
 
 
-@pytest.fixture
-def tiny_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIET_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "tiny-llama"
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def test_cli_report_is_the_apps_report(tiny_folder, tmp_path, capsys):
