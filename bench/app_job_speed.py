@@ -13,7 +13,7 @@ For the evaluation the app's own numbers are also printed: the seconds its score
 CLI: a fresh process per command with an equally empty cache; its seconds are the ones the engine records (the
 statistics' `seconds`, the eval JSON's per-task `seconds`), so the model load is excluded there as well.
 
-    PYTHONPATH=. .venv/bin/python bench/app_job_speed.py [--rounds 3]   # ~5 min on 2 cores; under the torch lock
+    .venv/bin/python bench/app_job_speed.py [--rounds 3]   # ~5 min on 2 cores; under the torch lock
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The claim check: does DIET's voted task-aware mask beat the baselines at 20% and 40% MLP-channel sparsity?
 
-    flock /tmp/diet-torch.lock env PYTHONPATH=. .venv/bin/python bench/claim_check.py --out bench/results/claim
+    flock /tmp/diet-torch.lock .venv/bin/python bench/claim_check.py --out bench/results/claim
     (add --limit N for a preview on a CPU; --lock makes the script take the lock per cell instead)
 
 SmolLM2-135M (embedded), the offline suite (every task is both a calibration task and an evaluation task), 100

@@ -1,6 +1,6 @@
 """Compensation after removal on SmolLM2-135M: held-out loss, fit time and peak memory, side by side in one run.
 
-    flock /tmp/diet-torch.lock env PYTHONPATH=. .venv/bin/python bench/compensation.py --out bench/results/compensation
+    flock /tmp/diet-torch.lock .venv/bin/python bench/compensation.py --out bench/results/compensation
 
 For one mask (default: DIET's vote over the eight offline tasks at 40% of MLP channels) it builds the pruned model
 with no compensation, FLAP-style `bias`, and `lstsq` at several ridge strengths and both targets, and measures on

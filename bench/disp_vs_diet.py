@@ -1,6 +1,6 @@
 """DISP (training-free index sets) vs DIET at the same total-parameter sparsity, on SmolLM2-135M.
 
-    flock /tmp/diet-torch.lock env PYTHONPATH=. .venv/bin/python bench/disp_vs_diet.py --out bench/results/disp
+    flock /tmp/diet-torch.lock .venv/bin/python bench/disp_vs_diet.py --out bench/results/disp
 
 For each DISP block sparsity S (fraction of block weights removed, the paper's 1 - p), DISP's five index sets per
 layer come from DIET's vote over the offline suite's per-position statistics; DISP removes a fraction F of *all*

@@ -12,7 +12,7 @@ split_half_overlap exactly as diet/api.py runs them, and the page's figures. Bot
 the same masks, summaries and split-half overlaps on random cases (and on the big one). Targets: vote + statistics
 ≤ 50 ms, one slider move end to end ≤ 150 ms (medians).
 
-    PYTHONPATH=. .venv/bin/python bench/ui_latency.py [--repeats 7] [--layers 42] [--width 14336] [--tasks 7]
+    .venv/bin/python bench/ui_latency.py [--repeats 7] [--layers 42] [--width 14336] [--tasks 7]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Who loses in the merge, on SmolLM2-135M and the eight offline tasks (cached statistics only: no forward pass).
 
-    env PYTHONPATH=. .venv/bin/python bench/who_loses.py --out bench/results/claim13/who_loses.json
+    .venv/bin/python bench/who_loses.py --out bench/results/claim13/who_loses.json
 
 For DIET's vote, diet-weighted, pooled and a random mask at 20% and 40% of MLP channels: per task, the share of its
 own top-k channels each mask keeps and the share of its importance mass (sum of its per-layer-normalised mean |x|)
