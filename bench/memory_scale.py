@@ -41,7 +41,8 @@ RUNS = {  # run id -> (size, what, extra arguments)
     "1:prune": ("1", "prune", []),
     "1:prune-no-speed": ("1", "prune", ["--speed-repeats", "0"]),
     "1:prune-interleaved": ("1", "prune", ["--speed-interleaved"]),
-    "1:prune-lstsq": ("1", "prune", ["--speed-repeats", "0", "--compensation", "lstsq"]),
+    "1:prune-lstsq": ("1", "prune", ["--speed-repeats", "0", "--compensation", "lstsq", "--tasks",
+                                     "reading,facts,physical", "--compensation-samples", "200"]),
     "1:profile": ("1", "profile", []),
     "1:eval": ("1", "eval", []),
 }
@@ -49,7 +50,7 @@ WHAT = {
     "prune": "prune (default: dense timed, pruned in place, timed)",
     "prune-no-speed": "prune --speed-repeats 0 (no comparison)",
     "prune-interleaved": "prune --speed-interleaved (dense twin kept)",
-    "prune-lstsq": "prune --compensation lstsq --speed-repeats 0 (refit on 32 texts per task)",
+    "prune-lstsq": "prune --compensation lstsq on 3 tasks x up to 200 texts (>= 6144 tokens) --speed-repeats 0",
     "profile": "profile only",
     "eval": "eval (--limit 16)",
 }
