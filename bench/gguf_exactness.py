@@ -27,7 +27,7 @@ from tests.test_gguf import (  # noqa: E402  (the same helpers the tests use)
     cpp_accuracy,
     open_gguf,
     suite_prompts,
-    suite_tasks,
+    suite_texts,
     torch_accuracy,
 )
 
@@ -75,12 +75,7 @@ def exactness(lm, result, path: Path, limit: int | None) -> dict:
 
 def tokenization(lm, path: Path) -> dict:
     vocab = open_gguf(path, vocab_only=True)
-    texts = set()
-    for t in suite_tasks():
-        texts.update(t.calibration)
-        for item in t.evaluation:
-            for context, continuation in item.requests():
-                texts.update((context, continuation, context + continuation))
+    texts = suite_texts()
     same = sum(vocab.tokenize(s.encode(), add_bos=False, special=False) == lm.tokenizer.encode(
         s, add_special_tokens=False) for s in texts)
     print(f"tokenization: {same} of {len(texts)} suite texts identical")

@@ -247,6 +247,17 @@ def suite_tasks() -> list:
     return [get_task(t.name) for t in list_tasks() if t.source == "offline"]
 
 
+def suite_texts() -> set[str]:
+    """Every string the suite feeds a tokenizer: calibration texts, contexts, continuations and their joins."""
+    texts = set()
+    for t in suite_tasks():
+        texts.update(t.calibration)
+        for item in t.evaluation:
+            for context, continuation in item.requests():
+                texts.update((context, continuation, context + continuation))
+    return texts
+
+
 def suite_prompts(n: int = 50) -> list[str]:
     """n evaluation contexts spread over the offline suite's tasks."""
     tasks = suite_tasks()
@@ -335,12 +346,7 @@ def test_smollm_tokenizes_every_suite_text_like_transformers(smollm):
     folder = root / "deci-f32"
     path = folder / "model.gguf" if folder.is_dir() else export_smollm(lm, voted, root / "tok")[0] / "model.gguf"
     vocab = open_gguf(path, vocab_only=True)
-    texts = set()
-    for t in suite_tasks():
-        texts.update(t.calibration)
-        for item in t.evaluation:
-            for context, continuation in item.requests():
-                texts.update((context, continuation, context + continuation))
+    texts = suite_texts()
     assert len(texts) > 1000
     diff = [s for s in sorted(texts) if vocab.tokenize(s.encode(), add_bos=False, special=False)
             != lm.tokenizer.encode(s, add_special_tokens=False)]
