@@ -327,12 +327,6 @@ def evaluate_one(model, tokenizer, label: str, tasks: list[str], eval_settings, 
     return evaluate_tasks(model, tokenizer, [get_task(t) for t in tasks], eval_settings)
 
 
-def evaluate_pair(lm, pruned, tasks: list[str], eval_settings, say: Say) -> dict[str, list]:
-    """Dense (`lm.model`) and pruned scores on the mask's own tasks, for the card (same scorer, same items)."""
-    return {label: evaluate_one(model, lm.tokenizer, label, tasks, eval_settings, say)
-            for label, model in (("dense", lm.model), ("pruned", pruned))}
-
-
 def check_serving(lm, result, mode: str, outtype: str = "f32") -> None:
     """Refuse, before any expensive work, a gguf/vllm export the engine cannot run exactly (one line each)."""
     if mode not in SERVING_MODES:

@@ -16,7 +16,8 @@ from diet.adapters import get_unit
 from diet.errors import DietError
 
 
-def _as_index_list(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str):
+def as_index_list(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str = "mlp"):
+    """(unit adapter, decoder layers, sorted kept indices per layer as long tensors), checked like pruning does."""
     u = get_unit(model, unit)
     layers = u.family.layers(model)
     if isinstance(keep, np.ndarray) and keep.dtype == bool:  # a boolean (L, I) mask
@@ -33,11 +34,6 @@ def _as_index_list(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: st
             raise DietError(f"layer {i}: kept indices must be distinct and within 0..{width - 1}")
         out.append(idx.sort().values)
     return u, layers, out
-
-
-def as_index_list(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str = "mlp"):
-    """(unit adapter, decoder layers, sorted kept indices per layer as long tensors), checked like pruning does."""
-    return _as_index_list(model, keep, unit)
 
 
 def add_bias_compensation(u, layers, idx, compensation) -> None:
@@ -94,7 +90,7 @@ def prune_units(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str =
     """
     from diet.memory import PageReleaser
 
-    u, layers, idx = _as_index_list(model, keep, unit)
+    u, layers, idx = as_index_list(model, keep, unit)
     for i, layer in enumerate(layers):
         _check_resident(layer, i)
     add_bias_compensation(u, layers, idx, compensation)
@@ -122,7 +118,7 @@ def prune_units(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str =
 def zero_units(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str = "mlp",
                compensation: np.ndarray | None = None) -> torch.nn.Module:
     """Zero the pruned units in place (shapes unchanged): the masked-dense reference of `prune_units`."""
-    u, layers, idx = _as_index_list(model, keep, unit)
+    u, layers, idx = as_index_list(model, keep, unit)
     add_bias_compensation(u, layers, idx, compensation)
     for layer, k in zip(layers, idx, strict=True):
         u.zero(layer, k)
