@@ -123,7 +123,7 @@ def profile(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = Profil
                 hit = cache.load_tensors(probe.cache_kind, key)  # whoever held the lock may have written it
                 if hit is None:
                     hit = _profile_one(lm, task, texts, settings, probe, key, cache, progress, should_stop)
-        elif progress:
+        if progress:  # also when the entry was read after waiting for another job: this task is done
             progress(task.name, len(texts), len(texts))
         out[task.name] = probe.load(*hit)
     return out
