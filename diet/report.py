@@ -49,12 +49,17 @@ def method_label(result: MaskResult) -> str:
     return "DIET" if result.method == "diet" else result.method
 
 
+def method_and_knobs(result: MaskResult) -> tuple[MethodSettings, set[str]]:
+    """The method settings a mask was made with (from its summary) and the settings that shaped it."""
+    summary = result.summary
+    ms = MethodSettings(**summary["method_settings"]) if "method_settings" in summary else MethodSettings()
+    return ms, mask_knobs(result.method, ms) | method_knobs(result.method, ms)
+
 
 def settings_summary(result: MaskResult) -> str:
     """The method and the settings that shaped this mask, in words — only those that matter for its method."""
     s, summary = result.settings, result.summary
-    ms = MethodSettings(**summary["method_settings"]) if "method_settings" in summary else MethodSettings()
-    knobs = mask_knobs(result.method, ms) | method_knobs(result.method, ms)
+    ms, knobs = method_and_knobs(result)
     parts = []
     if "merge" in knobs:
         parts.append("exact-budget vote" if s.merge == "budget"
@@ -258,8 +263,7 @@ def headline(result: MaskResult, comparison: dict | None = None) -> list[str]:
 def settings_rows(result: MaskResult, model_name: str, tasks: list[str]) -> list[dict]:
     """The settings as a readable two-column table: only those that shape this method's mask."""
     s, summary = result.settings, result.summary
-    ms = MethodSettings(**summary["method_settings"]) if "method_settings" in summary else MethodSettings()
-    knobs = mask_knobs(result.method, ms) | method_knobs(result.method, ms)
+    ms, knobs = method_and_knobs(result)
     method = get_method(result.method)
     rows = [("Model", model_name), ("Tasks", ", ".join(tasks)), ("Method", f"{result.method} — {method.description}"),
             ("Sparsity", f"{s.sparsity:.0%} of the {'MLP channels' if result.unit == 'mlp' else 'heads'} per "
