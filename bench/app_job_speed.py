@@ -30,7 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.appdriver import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the browser driver lives in tests/
+
+from tests.appdriver import (  # noqa: E402
     ROOT,
     app_server,
     choose_offline_tasks,
