@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.profile_overhead import PeakMemory
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ helpers import as bench.*
+
+from bench.profile_overhead import PeakMemory  # noqa: E402
 from diet.api import profile_tasks
 from diet.compensate import fit_lstsq, fit_texts, heldout_texts
 from diet.methods import MethodInputs, run_method
