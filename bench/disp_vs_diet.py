@@ -69,8 +69,8 @@ def main() -> None:
 
     diet_stats = profile_tasks(lm, tasks, profile)
     disp_stats = profile_disp(lm, tasks, profile)
-    shape = next(iter(diet_stats.values())).meta["shape"]
-    per_channel = int(np.asarray(shape["params_per_unit"]).flat[0])
+    shape = next(iter(diet_stats.values())).shape
+    per_channel = shape.params_per_unit[0]
     rows = [] if a.only_folders else [{**score(lm.model, "dense"), "S": 0.0, "F": 0.0, "detail": ""}]
     for s in ([] if a.only_folders else [float(x) for x in a.sparsities.split(",")]):
         d = build_disp_masks(disp_stats, DispSettings(sparsity=s))
@@ -81,8 +81,8 @@ def main() -> None:
                      "detail": f"block sparsity {d.summary['block_sparsity']:.1%}; every index set keeps "
                                f"{next(iter(ks.values())):.1%} of its dims"})
         del model
-        channels = f * shape["total_params"] / per_channel  # MLP channels DIET must remove for the same F
-        unit_s = channels / float(np.asarray(shape["widths"]).sum())
+        channels = f * shape.total_params / per_channel  # MLP channels DIET must remove for the same F
+        unit_s = channels / float(sum(shape.widths))
         if unit_s >= 1.0:
             say(f"DIET cannot remove {f:.1%} of all parameters with MLP channels alone; skipped")
             continue

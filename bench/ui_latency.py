@@ -82,8 +82,8 @@ def previous_build_mask(PM, stats: dict, settings: MaskSettings) -> MaskResult:
     scores = np.stack([unit_scores(stats[n], settings.score) for n in names])
     task_masks, mask = PM.build_masks(scores, settings)
     v = PM.votes(task_masks)
-    shape = stats[names[0]].meta["shape"]
-    summary = {**PM.param_summary(mask, shape), "kept_per_layer": PM.kept_per_layer(mask).tolist(),
+    shape = stats[names[0]].shape
+    summary = {**PM.param_summary(mask, shape.to_dict()), "kept_per_layer": PM.kept_per_layer(mask).tolist(),
                "votes_histogram": PM.votes_histogram(v, len(names)).tolist(),
                "jaccard": PM.jaccard_matrix(task_masks).round(4).tolist(), **PM.independence_expectations(task_masks)}
     return MaskResult(names, settings, task_masks, mask, v, shape, summary, ranking=PM.vote_ranking(v, scores))
@@ -170,7 +170,7 @@ def figure_builders(result: MaskResult, stats: dict, split: dict, norm: np.ndarr
         "jaccard_layers (all pairs)": lambda: viz.jaccard_layers(result.task_masks, names,
                                                                  float(np.mean(list(split.values())))),
         "upset (intersections + expected)": upset,
-        "kept_per_layer": lambda: viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape["widths"],
+        "kept_per_layer": lambda: viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape.widths,
                                                      result.task_masks.sum(-1), names),
         "params_breakdown": lambda: viz.params_breakdown(result.summary),
     }

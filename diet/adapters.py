@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from diet.errors import DietError
+from diet.shape import ModelShape
 
 
 @dataclass(frozen=True)
@@ -337,21 +338,15 @@ def get_unit(model: nn.Module, unit: str = "mlp") -> MLPChannels | AttentionHead
     return UNITS[unit](get_family(model))
 
 
-def model_shape(model: nn.Module, unit: str = "mlp") -> dict:
+def model_shape(model: nn.Module, unit: str = "mlp") -> ModelShape:
     """What mask math needs to know about a model, as plain numbers (so masks never need the model)."""
     from diet.models import count_parameters
 
     u = get_unit(model, unit)
     layers = u.family.layers(model)
-    return {
-        "family": u.family.name,
-        "unit": unit,
-        "layers": len(layers),
-        "widths": [u.width(layer) for layer in layers],
-        "stat_widths": [u.stat_width(layer) for layer in layers],
-        "params_per_unit": [u.params_per_unit(layer) for layer in layers],
-        "total_params": count_parameters(model),
-    }
+    return ModelShape(family=u.family.name, unit=unit, widths=tuple(u.width(layer) for layer in layers),
+                      params_per_unit=tuple(u.params_per_unit(layer) for layer in layers),
+                      total_params=count_parameters(model), stat_widths=tuple(u.stat_width(layer) for layer in layers))
 
 
 # ---------------------------------------------------------------- modules by role (for serving-engine writers)

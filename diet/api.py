@@ -158,7 +158,7 @@ def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings())
     The registry's `diet` method (`run_method`), after checking the statistics belong together."""
     if not stats:
         raise DietError("no task statistics: profile at least one task first")
-    shapes = {tuple(s.meta["shape"]["widths"]) for s in stats.values()}
+    shapes = {s.shape.widths for s in stats.values()}
     if len(shapes) != 1:
         raise DietError("the task statistics come from models of different shapes")
     return run_method("diet", MethodInputs(dict(stats)), settings)
@@ -172,7 +172,7 @@ def rounded(result: MaskResult, multiple: int) -> MaskResult:
     if result.unit != "mlp":
         raise DietError("--round-to applies to MLP channels only (attention KV groups are not rounded)")
     key = result.ranking if result.ranking is not None else result.votes
-    mask = M.round_widths(result.mask, key, multiple, result.shape["widths"])
+    mask = M.round_widths(result.mask, key, multiple, result.shape.widths)
     if np.array_equal(mask, result.mask):
         return result
     summary = {**result.summary, **M.param_summary(mask, result.shape),

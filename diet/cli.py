@@ -345,7 +345,7 @@ def cmd_profile(a) -> None:
     _, stats, _ = _profile(a)
     for name, s in stats.items():
         print(f"{name}: {int(s.meta['texts'])} texts, {int(s.count.sum())} tokens, "
-              f"{len(s.meta['shape']['widths'])} layers x {s.meta['shape']['widths'][0]} channels")
+              f"{s.shape.layers} layers x {s.shape.widths[0]} channels")
 
 
 def _cmd_prune_disp(a) -> None:
@@ -550,7 +550,7 @@ def cmd_export(a) -> None:
     lm = load_model(_spec(a), say=options["say"])
     folder = apply_mask(lm, a.mask, a.out, **options)
     written = json.loads((folder / "diet_settings.json").read_text())
-    kept, total = sum(written["kept_per_layer"]), sum(result.shape["widths"])
+    kept, total = sum(written["kept_per_layer"]), sum(result.shape.widths)
     sizes = _written_sizes(written, {"params_after": 0, "params_total": 1, "units_total": total})
     print(f"applied {a.mask} ({kept:,} of {total:,} channels kept; tasks: {', '.join(result.tasks)}) "
           f"to {lm.spec.name}: {_size_words(sizes)} parameters; wrote {folder} ({written['mode']})")

@@ -30,6 +30,7 @@ import numpy as np
 from diet.cache import atomic_write_json
 from diet.errors import DietError
 from diet.folders import check_out_dir, staged_folder
+from diet.shape import ModelShape
 
 MODES = ("uniform", "padded", "heterogeneous", "gguf", "vllm")
 SERVING_MODES = ("gguf", "vllm")  # exact per-layer widths in a serving engine's own format
@@ -59,16 +60,16 @@ def mask_json(result, source: dict | None = None) -> dict:
     shape = result.shape
     return {
         "format": MASK_FORMAT,
-        "unit": shape.get("unit", "mlp"),
+        "unit": shape.unit,
         "model": (source or {}).get("model"),
         "model_identity": (source or {}).get("model_identity"),
-        "family": shape.get("family"),
+        "family": shape.family,
         "tasks": list(result.tasks),
         "method": getattr(result, "method", "diet"),
         "settings": asdict(result.settings),
-        "widths": [int(w) for w in shape["widths"]],
-        "params_per_unit": [int(p) for p in shape["params_per_unit"]],
-        "total_params": int(shape["total_params"]),
+        "widths": list(shape.widths),
+        "params_per_unit": list(shape.params_per_unit),
+        "total_params": shape.total_params,
         "summary": result.summary,
         "keep": [k.tolist() for k in result.keep()],
     }
@@ -159,8 +160,7 @@ def read_mask(path: str | Path):
         widths = [int(w) for w in d["widths"]]
         mask = _mask_of(d, arrays, widths, path, json_path, st_path)
         settings = MaskSettings(**d["settings"])
-        shape = {"family": d.get("family"), "unit": d.get("unit", "mlp"), "layers": len(widths), "widths": widths,
-                 "params_per_unit": [int(p) for p in d["params_per_unit"]], "total_params": int(d["total_params"])}
+        shape = ModelShape.from_dict(d)
     except (KeyError, TypeError, ValueError) as e:
         raise DietError(f"{path}: malformed mask description ({type(e).__name__}: {e})") from None
     tm = arrays.get("task_masks")
@@ -179,16 +179,16 @@ def check_mask(result, source: dict, lm, say: Say = print) -> None:
     """Refuse a mask that cannot fit the model; warn when it fits but was made on other weights."""
     from diet.adapters import model_shape
 
-    shape = model_shape(lm.model, result.shape.get("unit", "mlp"))
-    fam = result.shape.get("family")
-    if fam and fam != shape["family"]:
-        raise DietError(f"the mask was made for a {fam} model, but {lm.spec.name} is {shape['family']}")
-    if len(result.shape["widths"]) != shape["layers"]:
-        raise DietError(f"the mask has {len(result.shape['widths'])} layers but {lm.spec.name} has "
-                        f"{shape['layers']}: it was made for another model")
-    if list(result.shape["widths"]) != list(shape["widths"]):
-        raise DietError(f"the mask's MLP widths ({_widths_words(result.shape['widths'])}) differ from "
-                        f"{lm.spec.name}'s ({_widths_words(shape['widths'])}): it was made for another model")
+    shape = model_shape(lm.model, result.unit)
+    fam = result.shape.family
+    if fam and fam != shape.family:
+        raise DietError(f"the mask was made for a {fam} model, but {lm.spec.name} is {shape.family}")
+    if result.shape.layers != shape.layers:
+        raise DietError(f"the mask has {result.shape.layers} layers but {lm.spec.name} has "
+                        f"{shape.layers}: it was made for another model")
+    if result.shape.widths != shape.widths:
+        raise DietError(f"the mask's MLP widths ({_widths_words(result.shape.widths)}) differ from "
+                        f"{lm.spec.name}'s ({_widths_words(shape.widths)}): it was made for another model")
     if source.get("model_identity") and not _same_model(source["model_identity"], lm.identity):
         say(f"warning: the mask was made on {source.get('model')} ({source['model_identity']}), not on these "
             f"weights ({lm.identity}); the shapes fit, but the channels it keeps were chosen for other weights")
@@ -334,8 +334,8 @@ def check_serving(lm, result, mode: str, outtype: str = "f32") -> None:
     from diet.adapters import get_family, model_shape
 
     kept = [int(k) for k in result.mask.sum(axis=1)]
-    heads = result.shape.get("unit", "mlp") == "heads"
-    ffn = model_shape(lm.model)["widths"] if heads else kept  # a head mask leaves the MLP widths as they are
+    heads = result.unit == "heads"
+    ffn = list(model_shape(lm.model).widths) if heads else kept  # a head mask leaves the MLP widths as they are
     if mode == "gguf":
         from diet.gguf_export import check_request
 
@@ -409,7 +409,7 @@ def prune_for_export(lm, result, mode: str, compensation=None, texts: list[str] 
     from diet.prune import mark_pruned
 
     say = say or (lambda m: None)
-    unit = result.shape.get("unit", "mlp")
+    unit = result.unit
     base, comp_info = _compensated_base(lm, result, mode, unit, compensation, texts, say, in_place)
     owned = in_place or base is not lm.model  # a compensated copy is ours to cut as well
     model = build_export_model(base, result.keep(), mode, unit, in_place=owned, release=release and in_place)
@@ -542,14 +542,14 @@ def _write_card(folder: Path, out: Path, lm, result, mode: str, before: dict, pa
     """The folder's README.md (model card) with its plots: sizes, widths, measured accuracy and speed, how to run."""
     from diet.modelcard import CardFacts, render_card, write_plots
 
-    s, keep, unit = result.summary, result.keep(), result.shape.get("unit", "mlp")
-    plots = write_plots(folder, list(result.shape["widths"]), [len(k) for k in keep], s.get("votes_histogram"), unit)
+    s, keep, unit = result.summary, result.keep(), result.unit
+    plots = write_plots(folder, list(result.shape.widths), [len(k) for k in keep], s.get("votes_histogram"), unit)
     disk_before, estimated = before["disk"]
     facts = CardFacts(
         base_model=lm.spec.name, base_identity=lm.identity, mode=mode, tasks=list(result.tasks),
         mask_settings=asdict(result.settings), unit_sparsity=float(s["unit_sparsity"]),
         param_sparsity=float(s["param_sparsity"]), params_before=before["params"], params_stored=params_stored,
-        params_effective=int(s["params_after"]), widths=list(result.shape["widths"]),
+        params_effective=int(s["params_after"]), widths=list(result.shape.widths),
         kept_per_layer=[len(k) for k in keep], votes_histogram=s.get("votes_histogram"), disk_before=disk_before,
         disk_before_estimated=estimated, disk_after=sum(p.stat().st_size for p in _weight_files(folder)),
         evaluation=_evaluation_dict(evaluation), speed=measured, plots=plots, unit=unit,
@@ -582,7 +582,7 @@ def apply_mask(lm, mask_path: str | Path, out: str | Path, mode: str | None = No
     check_out_dir(Path(out), overwrite)
     result, source = read_mask(mask_path)
     check_mask(result, source, lm, say)
-    shape = model_shape(lm.model, result.shape.get("unit", "mlp"))
+    shape = model_shape(lm.model, result.unit)
     result.shape = shape
     result.summary = {**result.summary, **M.param_summary(result.mask, shape),
                       "kept_per_layer": M.kept_per_layer(result.mask).tolist()}

@@ -13,6 +13,7 @@ import numpy as np
 
 from diet.errors import DietError
 from diet.settings import MaskSettings
+from diet.shape import ModelShape
 
 # ---------------------------------------------------------------- scores
 
@@ -268,20 +269,20 @@ def independence_expectations(task_masks: np.ndarray) -> dict[str, float]:
             "kept_by_one": int((v == 1).sum()), "kept_by_one_expected": one_exp}
 
 
-def param_summary(mask: np.ndarray, shape: dict) -> dict:
+def param_summary(mask: np.ndarray, shape: ModelShape) -> dict:
     """Sparsity two ways: fraction of the unit removed and fraction of all model parameters removed."""
-    widths = np.asarray(shape["widths"])
+    widths = np.asarray(shape.widths)
     kept = kept_per_layer(mask)
     removed_units = widths - kept
-    removed_params = int((removed_units * np.asarray(shape["params_per_unit"])).sum())
+    removed_params = int((removed_units * np.asarray(shape.params_per_unit)).sum())
     return {
         "units_total": int(widths.sum()),
         "units_kept": int(kept.sum()),
         "unit_sparsity": float(removed_units.sum() / widths.sum()),
-        "params_total": int(shape["total_params"]),
+        "params_total": shape.total_params,
         "params_removed": removed_params,
-        "params_after": int(shape["total_params"]) - removed_params,
-        "param_sparsity": removed_params / shape["total_params"],
+        "params_after": shape.total_params - removed_params,
+        "param_sparsity": removed_params / shape.total_params,
         "uniform": bool((kept == kept[0]).all()),
     }
 

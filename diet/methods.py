@@ -24,6 +24,7 @@ from diet import masks as M
 from diet.errors import DietError
 from diet.results import MaskResult
 from diet.settings import MaskSettings, MethodSettings
+from diet.shape import ModelShape
 
 if TYPE_CHECKING:  # diet.profile imports torch; the registry itself stays numpy-only (fast CLI start)
     from diet.profile import Stats
@@ -38,7 +39,7 @@ class MethodInputs:
     tasks: dict[str, Stats]  # per-task statistics, in task order (task-aware methods)
     general: Stats | None = None  # statistics on general text (task-agnostic baselines, task fusion)
     weights: dict[str, np.ndarray] | None = None  # from weight_stats(model, unit)
-    shape: dict | None = None  # model_shape(model, unit); taken from the statistics when None
+    shape: ModelShape | None = None  # model_shape(model, unit); taken from the statistics when None
 
 
 @dataclass
@@ -72,26 +73,26 @@ class Method:
 # ---------------------------------------------------------------- shared helpers
 
 
-def shape_of(inputs: MethodInputs) -> dict:
+def shape_of(inputs: MethodInputs) -> ModelShape:
     if inputs.shape is not None:
         return inputs.shape
     for s in [*inputs.tasks.values(), inputs.general]:
-        if s is not None and "shape" in s.meta:
-            return s.meta["shape"]
+        if s is not None and s.shape is not None:
+            return s.shape
     raise DietError("no model shape: pass MethodInputs.shape (diet.adapters.model_shape)")
 
 
-def pool(channel_scores: np.ndarray, shape: dict, how: str = "mean") -> np.ndarray:
+def pool(channel_scores: np.ndarray, shape: ModelShape, how: str = "mean") -> np.ndarray:
     """(L, channels) → (L, units): identity for MLP channels; mean (or RMS) over each KV group's channels for heads.
 
     Group g owns the contiguous o_proj input channels [g·c, (g+1)·c) with c = query heads per group × head_dim.
     """
-    widths = shape["widths"]
+    widths = shape.widths
     L, C = channel_scores.shape
     n = widths[0]
     if C == n:
         return channel_scores
-    if len(set(widths)) != 1 or C % n:
+    if not shape.uniform or C % n:
         raise DietError(f"cannot pool {C} channels into {widths} units")
     grouped = channel_scores.reshape(L, n, C // n)
     return np.sqrt((grouped**2).mean(-1)) if how == "rms" else grouped.mean(-1)
@@ -99,7 +100,7 @@ def pool(channel_scores: np.ndarray, shape: dict, how: str = "mean") -> np.ndarr
 
 def unit_scores(stats: Stats, score: str = "mean_abs") -> np.ndarray:
     """DIET's per-unit score (mean |x| or RMS) from one task's statistics."""
-    shape = stats.meta.get("shape")
+    shape = stats.shape
     raw = M.scores_from(stats, score)
     return pool(raw, shape, "rms" if score == "rms" else "mean") if shape else raw
 
@@ -197,7 +198,7 @@ def single_task(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings
     return MethodOutput(mask, mask[None], [name])
 
 
-def fused_scores(task: Stats, general: Stats, out_l2: np.ndarray, shape: dict, ms: MethodSettings) -> np.ndarray:
+def fused_scores(task: Stats, general: Stats, out_l2: np.ndarray, shape: ModelShape, ms: MethodSettings) -> np.ndarray:
     """Our structured adaptation of task-aware score fusion (arXiv 2510.22489), per layer and unit:
 
     S_G = RMS_general · ‖W_out col‖, S_T = RMS_task · ‖W_out col‖; a unit is *exclusive* when its task/general RMS
@@ -341,7 +342,7 @@ def minitron(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -
 
 def random_mask(inputs: MethodInputs, settings: MaskSettings, ms: MethodSettings) -> MethodOutput:
     shape = shape_of(inputs)
-    L, n = len(shape["widths"]), shape["widths"][0]
+    L, n = shape.layers, shape.widths[0]
     keys = np.random.default_rng(ms.seed).random((L, n))
     return MethodOutput(top(keys, settings))
 
@@ -472,7 +473,7 @@ def run_method(name: str, inputs: MethodInputs, settings: MaskSettings = MaskSet
                       compensation=out.compensation, ranking=out.ranking)
 
 
-def summarize(mask: np.ndarray, task_masks: np.ndarray, shape: dict, name: str, ms: MethodSettings,
+def summarize(mask: np.ndarray, task_masks: np.ndarray, shape: ModelShape, name: str, ms: MethodSettings,
               compensation: str = "none", bias: bool = False) -> dict:
     """The summary every MaskResult carries: sizes two ways, kept per layer, votes, overlap, the method."""
     return {

@@ -26,6 +26,7 @@ from diet.errors import Cancelled, DietError
 from diet.models import input_device
 from diet.prune import check_dense
 from diet.settings import ProfileSettings, sha256_of
+from diet.shape import ModelShape
 
 Progress = Callable[[int, int], None]  # (texts done, texts total)
 
@@ -57,6 +58,12 @@ class Stats:
         """Rebuild from `tensors()` output (what the cache stores)."""
         extra = {k: tensors[k] for k in ("seq_sq_sum", "seqs") if k in tensors}
         return cls(**{k: tensors[k] for k in ("abs_sum", "sq_sum", "sum", "count")}, meta=meta, **extra)
+
+    @property
+    def shape(self) -> ModelShape | None:
+        """The model shape stored with the statistics (a plain dict in `meta`, so the cache stays JSON)."""
+        d = self.meta.get("shape")
+        return None if d is None else ModelShape.from_dict(d)
 
     def half(self, h: int | None) -> Stats:
         """Statistics of one half (0 or 1), or of everything (None), keeping the (1, L, I) layout."""
@@ -220,5 +227,5 @@ def profile_texts(model: torch.nn.Module, tokenizer, texts: list[str], settings:
     run_batches(model, tokenizer, texts, settings, acc, progress, should_stop)
     abs_sum, sq_sum, total, seq_sq_sum = acc.gathered()
     return Stats(abs_sum=abs_sum, sq_sum=sq_sum, sum=total, count=acc.count.numpy().astype(np.float64),
-                 meta={"shape": model_shape(model, settings.unit)}, seq_sq_sum=seq_sq_sum,
+                 meta={"shape": model_shape(model, settings.unit).to_dict()}, seq_sq_sum=seq_sq_sum,
                  seqs=acc.seqs.numpy().astype(np.float64))

@@ -154,7 +154,7 @@ def mask_figures(result: MaskResult, stats: dict, refs: OverlapRefs | None = Non
     if per_task:
         out.append(("Votes", viz.CAPTIONS["votes_map"], viz.votes_map(result.votes, len(names), sort=True)))
     out += [("Kept channels per layer", viz.CAPTIONS["kept_per_layer"],
-             viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape["widths"],
+             viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape.widths,
                                 result.task_masks.sum(-1) if per_task else None, names)),
             ("Parameters", viz.CAPTIONS["params"], viz.params_breakdown(result.summary))]
     fig, reading = who_loses_view(result, stats)

@@ -11,6 +11,7 @@ import numpy as np
 
 from diet import masks as M
 from diet.settings import MaskSettings
+from diet.shape import ModelShape
 
 
 @dataclass
@@ -22,7 +23,7 @@ class MaskResult:
     task_masks: np.ndarray  # (T, L, I) bool
     mask: np.ndarray  # (L, I) bool: the merged, global mask
     votes: np.ndarray  # (L, I) uint8
-    shape: dict  # model shape: widths, params per unit, total params
+    shape: ModelShape  # the model's prunable units: widths, params per unit, total params
     summary: dict = field(default_factory=dict)  # sparsity two ways, kept per layer, overlap statistics
     method: str = "diet"  # the diet.methods registry name that produced the mask
     compensation: np.ndarray | None = None  # FLAP: (L, channels) mean input; pruning adds it as an output bias
@@ -30,7 +31,7 @@ class MaskResult:
 
     @property
     def unit(self) -> str:
-        return self.shape.get("unit", "mlp")
+        return self.shape.unit
 
     def keep(self) -> list[np.ndarray]:
         return M.keep_indices(self.mask)

@@ -62,8 +62,8 @@ def model_section():
     if "replaced_note" in st.session_state:
         st.warning(st.session_state.pop("replaced_note"))
     shape = model_shape(lm.model)
-    st.success(f"**{lm.spec.name}** is loaded: {shape['family']} family, {shape['layers']} layers × "
-               f"{shape['widths'][0]} MLP channels, {shape['total_params'] / 1e6:.0f} M parameters ({lm.spec.dtype}).")
+    st.success(f"**{lm.spec.name}** is loaded: {shape.family} family, {shape.layers} layers × "
+               f"{shape.widths[0]} MLP channels, {shape.total_params / 1e6:.0f} M parameters ({lm.spec.dtype}).")
     if lm.spec.quantization:
         st.info(BNB_NOTE)
     return lm

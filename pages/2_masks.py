@@ -402,7 +402,7 @@ def who_loses_section(result, stats: dict, key: tuple) -> None:
 def layers_tab(result) -> None:
     s = result.summary
     per_task = result.task_masks.sum(-1) if not single_mask(result) else None
-    chart(viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape["widths"], per_task, result.tasks),
+    chart(viz.kept_per_layer(M.kept_per_layer(result.mask), result.shape.widths, per_task, result.tasks),
           "kept_per_layer", viz.CAPTIONS["kept_per_layer"])
     chart(viz.params_breakdown(s), "params", viz.CAPTIONS["params"])
 

@@ -280,7 +280,7 @@ def diet_mask(stats: dict, settings: MaskSettings, ranked: M.RankedScores) -> Ma
         settings.resolved_threshold(len(names))  # refuses k > T, as build_mask does
     task_masks, mask = M.build_masks(None, settings, ranked)
     v = M.votes(task_masks)
-    shape = stats[names[0]].meta["shape"]
+    shape = stats[names[0]].shape
     summary = summarize(mask, task_masks, shape, "diet", MethodSettings(method="diet"))
     return MaskResult(names, settings, task_masks, mask, v, shape, summary,
                       ranking=M.vote_ranking(v, ranked.scores, ranked.tie))

@@ -24,7 +24,7 @@ def random_sets(shape, seed, low=0.3):
     """Random index sets whose sizes differ per layer *and* per position."""
     rng = np.random.default_rng(seed)
     return {pos: [np.sort(rng.choice(w, size=int(rng.integers(max(1, int(low * w)), w)), replace=False))
-                  for w in shape["widths"][pos]] for pos in D.POSITIONS}
+                  for w in shape.widths[pos]] for pos in D.POSITIONS}
 
 
 @pytest.mark.parametrize("family", FAMS)
@@ -42,7 +42,7 @@ def test_sliced_equals_masked_dense(family):
     assert (out - ref).abs().max() <= 1e-5
     assert sum(p.numel() for p in sliced.parameters()) < sum(p.numel() for p in dense.parameters())
     got = D.index_sets_of(sliced)
-    assert all(np.array_equal(got[pos][i], sets[pos][i]) for pos in D.POSITIONS for i in range(shape["layers"]))
+    assert all(np.array_equal(got[pos][i], sets[pos][i]) for pos in D.POSITIONS for i in range(shape.layers))
 
 
 @pytest.mark.parametrize("family", ("llama", "gemma2"))
@@ -52,7 +52,7 @@ def test_each_position_alone_matters_and_stays_exact(family):
     shape = D.disp_shape(dense)
     rand = random_sets(shape, seed=5)
     for pos in D.POSITIONS:
-        sets = {p: (rand[p] if p == pos else [np.arange(w) for w in shape["widths"][p]]) for p in D.POSITIONS}
+        sets = {p: (rand[p] if p == pos else [np.arange(w) for w in shape.widths[p]]) for p in D.POSITIONS}
         masked = D.zero_disp(copy.deepcopy(dense), sets)
         sliced = D.slice_disp(copy.deepcopy(dense), sets)
         with torch.no_grad():
@@ -87,7 +87,7 @@ def test_gemma_post_norm_sees_the_full_width():
 def test_keeping_everything_reproduces_the_model_and_generation_works():
     dense = tiny_model("llama")
     shape = D.disp_shape(dense)
-    full = {pos: [np.arange(w) for w in shape["widths"][pos]] for pos in D.POSITIONS}
+    full = {pos: [np.arange(w) for w in shape.widths[pos]] for pos in D.POSITIONS}
     sliced = D.disp_copy(dense, full)
     with torch.no_grad():
         assert (sliced(IDS).logits - dense(IDS).logits).abs().max() <= 1e-6
@@ -101,7 +101,7 @@ def test_keeping_everything_reproduces_the_model_and_generation_works():
 def test_parameter_count_matches_the_sliced_model_and_a_hand_count():
     dense = tiny_model("llama")  # hidden 32, MLP 48, 4 q heads x 8, 2 kv heads x 8, 3 layers, no biases
     shape = D.disp_shape(dense)
-    assert shape["qkv_out"] == [32 + 16 + 16] * 3 and shape["o_in"] == [32] * 3
+    assert shape.qkv_out == (32 + 16 + 16,) * 3 and shape.o_in == (32,) * 3
     sets = random_sets(shape, seed=4)
     c = D.counts_of(sets)
     hand = sum(c["attn_in"][i] * 64 + c["attn_out"][i] * 32 + 2 * c["mlp_in"][i] * c["mlp_mid"][i]
@@ -181,9 +181,9 @@ def fake_stats(shape, n_tasks, seed=0):
     for t in range(n_tasks):
         per = {}
         for pos in D.POSITIONS:
-            w = shape["widths"][pos][0]
-            a = rng.random((2, shape["layers"], w)).astype(np.float32)
-            per[pos] = Stats(a, a * a, a, np.array([1.0, 1.0]), meta={"shape": shape})
+            w = shape.widths[pos][0]
+            a = rng.random((2, shape.layers, w)).astype(np.float32)
+            per[pos] = Stats(a, a * a, a, np.array([1.0, 1.0]), meta={"shape": shape.to_dict()})
         out[f"task{t}"] = per
     return out
 
@@ -195,8 +195,8 @@ def test_budget_merge_meets_the_block_parameter_target(sparsity):
     p = res.summary["block_kept_fraction"]
     assert abs(p - (1 - sparsity)) < 0.03  # rounding to whole dims on a 32-wide toy model
     for pos in D.POSITIONS:
-        assert res.masks[pos].shape == (3, shape["widths"][pos][0])
-        assert res.task_masks[pos].shape == (3, 3, shape["widths"][pos][0])
+        assert res.masks[pos].shape == (3, shape.widths[pos][0])
+        assert res.task_masks[pos].shape == (3, 3, shape.widths[pos][0])
         assert len(set(res.masks[pos].sum(1))) == 1  # layer allocation: same count per layer
 
 
@@ -289,7 +289,7 @@ def test_export_reloads_equal_to_the_in_memory_model(family, tmp_path):
     reloaded = load_disp(folder)
     assert type(reloaded).__name__.startswith("Disp")  # the folder's own code without diet: the fresh-interpreter test
     got = D.index_sets_of(reloaded)
-    assert all(np.array_equal(got[p][i], sets[p][i]) for p in D.POSITIONS for i in range(shape["layers"]))
+    assert all(np.array_equal(got[p][i], sets[p][i]) for p in D.POSITIONS for i in range(shape.layers))
     with torch.no_grad():
         assert torch.equal(reloaded(IDS).logits, sliced(IDS).logits)
     import json

@@ -17,7 +17,7 @@ from tests.tiny import tiny_model, tiny_tokenizer
 
 def hard_masks(shape, sets):
     return {pos: [torch.zeros(w).index_fill(0, torch.as_tensor(k), 1.0) for w, k in
-                  zip(shape["widths"][pos], sets[pos], strict=True)] for pos in D.POSITIONS}
+                  zip(shape.widths[pos], sets[pos], strict=True)] for pos in D.POSITIONS}
 
 
 def test_kept_fraction_matches_a_hand_count():
@@ -149,11 +149,11 @@ def test_task_texts_interleave_the_tasks():
 
 def test_budget_shift_moves_one_threshold_to_meet_p():
     shape = D.disp_shape(tiny_model("llama"))
-    widths = [shape["widths"][pos][i] for i in range(shape["layers"]) for pos in D.POSITIONS]
+    widths = [shape.widths[pos][i] for i in range(shape.layers) for pos in D.POSITIONS]
     g = torch.Generator().manual_seed(0)
     logits = [torch.randn(w, generator=g) for w in widths]
     ratio = lambda t: float(L.kept_fraction(L.split_by_position(  # noqa: E731
-        [m.float() for m in L.final_masks(logits, 0.0, t)], shape["layers"]), shape))
+        [m.float() for m in L.final_masks(logits, 0.0, t)], shape.layers), shape))
     assert abs(ratio(0.0) - 0.5) > 0.05, "the unshifted masks must miss p for the test to mean anything"
     t = L.budget_shift(logits, 0.0, shape, 0.5)
     assert abs(ratio(t) - 0.5) < 0.01

@@ -44,7 +44,7 @@ def make_result(model, kept: list[int], seed: int = 0, tasks=("arithmetic", "cap
     """A MaskResult with `kept[i]` random channels in layer i and random task masks (votes/summary consistent)."""
     shape = model_shape(model)
     rng = np.random.default_rng(seed)
-    L, width = shape["layers"], shape["widths"][0]
+    L, width = shape.layers, shape.widths[0]
     mask = np.zeros((L, width), dtype=bool)
     for i, k in enumerate(kept):
         mask[i, rng.choice(width, size=k, replace=False)] = True
@@ -346,7 +346,7 @@ def test_attention_head_masks_export_uniform_and_reload(tmp_path):
 
     dense = tiny_model("qwen2")
     shape = model_shape(dense, "heads")  # 2 KV groups of 2 query heads per layer
-    mask = np.zeros((shape["layers"], shape["widths"][0]), dtype=bool)
+    mask = np.zeros((shape.layers, shape.widths[0]), dtype=bool)
     mask[:, 1] = True
     result = MaskResult(["a"], MaskSettings(sparsity=0.5), mask[None], mask, M.votes(mask[None]), shape,
                         {**M.param_summary(mask, shape), "votes_histogram": [0, 3]})

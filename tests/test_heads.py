@@ -67,17 +67,17 @@ def test_sliced_heads_keep_the_right_rows_and_different_counts_per_layer():
 def test_head_shape_and_parameter_count():
     dense = tiny_model("qwen2")  # q/k/v biases
     shape = model_shape(dense, "heads")
-    assert shape["widths"] == [2, 2, 2] and shape["stat_widths"] == [32, 32, 32]  # 4 heads x head_dim 8
+    assert shape.widths == (2, 2, 2) and shape.stat_widths == (32, 32, 32)  # 4 heads x head_dim 8
     pruned = prune_units(copy.deepcopy(dense), [np.array([0])] * 3, "heads")
     removed = sum(p.numel() for p in dense.parameters()) - sum(p.numel() for p in pruned.parameters())
-    assert removed == 3 * shape["params_per_unit"][0]
+    assert removed == 3 * shape.params_per_unit[0]
 
 
 def test_profiling_heads_hooks_o_proj_inputs():
     model, tok = tiny_model("llama"), tiny_tokenizer()
     stats = profile_texts(model, tok, ["hello there", "a b c d e f"], ProfileSettings(unit="heads", batch_size=2))
     assert stats.abs_sum.shape == (2, 3, 32)
-    assert stats.meta["shape"]["unit"] == "heads" and stats.meta["shape"]["widths"] == [2, 2, 2]
+    assert stats.shape.unit == "heads" and stats.shape.widths == (2, 2, 2)
     assert stats.seq_sq_sum.shape == (2, 3, 32) and stats.seqs.tolist() == [1.0, 1.0]
 
 

@@ -6,6 +6,7 @@ import pytest
 from diet import masks as M
 from diet.errors import DietError
 from diet.settings import MaskSettings
+from diet.shape import ModelShape
 
 
 def test_topk_rows_keeps_largest_and_breaks_ties_by_lower_index():
@@ -114,7 +115,7 @@ def test_independence_expectations():
 def test_param_summary_two_denominators():
     mask = np.zeros((2, 10), dtype=bool)
     mask[:, :8] = True
-    shape = {"widths": [10, 10], "params_per_unit": [30, 30], "total_params": 2000}
+    shape = ModelShape(family="llama", unit="mlp", widths=(10, 10), params_per_unit=(30, 30), total_params=2000)
     s = M.param_summary(mask, shape)
     assert s["unit_sparsity"] == pytest.approx(0.2)
     assert s["params_removed"] == 2 * 2 * 30 and s["param_sparsity"] == pytest.approx(120 / 2000)

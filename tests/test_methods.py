@@ -1,5 +1,7 @@
 """Every method on hand-made statistics, against masks computed by hand (sparsity 0.5: keep 2 of 4 per layer)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -17,10 +19,11 @@ from diet.methods import (
 )
 from diet.profile import Stats, profile_texts
 from diet.settings import MaskSettings, MethodSettings, ProfileSettings
+from diet.shape import ModelShape
 from tests.tiny import tiny_model, tiny_tokenizer
 
-SHAPE = {"family": "llama", "unit": "mlp", "layers": 2, "widths": [4, 4], "stat_widths": [4, 4],
-         "params_per_unit": [10, 10], "total_params": 1000}
+SHAPE = ModelShape(family="llama", unit="mlp", widths=(4, 4), stat_widths=(4, 4), params_per_unit=(10, 10),
+                   total_params=1000)
 HALF = MaskSettings(sparsity=0.5)
 
 
@@ -32,7 +35,7 @@ def make_stats(mean_abs=None, mean_sq=None, mean=None, seq_l2=None, n=10.0, seqs
         out[0] = a * scale
         return out
 
-    return Stats(put(mean_abs, n), put(mean_sq, n), put(mean, n), np.array([n, 0.0]), {"shape": shape},
+    return Stats(put(mean_abs, n), put(mean_sq, n), put(mean, n), np.array([n, 0.0]), {"shape": shape.to_dict()},
                  put(None if seq_l2 is None else np.square(seq_l2), seqs), np.array([seqs, 0.0]))
 
 
@@ -166,7 +169,7 @@ def test_task_fusion_zscore_and_merge_over_tasks():
 
 def test_methods_pool_head_channels_into_groups():
     # 2 KV groups of 2 channels each: mean over a group's channels (RMS for Minitron)
-    shape = {**SHAPE, "unit": "heads", "layers": 1, "widths": [2], "stat_widths": [4], "params_per_unit": [100]}
+    shape = replace(SHAPE, unit="heads", widths=(2,), stat_widths=(4,), params_per_unit=(100,))
     assert pool(np.array([[1.0, 3, 2, 1]]), shape).tolist() == [[2.0, 1.5]]
     assert np.allclose(pool(np.array([[1.0, 3, 2, 1]]), shape, "rms"), [[np.sqrt(5), np.sqrt(2.5)]])
     s = make_stats(mean_abs=[[1, 3, 2, 1]], seq_l2=[[1, 1, 3, 0]], shape=shape)

@@ -60,7 +60,7 @@ def test_profile_sums_match_unbatched_reference_and_ignore_padding(family):
     assert stats.count.tolist() == count.tolist()
     for k in ref:
         np.testing.assert_allclose(getattr(stats, k), ref[k], rtol=1e-4, atol=1e-4)
-    assert stats.meta["shape"]["widths"] == [48, 48, 48]
+    assert stats.shape.widths == (48, 48, 48)
 
 
 def test_choose_texts_is_seeded_and_bounded():

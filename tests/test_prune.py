@@ -51,7 +51,7 @@ def test_uniform_prune_updates_config_and_parameter_count():
     pruned = prune_units(copy.deepcopy(dense), keep)
     assert pruned.config.intermediate_size == 24
     removed = sum(p.numel() for p in dense.parameters()) - sum(p.numel() for p in pruned.parameters())
-    assert removed == 3 * 24 * shape["params_per_unit"][0]
+    assert removed == 3 * 24 * shape.params_per_unit[0]
 
 
 def test_fused_phi3_slices_gate_and_up_halves():

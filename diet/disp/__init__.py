@@ -45,6 +45,7 @@ from diet.disp.structure import (
     POSITION_WHAT,
     POSITIONS,
     RESIDUAL,
+    DispShape,
     IndexSets,
     block_params,
     check_sets,
@@ -65,7 +66,7 @@ register_classes(CLASSES)  # DISP folders then load without trust_remote_code wh
 
 __all__ = [
     "DISP_FAMILIES", "POSITIONS", "POSITION_LABELS", "POSITION_SHORT", "POSITION_WHAT", "RESIDUAL", "unit_word",
-    "POSITION_PROBE", "DispMaskResult", "DispSettings",
+    "POSITION_PROBE", "DispMaskResult", "DispSettings", "DispShape",
     "IndexSets", "LearnResult", "LearnSettings", "block_params", "build_disp_masks", "check_sets", "counts_of",
     "disp_copy", "disp_layers", "disp_shape", "export_disp", "index_sets_of", "is_disp_layer", "is_disp_profiled",
     "keep_fractions", "learn_index_sets", "load_disp", "param_summary", "profile_disp", "profile_positions",

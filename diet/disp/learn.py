@@ -36,7 +36,7 @@ from torch import nn
 
 from diet.adapters import block_parts
 from diet.api import resolve_task
-from diet.disp.structure import POSITIONS, block_params, disp_layers, disp_shape, param_summary
+from diet.disp.structure import POSITIONS, DispShape, block_params, disp_layers, disp_shape, param_summary
 from diet.errors import DietError
 
 
@@ -160,20 +160,20 @@ def split_by_position(flat: list[torch.Tensor], n_layers: int) -> dict[str, list
     return {pos: [flat[5 * i + j] for i in range(n_layers)] for j, pos in enumerate(POSITIONS)}
 
 
-def kept_fraction(masks: dict[str, list[torch.Tensor]], shape: dict) -> torch.Tensor:
+def kept_fraction(masks: dict[str, list[torch.Tensor]], shape: DispShape) -> torch.Tensor:
     """Kept block-parameter fraction of (possibly soft) masks, counted as the paper counts (differentiable)."""
     dev = masks["attn_in"][0].device
     counts = {pos: torch.stack([m.sum() for m in masks[pos]]) for pos in POSITIONS}
-    full = {pos: torch.tensor(shape["widths"][pos], dtype=torch.float32, device=dev) for pos in POSITIONS}
-    qkv = torch.tensor(shape["qkv_out"], dtype=torch.float32, device=dev)
-    o_in = torch.tensor(shape["o_in"], dtype=torch.float32, device=dev)
+    full = {pos: torch.tensor(shape.widths[pos], dtype=torch.float32, device=dev) for pos in POSITIONS}
+    qkv = torch.tensor(shape.qkv_out, dtype=torch.float32, device=dev)
+    o_in = torch.tensor(shape.o_in, dtype=torch.float32, device=dev)
     return block_params(counts, qkv, o_in) / block_params(full, qkv, o_in)
 
 
-def budget_shift(logits: list[torch.Tensor], offset: float, shape: dict, p: float) -> float:
+def budget_shift(logits: list[torch.Tensor], offset: float, shape: DispShape, p: float) -> float:
     """The common shift of every logit whose noise-free masks keep the block fraction closest to p (bisection:
     the kept fraction only grows with the shift). Order within the learned ranking is unchanged."""
-    n_layers = shape["layers"]
+    n_layers = shape.layers
     ratio = lambda t: float(kept_fraction(split_by_position(  # noqa: E731
         [m.float() for m in final_masks(logits, offset, t)], n_layers), shape))
     span = max(float(lg.detach().abs().max()) for lg in logits) + abs(offset) + 1.0
@@ -253,12 +253,12 @@ def frozen_eval(model: nn.Module):
         model.train(was_training)
 
 
-def train_step(model: nn.Module, hn: HyperNetwork, hooks: MaskHooks, opt, ids: torch.Tensor, shape: dict,
+def train_step(model: nn.Module, hn: HyperNetwork, hooks: MaskHooks, opt, ids: torch.Tensor, shape: DispShape,
                settings: LearnSettings, noise: torch.Generator) -> dict:
     """One optimisation step: sample hard masks (straight-through), LM loss of the masked frozen model + budget."""
     flat_logits = hn()
     flat = [gumbel_sigmoid_st(lg, settings.temperature, settings.offset, noise) for lg in flat_logits]
-    hooks.masks = split_by_position(flat, shape["layers"])
+    hooks.masks = split_by_position(flat, shape.layers)
     ratio = kept_fraction(hooks.masks, shape)
     autocast = settings.bf16_autocast and ids.device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
@@ -270,18 +270,18 @@ def train_step(model: nn.Module, hn: HyperNetwork, hooks: MaskHooks, opt, ids: t
     hooks.masks = None
     with torch.no_grad():
         mode = split_by_position([m.float() for m in final_masks(
-            [f.detach() for f in flat_logits], settings.offset)], shape["layers"])
+            [f.detach() for f in flat_logits], settings.offset)], shape.layers)
     return {"lm_loss": float(lm_loss.detach()), "budget": float(budget.detach()), "ratio": float(ratio.detach()),
             "mode_ratio": float(kept_fraction(mode, shape))}
 
 
-def final_index_sets(hn: HyperNetwork, shape: dict, settings: LearnSettings) -> tuple[dict, dict]:
+def final_index_sets(hn: HyperNetwork, shape: DispShape, settings: LearnSettings) -> tuple[dict, dict]:
     """(index sets, summary) from the trained hypernetwork's noise-free masks (shifted to the budget if asked)."""
     with torch.no_grad():
         logits = hn()
-        mode = split_by_position([m.float() for m in final_masks(logits, settings.offset)], shape["layers"])
+        mode = split_by_position([m.float() for m in final_masks(logits, settings.offset)], shape.layers)
         shift = budget_shift(logits, settings.offset, shape, settings.p) if settings.final == "budget" else 0.0
-        masks = split_by_position(final_masks(logits, settings.offset, shift), shape["layers"])
+        masks = split_by_position(final_masks(logits, settings.offset, shift), shape.layers)
     sets = {pos: [torch.nonzero(m).flatten().cpu().numpy() for m in masks[pos]] for pos in POSITIONS}
     summary = param_summary(shape, {pos: np.array([len(k) for k in sets[pos]]) for pos in POSITIONS})
     summary["target_p"] = settings.p
@@ -298,7 +298,7 @@ def learn_index_sets(model: nn.Module, tokenizer, texts: Sequence[str], settings
     ends training early with the masks learned so far.
     """
     shape = disp_shape(model)
-    widths = [shape["widths"][pos][i] for i in range(shape["layers"]) for pos in POSITIONS]
+    widths = [shape.widths[pos][i] for i in range(shape.layers) for pos in POSITIONS]
     device = next(model.parameters()).device
     data = token_chunks(tokenizer, texts, settings.seq_len)
     per_step = settings.tokens_per_step // settings.seq_len

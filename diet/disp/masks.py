@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from diet import masks as M
-from diet.disp.structure import POSITIONS, block_params, param_summary
+from diet.disp.structure import POSITIONS, DispShape, block_params, param_summary
 from diet.errors import DietError
 from diet.settings import MaskSettings
 
@@ -42,15 +42,15 @@ class DispSettings:
                             threshold=self.threshold, allocation=self.allocation, min_keep=self.min_keep)
 
 
-def keep_fractions(shape: dict, settings: DispSettings) -> dict[str, float]:
+def keep_fractions(shape: DispShape, settings: DispSettings) -> dict[str, float]:
     """One kept fraction k for every pruned position, chosen so the kept block parameters come closest to p.
 
     Why one k: with no learning, nothing says one position matters more than another; the attention terms scale
     with k and the MLP terms with k², so k is found by bisection on the exact (rounded) count.
     """
     target = 1.0 - settings.sparsity
-    qkv, o_in = np.asarray(shape["qkv_out"]), np.asarray(shape["o_in"])
-    full = {pos: np.asarray(shape["widths"][pos]) for pos in POSITIONS}
+    qkv, o_in = np.asarray(shape.qkv_out), np.asarray(shape.o_in)
+    full = {pos: np.asarray(shape.widths[pos]) for pos in POSITIONS}
     total = block_params(full, qkv, o_in)
 
     def kept(k: float) -> float:
@@ -90,8 +90,8 @@ def build_disp_masks(stats: dict[str, dict], settings: DispSettings = DispSettin
     if not stats:
         raise DietError("no task statistics: profile at least one task first")
     names = list(stats)
-    shape = stats[names[0]][POSITIONS[0]].meta["shape"]
-    if any(s[POSITIONS[0]].meta["shape"]["widths"] != shape["widths"] for s in stats.values()):
+    shape = DispShape.from_dict(stats[names[0]][POSITIONS[0]].meta["shape"])
+    if any(DispShape.from_dict(s[POSITIONS[0]].meta["shape"]).widths != shape.widths for s in stats.values()):
         raise DietError("the task statistics come from models of different shapes")
     if settings.merge == "threshold":
         settings.mask_settings(1.0).resolved_threshold(len(names))

@@ -17,7 +17,7 @@ from torch import nn
 from diet.adapters import block_parts
 from diet.api import Probe, profile, resolve_task, stats_key
 from diet.cache import ArtifactCache
-from diet.disp.structure import POSITIONS, disp_layers, disp_shape
+from diet.disp.structure import POSITIONS, DispShape, disp_layers, disp_shape
 from diet.errors import DietError
 from diet.profile import HalfSums, Stats, choose_texts, run_batches
 from diet.settings import ProfileSettings
@@ -33,11 +33,11 @@ class PositionSums(HalfSums):
     DIET's own unit) and what the MLP adds to the residual (mlp_out).
     """
 
-    def __init__(self, model: nn.Module, shape: dict):
-        if any(len(set(shape["widths"][pos])) != 1 for pos in POSITIONS):
+    def __init__(self, model: nn.Module, shape: DispShape):
+        if any(len(set(shape.widths[pos])) != 1 for pos in POSITIONS):
             raise DietError("profiling a model whose layers have different widths is not supported")
         dev = next(model.parameters()).device
-        self.sums = {pos: {k: torch.zeros((2, shape["layers"], shape["widths"][pos][0]), dtype=torch.float32,
+        self.sums = {pos: {k: torch.zeros((2, shape.layers, shape.widths[pos][0]), dtype=torch.float32,
                                           device=dev) for k in STATS} for pos in POSITIONS}
         self.count = torch.zeros(2, dtype=torch.float64)
         self.handles = []
@@ -72,7 +72,8 @@ def profile_positions(model: nn.Module, tokenizer, texts: list[str], settings: P
     sums = PositionSums(model, shape)
     run_batches(model, tokenizer, texts, settings, sums, progress, should_stop)
     count = sums.count.numpy().astype(np.float64)
-    return {pos: Stats(**{k: v.cpu().numpy() for k, v in sums.sums[pos].items()}, count=count, meta={"shape": shape})
+    meta = {"shape": shape.to_dict()}
+    return {pos: Stats(**{k: v.cpu().numpy() for k, v in sums.sums[pos].items()}, count=count, meta=meta)
             for pos in POSITIONS}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,23 +54,54 @@ def is_disp_layer(layer: nn.Module) -> bool:
     return isinstance(layer, DispLayerMixin) or all(hasattr(layer, f"disp_{p}") for p in POSITIONS)
 
 
-def disp_shape(model: nn.Module) -> dict:
-    """Plain numbers the index-set math and the parameter count need (so they never need the model)."""
+@dataclass(frozen=True)
+class DispShape:
+    """Plain numbers the index-set math and the parameter count need (so they never need the model).
+
+    DISP's own shape, not `diet.shape.ModelShape`: it has five positions per layer, not one prunable unit. It travels
+    as a dict inside the statistics' JSON metadata (`to_dict`/`from_dict`)."""
+
+    hidden: int  # residual width: the size of every residual position's index set before pruning
+    widths: dict[str, tuple[int, ...]]  # position -> per-layer width (hidden for residual positions, MLP for mlp_mid)
+    qkv_out: tuple[int, ...]  # per layer: q + k + v output features (q + 2·kv under grouped-query attention)
+    o_in: tuple[int, ...]  # per layer: o_proj input features
+    total_params: int  # every parameter of the dense model
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", {p: tuple(int(w) for w in self.widths[p]) for p in POSITIONS})
+        object.__setattr__(self, "qkv_out", tuple(int(w) for w in self.qkv_out))
+        object.__setattr__(self, "o_in", tuple(int(w) for w in self.o_in))
+
+    @property
+    def layers(self) -> int:
+        return len(self.o_in)
+
+    def to_dict(self) -> dict:
+        return {"layers": self.layers, "hidden": self.hidden, "widths": {p: list(w) for p, w in self.widths.items()},
+                "qkv_out": list(self.qkv_out), "o_in": list(self.o_in), "total_params": self.total_params}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DispShape:
+        return cls(hidden=d["hidden"], widths=d["widths"], qkv_out=d["qkv_out"], o_in=d["o_in"],
+                   total_params=d["total_params"])
+
+
+def disp_shape(model: nn.Module) -> DispShape:
+    """The dense model's DISP shape (refused for a model that is already DISP-pruned)."""
     layers = disp_layers(model)
     if any(is_disp_layer(layer) for layer in layers):
         raise DietError("this model is already DISP-pruned: start from the dense model")
     parts = [block_parts(layer) for layer in layers]
-    hidden = model.config.hidden_size
-    return {
-        "layers": len(layers),
-        "hidden": hidden,
-        "widths": {"attn_in": [hidden] * len(parts), "attn_out": [hidden] * len(parts),
-                   "mlp_in": [hidden] * len(parts), "mlp_mid": [p.down.in_features for p in parts],
-                   "mlp_out": [hidden] * len(parts)},
-        "qkv_out": [p.q.out_features + p.k.out_features + p.v.out_features for p in parts],  # q + 2·kv under GQA
-        "o_in": [p.o.in_features for p in parts],
-        "total_params": count_parameters(model),
-    }
+    hidden = int(model.config.hidden_size)
+    residual = (hidden,) * len(parts)
+    return DispShape(
+        hidden=hidden,
+        widths={"attn_in": residual, "attn_out": residual, "mlp_in": residual,
+                "mlp_mid": tuple(p.down.in_features for p in parts), "mlp_out": residual},
+        qkv_out=tuple(p.q.out_features + p.k.out_features + p.v.out_features for p in parts),
+        o_in=tuple(p.o.in_features for p in parts),
+        total_params=count_parameters(model),
+    )
 
 
 def block_params(counts: Mapping, qkv_out, o_in):
@@ -84,11 +116,11 @@ def block_params(counts: Mapping, qkv_out, o_in):
     return per_layer.sum()
 
 
-def param_summary(shape: dict, counts: Mapping) -> dict:
+def param_summary(shape: DispShape, counts: Mapping) -> dict:
     """Kept block fraction p (the paper's budget) and the fraction of *all* model parameters removed."""
-    full = {pos: np.asarray(shape["widths"][pos], dtype=np.int64) for pos in POSITIONS}
+    full = {pos: np.asarray(shape.widths[pos], dtype=np.int64) for pos in POSITIONS}
     cnt = {pos: np.asarray(counts[pos], dtype=np.int64) for pos in POSITIONS}
-    qkv, o_in = np.asarray(shape["qkv_out"], dtype=np.int64), np.asarray(shape["o_in"], dtype=np.int64)
+    qkv, o_in = np.asarray(shape.qkv_out, dtype=np.int64), np.asarray(shape.o_in, dtype=np.int64)
     total_block = int(block_params(full, qkv, o_in))
     kept_block = int(block_params(cnt, qkv, o_in))
     removed = total_block - kept_block
@@ -97,15 +129,15 @@ def param_summary(shape: dict, counts: Mapping) -> dict:
         "block_params_kept": kept_block,
         "block_kept_fraction": kept_block / total_block,  # the paper's p
         "block_sparsity": removed / total_block,
-        "params_total": int(shape["total_params"]),
+        "params_total": shape.total_params,
         "params_removed": removed,
-        "params_after": int(shape["total_params"]) - removed,
-        "param_sparsity": removed / shape["total_params"],
+        "params_after": shape.total_params - removed,
+        "param_sparsity": removed / shape.total_params,
         "kept_per_layer": {pos: cnt[pos].tolist() for pos in POSITIONS},
     }
 
 
-def check_sets(shape: dict, sets: IndexSets) -> dict[str, list[torch.Tensor]]:
+def check_sets(shape: DispShape, sets: IndexSets) -> dict[str, list[torch.Tensor]]:
     """Validated index sets: every position present, per layer distinct, in range, non-empty; sorted tensors."""
     missing = [p for p in POSITIONS if p not in sets]
     if missing:
@@ -115,10 +147,10 @@ def check_sets(shape: dict, sets: IndexSets) -> dict[str, list[torch.Tensor]]:
         per_layer = sets[pos]
         if isinstance(per_layer, np.ndarray) and per_layer.dtype == bool:
             per_layer = [np.nonzero(row)[0] for row in per_layer]
-        if len(per_layer) != shape["layers"]:
-            raise DietError(f"{pos}: {len(per_layer)} layers of index sets for a model with {shape['layers']}")
+        if len(per_layer) != shape.layers:
+            raise DietError(f"{pos}: {len(per_layer)} layers of index sets for a model with {shape.layers}")
         out[pos] = []
-        for i, (idx, width) in enumerate(zip(per_layer, shape["widths"][pos], strict=True)):
+        for i, (idx, width) in enumerate(zip(per_layer, shape.widths[pos], strict=True)):
             t = torch.as_tensor(np.asarray(idx), dtype=torch.long).flatten()
             if t.numel() == 0:
                 raise DietError(f"layer {i} {pos}: keeps no dimension; every index set must keep at least one")
@@ -141,7 +173,7 @@ def zero_disp(model: nn.Module, sets: IndexSets) -> nn.Module:
         d[keep] = False
         return d.to(device)
 
-    hidden = shape["hidden"]
+    hidden = shape.hidden
     for i, layer in enumerate(disp_layers(model)):
         p = block_parts(layer)
         drop = lambda pos, width, i=i, dev=p.o.weight.device: dropped(s[pos][i], width, dev)  # noqa: E731
