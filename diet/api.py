@@ -37,20 +37,18 @@ def resolve_task(name_or_task):
     return get_task(name_or_task) if isinstance(name_or_task, str) else name_or_task
 
 
+def model_key(lm: LoadedModel, **what) -> str:
+    """The key of anything computed from a model's numbers: its content, dtype and quantization, plus `what` was
+    computed (texts, settings, a probe, a source as the user named it). Statistics and the pages' in-session memos
+    both key through here, so the same inputs always meet under the same key."""
+    return sha256_of({"model": lm.identity, "dtype": lm.spec.dtype, "quantization": lm.spec.quantization, **what})[:24]
+
+
 def stats_key(lm: LoadedModel, texts: list[str], settings: ProfileSettings, probe: str | None = None) -> str:
     """The one cache key of profiled statistics: format, model content, dtype/quantization, texts, settings, and
     what was probed (`probe`: None for the prunable unit in `settings.unit`, else e.g. DISP's positions)."""
-    parts = {
-        "format": CACHE_FORMAT_VERSION,
-        "model": lm.identity,
-        "dtype": lm.spec.dtype,
-        "quantization": lm.spec.quantization,
-        "texts": texts_hash(texts),
-        "settings": settings.key_fields(),
-    }
-    if probe is not None:  # unit statistics carry no tag, so their keys (and caches) predate probes unchanged
-        parts["kind"] = probe
-    return sha256_of(parts)[:24]
+    tag = {} if probe is None else {"kind": probe}  # unit statistics carry no tag: their keys predate probes
+    return model_key(lm, format=CACHE_FORMAT_VERSION, texts=texts_hash(texts), settings=settings.key_fields(), **tag)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Why its own module: `diet.methods` builds these and `diet.api` hands them out; b
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,3 +36,11 @@ class MaskResult:
 
     def keep(self) -> list[np.ndarray]:
         return M.keep_indices(self.mask)
+
+    def digest(self) -> str:
+        """The evaluation cache key of this mask's pruned model: a short content hash of the kept units, and the
+        compensation when it is not the method's own (a different model from the same mask)."""
+        mask = np.asarray(self.mask, dtype=bool)
+        comp = self.summary.get("compensation", "none")
+        h = hashlib.sha256(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()[:16]
+        return h + ("" if comp == "none" else f"+{comp}")

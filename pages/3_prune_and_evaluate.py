@@ -28,7 +28,6 @@ from pages._work import (
     compare_job,
     counts_notes,
     lstsq_settings,
-    result_digest,
     tasks_of,
 )
 
@@ -104,7 +103,7 @@ def page(lm, stats: dict) -> None:
     job_panel(("compare",), key="main")
     comp = st.session_state.get("comparison")
     if comp:
-        comparison_section(comp, result_digest(result))
+        comparison_section(comp, result.digest())
     st.page_link("pages/5_sweep.py", label="Accuracy vs sparsity, several methods side by side: the Sweep page",
                  icon="➡️")
 

@@ -11,7 +11,7 @@ import streamlit as st
 from diet.export import MODES, SERVING_MODES, mask_json
 from diet.report import mask_stats, report, settings_summary
 from pages._common import current_mask, current_model, job_panel, need_stats, page_errors, prologue, runner, start_job
-from pages._work import compare_job, export_folder, export_job, result_digest
+from pages._work import compare_job, export_folder, export_job
 
 MODE_HELP = {
     "auto": "auto: uniform when every layer keeps the same count, else padded (our default)",
@@ -41,7 +41,7 @@ def rounding_section(lm, result, stats: dict | None) -> int:
     comp = st.session_state.get("comparison")
     if comp:
         seen[comp["digest"]] = comp
-    before, after = seen.get(result_digest(result)), seen.get(result_digest(r))
+    before, after = seen.get(result.digest()), seen.get(r.digest())
 
     def acc(c):
         return f"{100 * sum(p.value for p in c['pruned']) / len(c['pruned']):.1f}" if c else "not evaluated"
@@ -88,7 +88,7 @@ def model_folder_section(lm, result, stats: dict | None = None) -> None:
 
         optional["speed"] = SpeedSettings()
     comp = st.session_state.get("comparison")
-    if comp and comp["digest"] == result_digest(result):  # measured results of exactly this mask
+    if comp and comp["digest"] == result.digest():  # measured results of exactly this mask
         optional["evaluation"] = {"dense": [r.to_dict() for r in comp["dense"]],
                                   "pruned": [r.to_dict() for r in comp["pruned"]]}
         st.caption("The dense-vs-pruned results measured on the Prune and evaluate page go into the model card.")

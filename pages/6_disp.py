@@ -37,7 +37,6 @@ from pages._disp_work import (
     missing_tasks,
     position_figures,
     position_rows,
-    sets_digest,
     timed_build,
 )
 from pages._work import counts_notes, stats_profile_settings, tasks_of
@@ -182,7 +181,7 @@ def eval_section(lm, result, tasks: list) -> None:
     job_panel(("disp_compare",), key="disp-eval")
     comp = box.get("comparison")
     if comp and comp["model"] == lm.identity:
-        comparison(comp, sets_digest(result))
+        comparison(comp, result.digest())
 
 
 def comparison(comp: dict, digest: str) -> None:

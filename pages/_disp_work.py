@@ -12,7 +12,6 @@ the result arrives whichever page happens to collect the finished job.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from diet import masks as M
 from diet import viz
+from diet.api import model_key
 from diet.disp import POSITION_SHORT as SHORT
 from diet.disp import POSITION_WHAT as WHAT
 from diet.disp import (
@@ -37,17 +37,16 @@ from diet.disp import (
 from diet.errors import DietError
 from diet.evaluate import EvalSettings
 from diet.jobs import JobContext
-from diet.settings import ProfileSettings, sha256_of
+from diet.settings import ProfileSettings
 from pages._work import evaluate_dense_and_pruned, export_folder
 
 # ----------------------------------------------------------------------------------------------- statistics
 
 
 def disp_key(lm, tasks: list, ps: ProfileSettings) -> str:
-    """Session key of DISP statistics: the model's content and dtype, the tasks' data, the profiling settings."""
-    return sha256_of({"kind": "disp-page/1", "model": lm.identity, "dtype": lm.spec.dtype,
-                      "quantization": lm.spec.quantization, "tasks": [t.fingerprint() for t in tasks],
-                      "profile": ps.key_fields()})[:24]
+    """Session key of DISP statistics (the tasks' data, the profiling settings) through the engine's one key
+    function."""
+    return model_key(lm, kind="disp-page/1", tasks=[t.fingerprint() for t in tasks], profile=ps.key_fields())
 
 
 def missing_tasks(lm, tasks: list, ps: ProfileSettings) -> list:
@@ -91,15 +90,6 @@ def timed_build(stats: dict, settings: DispSettings) -> tuple[DispMaskResult, fl
     t0 = time.perf_counter()
     result = build_disp_masks(stats, settings)
     return result, time.perf_counter() - t0
-
-
-def sets_digest(result: DispMaskResult) -> str:
-    """Short content hash of the five merged masks: the evaluation cache key of the DISP-pruned model."""
-    h = hashlib.sha256(b"disp/1")
-    for pos in POSITIONS:
-        m = np.asarray(result.masks[pos], dtype=bool)
-        h.update(pos.encode() + str(m.shape).encode() + np.packbits(m).tobytes())
-    return "disp-" + h.hexdigest()[:16]
 
 
 def position_rows(result: DispMaskResult) -> list[dict]:
@@ -178,7 +168,7 @@ def disp_compare_job(lm, result: DispMaskResult, tasks: list, settings: EvalSett
     """Job body: dense vs the DISP-pruned copy (`disp_copy` with these index sets) on the same tasks, plus
     parameters, size in memory and measured forward speed — page 3's loop (`evaluate_dense_and_pruned`), so the
     dense numbers are shared with the Prune and evaluate page. The result also lands in box["comparison"]."""
-    digest = sets_digest(result)
+    digest = result.digest()
 
     def run(ctx: JobContext) -> dict:
         out = {"model": lm.identity, "digest": digest, "settings": asdict(result.settings), "eval": asdict(settings),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from diet import masks as M
-from diet.api import MaskResult, is_profiled, profile_tasks, prune_copy
+from diet.api import MaskResult, is_profiled, model_key, profile_tasks, prune_copy
 from diet.cache import ArtifactCache
 from diet.compare import compare_models
 from diet.errors import DietError
@@ -27,7 +27,7 @@ from diet.jobs import JobContext
 from diet.methods import MethodInputs, get_method, needs_general, run_method, summarize
 from diet.profile import choose_texts
 from diet.report import mask_stats, settings_summary
-from diet.settings import MaskSettings, MethodSettings, ProfileSettings, sha256_of
+from diet.settings import MaskSettings, MethodSettings, ProfileSettings
 
 # ----------------------------------------------------------------------------------------------- uploads
 
@@ -154,9 +154,9 @@ def stats_profile_settings(stats: dict, fallback: ProfileSettings) -> ProfileSet
 
 
 def general_key(lm, source: str, ps: ProfileSettings) -> str:
-    """Session key of general-text statistics: the model, the source as chosen, the profiling settings."""
-    return sha256_of({"model": lm.identity, "dtype": lm.spec.dtype, "quantization": lm.spec.quantization,
-                      "source": source, "profile": ps.key_fields()})[:24]
+    """Session key of general-text statistics: the source as chosen (before a Hub source is resolved, which the
+    page never waits for) through the engine's one key function."""
+    return model_key(lm, source=source, profile=ps.key_fields())
 
 
 def cached_general(lm, source: str, ps: ProfileSettings):
@@ -250,19 +250,6 @@ def pruned_copy(lm, result: MaskResult, stats: dict):
     return prune_copy(lm, result, comp, fit_texts(tasks_of(mask_stats(result, stats)), comp))
 
 
-def result_digest(result: MaskResult) -> str:
-    """The evaluation cache key of a mask's pruned model: its kept channels, and the compensation when it is not
-    the method's own."""
-    comp = result.summary.get("compensation", "none")
-    return mask_digest(result.mask) + ("" if comp == "none" else f"+{comp}")
-
-
-def mask_digest(mask: np.ndarray) -> str:
-    """Short content hash of a boolean mask: the evaluation cache key of a pruned model."""
-    return hashlib.sha256(np.packbits(np.asarray(mask, dtype=bool)).tobytes() + str(mask.shape).encode()
-                          ).hexdigest()[:16]
-
-
 def ranked_scores(stats: dict, score: str) -> M.RankedScores:
     """The tasks' scores with their per-layer ranks and tie scores: computed once per (statistics, score)."""
     from diet.methods import unit_scores
@@ -301,7 +288,7 @@ def compare_job(lm, result: MaskResult, tasks: list, settings: EvalSettings, mem
     """Job body: dense vs pruned on the same tasks, parameters, size and measured forward speed."""
 
     def run(ctx: JobContext) -> dict:
-        digest = result_digest(result)
+        digest = result.digest()
         out = {"digest": digest, "settings": asdict(result.settings), "eval": asdict(settings),
                "sparsity": result.summary["unit_sparsity"], "described": settings_summary(result)}
         out.update(evaluate_dense_and_pruned(ctx, lm, lambda: pruned_copy(lm, result, stats or {}), digest, tasks,

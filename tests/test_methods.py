@@ -328,3 +328,13 @@ def test_bias_compensation_for_any_method_and_lstsq_drops_it():
     assert run_method("flap", flap_in, HALF, MethodSettings(), compensation="lstsq").compensation is None
     with pytest.raises(DietError, match="unknown compensation"):
         run_method("diet", inputs, HALF, MethodSettings(), compensation="obs")
+
+
+def test_mask_digest_is_the_pruned_models_content_key():
+    """MaskResult.digest keys cached evaluations: equal masks meet, another mask or compensation does not."""
+    a = run("diet")
+    same = run("diet")
+    assert a.digest() == same.digest() and len(a.digest()) == 16
+    flipped = replace(a, mask=~a.mask)
+    assert flipped.digest() != a.digest()
+    assert replace(a, summary={**a.summary, "compensation": "lstsq"}).digest() == a.digest() + "+lstsq"

@@ -111,6 +111,20 @@ def test_key_changes_with_every_input():
     assert api.stats_key(lm, TEXTS, ProfileSettings(batch_size=3)) == base  # batch size does not change numbers
 
 
+def test_stats_key_is_the_model_key_of_its_inputs_and_unchanged_by_it():
+    """Statistics and the pages' memos key through api.model_key; the statistics' keys (so existing caches) are
+    exactly what they were before it existed."""
+    from diet.profile import texts_hash
+    from diet.settings import CACHE_FORMAT_VERSION, sha256_of
+
+    lm, ps = loaded(), ProfileSettings()
+    old = {"format": CACHE_FORMAT_VERSION, "model": lm.identity, "dtype": lm.spec.dtype,
+           "quantization": lm.spec.quantization, "texts": texts_hash(TEXTS), "settings": ps.key_fields()}
+    assert api.stats_key(lm, TEXTS, ps) == sha256_of(old)[:24]
+    assert api.stats_key(lm, TEXTS, ps, probe="disp") == sha256_of({**old, "kind": "disp"})[:24]
+    assert api.model_key(lm, source="corpus") != api.model_key(lm, source="file.txt")
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "json"])
 def test_corrupt_cache_is_detected_and_rebuilt(tmp_path, damage):
     lm, cache = loaded(), ArtifactCache(tmp_path)

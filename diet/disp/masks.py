@@ -6,6 +6,7 @@ another; `keep_fractions` picks the fraction that brings the kept block paramete
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,11 +79,19 @@ class DispMaskResult:
     task_masks: dict[str, np.ndarray]  # position -> (T, L, W) bool
     masks: dict[str, np.ndarray]  # position -> (L, W) bool: the merged masks (what the heatmaps show)
     votes: dict[str, np.ndarray]  # position -> (L, W) uint8
-    shape: dict
+    shape: DispShape
     summary: dict = field(default_factory=dict)  # parameter accounting (the paper's p and total sparsity)
 
     def index_sets(self) -> dict[str, list[np.ndarray]]:
         return {pos: M.keep_indices(self.masks[pos]) for pos in POSITIONS}
+
+    def digest(self) -> str:
+        """Short content hash of the five merged masks: the evaluation cache key of the DISP-pruned model."""
+        h = hashlib.sha256(b"disp/1")
+        for pos in POSITIONS:
+            m = np.asarray(self.masks[pos], dtype=bool)
+            h.update(pos.encode() + str(m.shape).encode() + np.packbits(m).tobytes())
+        return "disp-" + h.hexdigest()[:16]
 
 
 def build_disp_masks(stats: dict[str, dict], settings: DispSettings = DispSettings()) -> DispMaskResult:
