@@ -32,6 +32,7 @@ import numpy as np
 import plotly.io
 import plotly.tools
 
+from diet import api as W
 from diet import masks as M
 from diet import report as R
 from diet import viz
@@ -39,7 +40,6 @@ from diet.api import MaskResult
 from diet.methods import unit_scores
 from diet.profile import Stats
 from diet.settings import MaskSettings
-from pages import _work as W
 
 PREVIOUS = "d0ea84e"  # the last commit before the ranked masks (diet/masks.py as it was)
 VOTE_TARGET_MS = 50.0
@@ -100,7 +100,7 @@ def previous_split_halves(PM, result: MaskResult, stats: dict) -> dict:
 
 
 def check_same(PM, stats: dict, settings: MaskSettings, ranked, halves) -> None:
-    want, got = previous_build_mask(PM, stats, settings), W.diet_mask(stats, settings, ranked)
+    want, got = previous_build_mask(PM, stats, settings), W.build_mask(stats, settings, ranked)
     for field in ("task_masks", "mask", "votes", "ranking"):
         if not np.array_equal(getattr(want, field), getattr(got, field)):
             raise SystemExit(f"error: {field} differs from the previous implementation at {settings}")
@@ -232,8 +232,8 @@ def main() -> None:
 
     prev = {"vote + statistics (build_mask)": lambda: previous_build_mask(PM, stats, nxt()),
             "split-half references": lambda: previous_split_halves(PM, previous_build_mask(PM, stats, nxt()), stats)}
-    cur = {"vote + statistics (build_mask)": lambda: W.diet_mask(stats, nxt(), ranked),
-           "split-half references": lambda: R.split_halves(W.diet_mask(stats, nxt(), ranked), stats, halves)}
+    cur = {"vote + statistics (build_mask)": lambda: W.build_mask(stats, nxt(), ranked),
+           "split-half references": lambda: R.split_halves(W.build_mask(stats, nxt(), ranked), stats, halves)}
     print(f"\n{'one slider move':46s} {'previous':>9s} {'now':>9s}")
     timed = {}
     for label in prev:
@@ -242,7 +242,7 @@ def main() -> None:
     for label in ("split-half references",):
         p, c = timed[label]
         timed[label] = (p - timed["vote + statistics (build_mask)"][0], c - timed["vote + statistics (build_mask)"][1])
-    result = W.diet_mask(stats, settings, ranked)
+    result = W.build_mask(stats, settings, ranked)
     split = R.split_halves(result, stats, halves)
     builders = figure_builders(result, stats, split, norm, order, ranked)
     PV = previous("diet/viz.py")

@@ -21,10 +21,10 @@ from diet import masks as M
 from diet.cache import ArtifactCache
 from diet.compare import compare_models  # noqa: F401  the cached dense-vs-pruned comparison, served here
 from diet.errors import DietError
-from diet.methods import MethodInputs, get_method, needs_general, run_method, unit_scores, weight_stats
+from diet.methods import MethodInputs, get_method, needs_general, run_method, summarize, unit_scores, weight_stats
 from diet.models import LoadedModel, count_parameters
 from diet.profile import Stats, choose_texts, profile_texts, texts_hash
-from diet.results import MaskResult
+from diet.results import MaskResult, mask_stats
 from diet.settings import CACHE_FORMAT_VERSION, MaskSettings, MethodSettings, ProfileSettings, sha256_of
 
 TaskProgress = Callable[[str, int, int], None]  # (task name, texts done, texts total)
@@ -151,15 +151,36 @@ def profile_tasks(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = 
     return profile(lm, tasks, settings, UNIT_PROBE, progress, should_stop, cache, on_wait)
 
 
-def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings()) -> MaskResult:
+def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings(),
+               ranked: M.RankedScores | None = None) -> MaskResult:
     """DIET's mask: per-task masks, the vote and the summary statistics — from cached statistics only (no model).
-    The registry's `diet` method (`run_method`), after checking the statistics belong together."""
+    The registry's `diet` method (`run_method`), after checking the statistics belong together.
+
+    `ranked`: `ranked_scores(stats, settings.score)`, computed once; the same mask then comes from comparisons
+    (what a slider move runs; tests/test_app.py checks both paths agree on random statistics)."""
     if not stats:
         raise DietError("no task statistics: profile at least one task first")
     shapes = {s.shape.widths for s in stats.values()}
     if len(shapes) != 1:
         raise DietError("the task statistics come from models of different shapes")
-    return run_method("diet", MethodInputs(dict(stats)), settings)
+    if ranked is None:
+        return run_method("diet", MethodInputs(dict(stats)), settings)
+    names = list(stats)
+    if len(names) != len(ranked.scores):
+        raise DietError("the ranked scores are not those of these statistics")
+    if settings.merge == "threshold":
+        settings.resolved_threshold(len(names))  # refuses k > T, as run_method does
+    task_masks, mask = M.build_masks(None, settings, ranked)
+    v = M.votes(task_masks)
+    shape = stats[names[0]].shape
+    summary = summarize(mask, task_masks, shape, "diet", MethodSettings(method="diet"))
+    return MaskResult(names, settings, task_masks, mask, v, shape, summary,
+                      ranking=M.vote_ranking(v, ranked.scores, ranked.tie))
+
+
+def ranked_scores(stats: dict[str, Stats], score: str) -> M.RankedScores:
+    """The tasks' scores with their per-layer ranks and tie scores: computed once per (statistics, score)."""
+    return M.RankedScores.of(np.stack([unit_scores(stats[n], score) for n in stats]))
 
 
 def rounded(result: MaskResult, multiple: int) -> MaskResult:
@@ -186,22 +207,29 @@ def split_half_overlap(stats: Stats, settings: MaskSettings) -> float:
     return float(M.jaccard_matrix(np.stack([a, b]))[0, 1])
 
 
-def prune_copy(lm: LoadedModel, result: MaskResult, compensation=None, texts: Sequence[str] | None = None):
+def prune_copy(lm: LoadedModel, result: MaskResult, compensation=None, texts: Sequence[str] | None = None,
+               stats: dict | None = None):
     """A pruned deep copy of the model (the loaded one stays dense, so the app can compare side by side).
 
-    `compensation` (a `diet.settings.CompensationSettings`): with method "lstsq" the copy's output projections are
-    refitted on `texts` (default: `compensation.samples` calibration texts of each of the result's tasks) before
-    slicing; FLAP's / "bias" compensation rides on `result.compensation` as before.
+    `compensation` (a `diet.settings.CompensationSettings`; default: what the result's summary asks for,
+    `compensation_of`): with method "lstsq" the copy's output projections are refitted on `texts` (default:
+    `compensation.samples` calibration texts of each task behind the mask — from `stats` when given, so uploaded
+    files are found again — else of the result's task names) before slicing; FLAP's / "bias" compensation rides
+    on `result.compensation`.
     """
     import copy
 
     from diet.prune import prune_units
 
+    compensation = compensation or compensation_of(result)
     model = copy.deepcopy(lm.model)
     if compensation is not None and compensation.method == "lstsq":
         from diet.compensate import fit_lstsq, fit_texts
 
-        texts = list(texts) if texts is not None else fit_texts([resolve_task(t) for t in result.tasks], compensation)
+        if texts is None:
+            tasks = tasks_of(mask_stats(result, stats)) if stats else [resolve_task(t) for t in result.tasks]
+            texts = fit_texts(tasks, compensation)
+        texts = list(texts)
         fit_lstsq(model, lm.tokenizer, texts, result.keep(), result.unit, compensation)
         return prune_units(model, result.keep(), result.unit)
     return prune_units(model, result.keep(), result.unit, compensation=result.compensation)
@@ -223,5 +251,81 @@ def method_mask(lm, task_stats: dict, settings: MaskSettings, ms: MethodSettings
         general_stats = profile_tasks(lm, [general_task(general, say)], profile_settings, progress=progress,
                                       cache=cache)["general"]
     weights = weight_stats(lm.model, profile_settings.unit) if "weights" in method.needs else None
-    inputs = MethodInputs(task_stats, general_stats, weights, model_shape(lm.model, profile_settings.unit))
-    return run_method(method.name, inputs, settings, ms, compensation)
+    return mask_from(task_stats, settings, ms, model_shape(lm.model, profile_settings.unit), general_stats, weights,
+                     general, compensation)
+
+
+def mask_from(stats: dict, settings: MaskSettings, ms: MethodSettings, shape=None, general: Stats | None = None,
+              weights: dict | None = None, general_source: str | None = None, compensation: str = "none"
+              ) -> MaskResult:
+    """`ms.method`'s mask from inputs already at hand: what `method_mask` returns once it has gathered them, and
+    what the views call on every widget change (they hold the general statistics and weight norms once, so a
+    slider move never resolves a source or re-reads weights). `shape` None: taken from the statistics (the
+    methods that read neither weights nor general text need no model)."""
+    result = run_method(ms.method, MethodInputs(stats, general, weights, shape), settings, ms, compensation)
+    if general is not None:  # provenance (the source actually used: "auto" resolves to one); in the mask JSON too
+        result.summary["general_source"] = str(general.meta.get("task_source") or general_source or "?"
+                                               ).removeprefix("general:")
+    return result
+
+
+def with_compensation(result: MaskResult, comp: str, stats: dict, ms: MethodSettings,
+                      general: Stats | None = None) -> MaskResult:
+    """The mask with a compensation chosen after it was made: "bias" gives it the mean input of its calibration
+    data (as `run_method` does); "lstsq" is marked in the summary and done when the model is pruned."""
+    from diet.methods import calibration_means
+
+    if comp == "none" or result.summary.get("compensation") == comp:
+        return result
+    means = result.compensation
+    if comp == "bias" and means is None:
+        means = calibration_means(MethodInputs(mask_stats(result, stats), general, shape=result.shape), ms)
+    elif comp == "lstsq":
+        means = None
+    return replace(result, compensation=means, summary={**result.summary, "compensation": comp})
+
+
+def compensation_of(result: MaskResult):
+    """The CompensationSettings pruning this result needs (None unless its summary asks for lstsq)."""
+    from diet.settings import CompensationSettings
+
+    return CompensationSettings(method="lstsq") if result.summary.get("compensation") == "lstsq" else None
+
+
+# ---------------------------------------------------------------- what profiled statistics record
+
+
+def tasks_of(stats: dict[str, Stats]) -> list:
+    """The Task objects behind profiled statistics (their meta records where each task came from, so an uploaded
+    file is found again by its path)."""
+    out = []
+    for name, s in stats.items():
+        source = str(s.meta.get("task_source", ""))
+        out.append(resolve_task(source.removeprefix("file:") if source.startswith("file:") else name))
+    return out
+
+
+def recorded_profile_settings(stats: dict[str, Stats], fallback: ProfileSettings) -> ProfileSettings:
+    """The profiling settings the statistics were made with (so general text and a sweep use the same ones);
+    `fallback` when the statistics do not record them."""
+    recorded = next(iter(stats.values())).meta.get("settings") if stats else None
+    if not isinstance(recorded, dict):
+        return fallback
+    try:
+        return ProfileSettings(**recorded)
+    except (TypeError, DietError):
+        return fallback
+
+
+def cached_general(lm: LoadedModel, source: str, settings: ProfileSettings) -> Stats | None:
+    """General-text statistics read from the disk cache without a forward pass, or None. Only for local sources
+    (the shipped corpus, a file): resolving a Hub source needs the network, which an interactive view never waits
+    for."""
+    from diet.general import HUB, general_task
+
+    if source == "auto" or source in HUB:
+        return None
+    task = general_task(source)
+    if not is_profiled(lm, task, settings):
+        return None
+    return profile_tasks(lm, [task], settings)["general"]

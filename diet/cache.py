@@ -44,8 +44,15 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
 
 
+COUNT_ENV = "DIET_COUNT_COMPUTED"  # a file path: every entry written (= computed, not read) appends "<kind> <key>"
+
+
 class ArtifactCache:
-    """A folder of `<kind>/<key>.safetensors` + `<kind>/<key>.json` pairs (or JSON alone for small results)."""
+    """A folder of `<kind>/<key>.safetensors` + `<kind>/<key>.json` pairs (or JSON alone for small results).
+
+    With DIET_COUNT_COMPUTED set, each entry written also appends one line to that file. Why: a test with several
+    app sessions counts computations from outside the server process, at the one place every computed result
+    passes through."""
 
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else cache_root() / "artifacts"
@@ -64,6 +71,7 @@ class ArtifactCache:
         data = save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
         atomic_write_bytes(st_path, data)
         atomic_write_json(js_path, {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "meta": meta})
+        self._count(kind, key)
 
     def load_tensors(self, kind: str, key: str) -> tuple[dict[str, np.ndarray], dict] | None:
         """The cached tensors and meta, or None when missing or unusable (which is then removed)."""
@@ -85,6 +93,14 @@ class ArtifactCache:
 
     def save_json(self, kind: str, key: str, obj: dict) -> None:
         atomic_write_json(self._paths(kind, key)[1], {"key": key, "meta": obj})
+        self._count(kind, key)
+
+    @staticmethod
+    def _count(kind: str, key: str) -> None:
+        path = os.environ.get(COUNT_ENV)
+        if path:
+            with open(path, "a") as f:  # one short append per entry: atomic on a local file system
+                f.write(f"{kind} {key}\n")
 
     def load_json(self, kind: str, key: str) -> dict | None:
         js_path = self._paths(kind, key)[1]

@@ -8,6 +8,7 @@ pickles: a model folder from this tool must be safe to load (safetensors only).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +18,12 @@ from pathlib import Path
 from diet.errors import DietError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def default_export_folder(model_name: str, tag: str, sparsity: float) -> Path:
+    """~/diet-exports/<model>-<tag>-s<percent>: a readable, file-system-safe default name per mask."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model_name).name)
+    return Path.home() / "diet-exports" / f"{name}-{tag}-s{round(sparsity * 100)}"
 
 
 def check_out_dir(out: str | Path, overwrite: bool) -> None:

@@ -399,6 +399,11 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+def needs_model(method: str, ms: MethodSettings) -> bool:
+    """True when the mask needs the loaded model: weight norms, or general text profiled through it."""
+    return "weights" in get_method(method).needs or needs_general(method, ms)
+
+
 def needs_general(method: str, ms: MethodSettings | None = None) -> bool:
     """True when the method reads general-text statistics with these settings (so the caller profiles them)."""
     m = get_method(method)

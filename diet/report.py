@@ -26,22 +26,8 @@ from diet.methods import (
     unit_scores,
     who_loses,
 )
-from diet.results import MaskResult
+from diet.results import MaskResult, mask_stats, single_mask
 from diet.settings import MethodSettings
-
-
-def single_mask(result: MaskResult) -> bool:
-    """True when the result is one mask named after its method (a baseline), not per-task masks merged by a vote:
-    the views per task (votes, overlap between tasks) then do not apply."""
-    return result.method != "diet" and list(result.tasks) == [result.method]
-
-
-def mask_stats(result: MaskResult, stats: dict) -> dict:
-    """The statistics behind the result's task masks (per-task methods), or all profiled tasks for a single mask
-    (then only used to sort channels by DIET's mean score, a reference order)."""
-    if single_mask(result):
-        return dict(stats)
-    return {n: stats[n] for n in result.tasks}
 
 
 def method_label(result: MaskResult) -> str:
@@ -314,3 +300,17 @@ def report(model_name: str, result: MaskResult, stats: dict, comparison: dict | 
 
 SWEEP_CAPTION = ("Mean over the evaluation tasks of each task's primary metric, per method and sparsity (fraction of "
                  "MLP channels removed); the dashed line is the dense model. Every point is a measured pruned model.")
+
+
+def counts_notes(results: list) -> list[str]:
+    """One line per kind of note on the item counts of evaluation results: previews, then tasks whose file gave
+    items to calibration (the automatic split) or repeats items. [] when every task was scored whole and plain."""
+    out = []
+    previews = [r for r in results if r.preview]
+    if previews:
+        out.append("Preview: " + ", ".join(f"{r.task} first {r.n} of {r.total} items" for r in previews)
+                   + ". Preview numbers are noisy and not comparable with published ones; set items to 0 for all.")
+    held = [r for r in results if r.calibration_items or r.repeats]
+    if held:
+        out.append("Item counts: " + "; ".join(f"{r.task}: {r.note}" for r in held) + ".")
+    return out

@@ -44,3 +44,17 @@ class MaskResult:
         comp = self.summary.get("compensation", "none")
         h = hashlib.sha256(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()[:16]
         return h + ("" if comp == "none" else f"+{comp}")
+
+
+def single_mask(result: MaskResult) -> bool:
+    """True when the result is one mask named after its method (a baseline), not per-task masks merged by a vote:
+    the views per task (votes, overlap between tasks) then do not apply."""
+    return result.method != "diet" and list(result.tasks) == [result.method]
+
+
+def mask_stats(result: MaskResult, stats: dict) -> dict:
+    """The statistics behind the result's task masks (per-task methods), or all profiled tasks for a single mask
+    (then only used to sort channels by DIET's mean score, a reference order)."""
+    if single_mask(result):
+        return dict(stats)
+    return {n: stats[n] for n in result.tasks}

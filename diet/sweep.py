@@ -68,6 +68,11 @@ def cells(settings: SweepSettings) -> list[tuple[str, str, float, str]]:
     return out
 
 
+def total_cells(settings: SweepSettings) -> int:
+    """Evaluated numbers of a sweep: (dense + every pruned model) × evaluation tasks; each is one cached cell."""
+    return (1 + len(cells(settings))) * len(settings.eval_tasks or settings.tasks)
+
+
 def _cell_key(base: dict, method: str, variant: str, sparsity: float, ms: MethodSettings, task,
               comp: dict | None = None) -> str:
     extra = {"compensation": comp} if comp and comp.get("method") != "none" else {}

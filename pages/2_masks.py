@@ -15,8 +15,17 @@ import streamlit as st
 
 from diet import masks as M
 from diet import viz
-from diet.api import estimate_seconds
-from diet.methods import get_method, list_methods, mask_knobs, method_knobs, needs_general, weight_stats
+from diet.adapters import model_shape
+from diet.api import (
+    build_mask,
+    cached_general,
+    estimate_seconds,
+    mask_from,
+    ranked_scores,
+    recorded_profile_settings,
+    with_compensation,
+)
+from diet.methods import get_method, list_methods, mask_knobs, method_knobs, needs_general, needs_model, weight_stats
 from diet.report import (
     half_ranks,
     mask_stats,
@@ -45,18 +54,7 @@ from pages._common import (
     runner,
     start_job,
 )
-from pages._work import (
-    COMPENSATION,
-    cached_general,
-    diet_mask,
-    general_job,
-    general_key,
-    method_result,
-    needs_model,
-    ranked_scores,
-    stats_profile_settings,
-    with_compensation,
-)
+from pages._work import COMPENSATION, general_job, general_key
 
 MERGE = {"budget": "exact budget (our default)", "threshold": "voting threshold"}
 SCORE = {"mean_abs": "mean |x| (our default)", "rms": "RMS"}
@@ -260,8 +258,8 @@ def build(stats: dict, settings: MaskSettings, vote_tasks: list[str], ms: Method
     if ms.method == "diet":  # no model, no forward pass; build_mask's result from ranks computed once
         ranked = ranks_memo((tuple(id(sub[n]) for n in sub), settings.score, "ranked"),
                             lambda: ranked_scores(sub, settings.score))
-        return diet_mask(sub, settings, ranked)
-    ps = stats_profile_settings(stats, profile_settings())
+        return build_mask(sub, settings, ranked)
+    ps = recorded_profile_settings(stats, profile_settings())
     lm = current_model() if needs_model(ms.method, ms) else None
     general = None
     if needs_general(ms.method, ms):
@@ -270,8 +268,8 @@ def build(stats: dict, settings: MaskSettings, vote_tasks: list[str], ms: Method
             general_section(lm, ms, source, ps)
             return None
     weights = weights_of(lm, ps.unit) if "weights" in get_method(ms.method).needs else None
-    return method_result(lm, stats if ms.method == "single-task" else sub, settings, ms, ps.unit, general, weights,
-                         source)
+    shape = model_shape(lm.model, ps.unit) if lm is not None else None
+    return mask_from(stats if ms.method == "single-task" else sub, settings, ms, shape, general, weights, source)
 
 
 def headline(result) -> None:
@@ -416,7 +414,7 @@ def page(stats: dict, slot) -> None:
         return
     comp = st.session_state.get("p_compensation", "none")
     if comp != "none":
-        general = general_stats(current_model(), source, stats_profile_settings(stats, profile_settings())) \
+        general = general_stats(current_model(), source, recorded_profile_settings(stats, profile_settings())) \
             if comp == "bias" and needs_general(ms.method, ms) else None
         result = with_compensation(result, comp, stats, ms, general)
     if active is not None and active.kind == "general":  # switched method while it runs: progress stays here

@@ -10,9 +10,10 @@ import pandas as pd
 import streamlit as st
 
 from diet import viz
+from diet.api import compensation_of, tasks_of
 from diet.compare import SPEED_BATCH, SPEED_TOKENS
 from diet.evaluate import EvalSettings, average
-from diet.report import comparison_table, mask_stats, settings_summary
+from diet.report import comparison_table, counts_notes, mask_stats, settings_summary
 from pages._common import (
     current_mask,
     current_model,
@@ -24,12 +25,7 @@ from pages._common import (
     runner,
     start_job,
 )
-from pages._work import (
-    compare_job,
-    counts_notes,
-    lstsq_settings,
-    tasks_of,
-)
+from pages._work import compare_job
 
 
 def eval_settings_section(tasks: list) -> tuple[EvalSettings, list]:
@@ -89,7 +85,7 @@ def page(lm, stats: dict) -> None:
     st.markdown(f"Current mask: **{settings_summary(result)}** on tasks **{', '.join(mask_stats(result, stats))}**, "
                 f"**{s['unit_sparsity']:.1%}** of MLP channels removed = **{s['param_sparsity']:.1%}** of all "
                 "parameters" + (" (with FLAP's bias compensation)." if result.compensation is not None else
-                                " (with the lstsq refit)." if lstsq_settings(result) is not None else "."))
+                                " (with the lstsq refit)." if compensation_of(result) is not None else "."))
     st.page_link("pages/2_masks.py", label="Change the mask or the method", icon="⬅️")
     tasks = tasks_of(stats)
     settings, chosen = eval_settings_section(tasks)

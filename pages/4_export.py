@@ -9,9 +9,10 @@ from pathlib import Path
 import streamlit as st
 
 from diet.export import MODES, SERVING_MODES, mask_json
+from diet.folders import default_export_folder
 from diet.report import mask_stats, report, settings_summary
 from pages._common import current_mask, current_model, job_panel, need_stats, page_errors, prologue, runner, start_job
-from pages._work import compare_job, export_folder, export_job
+from pages._work import compare_job, export_job
 
 MODE_HELP = {
     "auto": "auto: uniform when every layer keeps the same count, else padded (our default)",
@@ -67,7 +68,7 @@ def rounding_section(lm, result, stats: dict | None) -> int:
 
 
 def default_folder(lm, result) -> str:
-    return export_folder(lm, result.method, result.summary["unit_sparsity"])
+    return str(default_export_folder(lm.spec.name, result.method, result.summary["unit_sparsity"]))
 
 
 def model_folder_section(lm, result, stats: dict | None = None) -> None:

@@ -11,6 +11,7 @@ from dataclasses import asdict, replace
 import streamlit as st
 
 from diet import sweep as S
+from diet.api import recorded_profile_settings, tasks_of
 from diet.errors import DietError
 from diet.methods import get_method, list_methods, needs_general
 from diet.report import SWEEP_CAPTION
@@ -28,7 +29,7 @@ from pages._common import (
     runner,
     start_job,
 )
-from pages._work import stats_profile_settings, sweep_job, sweep_total, tasks_of
+from pages._work import sweep_job
 
 CHOICES = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 DEFAULT_METHODS = ["diet", "task-agnostic", "wanda-sp", "random"]
@@ -168,10 +169,10 @@ def page(stats: dict) -> None:
     label = "Run the sweep"
     if settings is not None:
         n_models = len(S.cells(settings))
-        label += f" ({n_models} pruned models + dense, {sweep_total(settings)} cells; cached cells are reused)"
+        label += f" ({n_models} pruned models + dense, {S.total_cells(settings)} cells; cached cells are reused)"
     if st.button(label, type="primary", disabled=busy or settings is None, key="btn_sweep"):
         lm = current_model()
-        ps = stats_profile_settings(stats, profile_settings())
+        ps = recorded_profile_settings(stats, profile_settings())
         start_job("sweep", f"Sweep: {len(methods)} method(s) × {len(sparsities)} sparsities × {len(with_items)} "
                   "task(s)", sweep_job(lm, settings, ps, mask, ms))
         st.rerun()

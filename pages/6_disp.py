@@ -11,11 +11,12 @@ import pandas as pd
 import streamlit as st
 
 from diet import viz
+from diet.api import recorded_profile_settings, tasks_of
 from diet.disp import POSITION_SHORT, POSITION_WHAT, POSITIONS, DispSettings
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, average
 from diet.export import check_out_dir
-from diet.report import comparison_table
+from diet.report import comparison_table, counts_notes
 from pages._common import (
     current_model,
     defaults,
@@ -39,7 +40,6 @@ from pages._disp_work import (
     position_rows,
     timed_build,
 )
-from pages._work import counts_notes, stats_profile_settings, tasks_of
 
 SHORT, WHAT = POSITION_SHORT, POSITION_WHAT
 
@@ -240,7 +240,7 @@ def page(lm, stats: dict) -> None:
                 "activation statistics at those five positions, a top-k per task, merged by DIET's vote. "
                 "See docs/disp.md.")
     tasks = tasks_of(stats)
-    ps = stats_profile_settings(stats, profile_settings())
+    ps = recorded_profile_settings(stats, profile_settings())
     key, dstats = statistics(lm, tasks, ps)
     if dstats is None:
         return

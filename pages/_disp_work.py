@@ -36,9 +36,10 @@ from diet.disp import (
 )
 from diet.errors import DietError
 from diet.evaluate import EvalSettings
+from diet.folders import default_export_folder
 from diet.jobs import JobContext
 from diet.settings import ProfileSettings
-from pages._work import evaluate_dense_and_pruned, export_folder
+from pages._work import evaluate_dense_and_pruned
 
 # ----------------------------------------------------------------------------------------------- statistics
 
@@ -186,7 +187,7 @@ def disp_compare_job(lm, result: DispMaskResult, tasks: list, settings: EvalSett
 
 
 def default_folder(lm, settings: DispSettings) -> str:
-    return export_folder(lm, "disp", settings.sparsity)
+    return str(default_export_folder(lm.spec.name, "disp", settings.sparsity))
 
 
 def disp_export_job(lm, tasks: list, out: str, ps: ProfileSettings, settings: DispSettings, overwrite: bool,

@@ -231,8 +231,7 @@ def test_every_task_shows_its_own_counts(cache_dir, tiny_lm):
 
 
 def test_results_say_when_items_went_to_calibration(tmp_path, tiny_lm):
-    from diet.report import comparison_table
-    from pages._work import counts_notes
+    from diet.report import comparison_table, counts_notes
 
     records = [{"context": f"Q{i}:", "choices": ["yes", "no"], "gold": i % 2} for i in range(40)]
     path = tmp_path / "forty.jsonl"
@@ -246,9 +245,8 @@ def test_results_say_when_items_went_to_calibration(tmp_path, tiny_lm):
 
 def test_slider_fast_path_equals_build_mask_and_split_half_overlap():
     # what a slider move runs on the Masks page (ranks computed once) against the engine, on random statistics
-    from diet.api import split_half_overlap
+    from diet.api import ranked_scores, split_half_overlap
     from diet.report import half_ranks, split_halves, who_loses_ranks, who_loses_view
-    from pages._work import diet_mask, ranked_scores
 
     rng = np.random.default_rng(11)
     for case in range(12):
@@ -259,7 +257,7 @@ def test_slider_fast_path_equals_build_mask_and_split_half_overlap():
             for sparsity in (0.0, 0.2, 0.55, 0.9):
                 settings = MaskSettings(sparsity=sparsity, score=score, merge=str(rng.choice(["budget", "threshold"])),
                                         allocation=str(rng.choice(["layer", "global"])), min_keep=0.05)
-                want, got = build_mask(stats, settings), diet_mask(stats, settings, ranked)
+                want, got = build_mask(stats, settings), build_mask(stats, settings, ranked)
                 for field in ("task_masks", "mask", "votes", "ranking"):
                     np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
                 assert got.summary == want.summary and got.tasks == want.tasks and got.shape == want.shape

@@ -223,7 +223,8 @@ def test_four_viewers_compute_each_result_once(tmp_path):
             wait_idle(page)
             clean(page)
         browser.close()
-    computed = Counter(line.split()[0] for line in counter.read_text().splitlines())
+    kinds = (line.split()[0] for line in counter.read_text().splitlines())
+    computed = Counter(k for k in kinds if k in ("stats", "eval"))  # the engine also logs its speed entries
     assert computed == {"stats": len(TASKS), "eval": 2 * len(TASKS)}, computed  # each result once, 4 viewers
     assert waited, "no session showed that it was waiting for another one's job"
     assert time.monotonic() - start < 180, f"4 viewers took {time.monotonic() - start:.0f} s (bound: 180 s)"
