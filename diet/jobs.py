@@ -192,6 +192,7 @@ class JobRunner:
 # ----------------------------------------------------------------------------------------------- the server's gate
 
 WAIT_POLL_SECONDS = 0.25  # how often a waiting job checks for its turn and for a cancel
+SHORT_WAIT_SECONDS = 10.0  # how long a script run waits for another one's short torch work (TorchGate.now)
 
 
 def free_cores(sample_seconds: float = 0.4) -> float:
@@ -267,11 +268,19 @@ class TorchGate:
             self._lock.release()
 
     @contextmanager
-    def now(self) -> Iterator[bool]:
+    def now(self, wait: float = SHORT_WAIT_SECONDS) -> Iterator[bool]:
         """The gate for a short piece of torch work in a script run (one batch for an estimate): yields True when
-        it was free and is now held, False while a job (or another such piece) runs — then skip the work. Why:
-        forward hooks on one shared model must never run two passes at once (their sums would mix)."""
+        it is held, False while a job runs — then skip the work. Why: forward hooks on one shared model must never
+        run two passes at once (their sums would mix).
+
+        Another short piece holding it is waited for (up to `wait` seconds), not skipped: Streamlit starts a new
+        script run of the same session while the previous one is still inside its forward pass (a widget changed
+        meanwhile), and that new run used to find the gate taken and fall back to a guess — the page then showed
+        the guess ("about 1 s" before a 12 s profile) instead of the measurement the old run was just taking."""
+        deadline = time.monotonic() + wait
         got = self._lock.acquire(blocking=False)
+        while not got and self._holder is None and time.monotonic() < deadline:
+            got = self._lock.acquire(timeout=0.05)
         try:
             yield got
         finally:

@@ -803,6 +803,32 @@ def test_gate_runs_one_job_at_a_time_across_sessions_and_the_waiting_one_says_so
         assert free and gate.holder() is None
 
 
+def test_a_script_run_waits_for_another_runs_short_torch_work_instead_of_skipping_its_measurement():
+    """Streamlit starts a session's new script run while the old one is still in its estimate's forward pass: the
+    new run must wait for it (and then read the measurement), not skip to a guess."""
+    from diet.jobs import TorchGate
+
+    gate, inside, leave, seen = TorchGate(), threading.Event(), threading.Event(), []
+
+    def old_run():
+        with gate.now() as free:
+            inside.set()
+            leave.wait(5)
+            seen.append(("old", free))
+
+    t = threading.Thread(target=old_run)
+    t.start()
+    assert inside.wait(5)
+    threading.Timer(0.3, leave.set).start()
+    t0 = time.monotonic()
+    with gate.now() as free:
+        seen.append(("new", free))
+    t.join(5)
+    assert seen == [("old", True), ("new", True)] and time.monotonic() - t0 >= 0.25
+    with gate.now(wait=0.2) as free:  # free again afterwards
+        assert free
+
+
 def test_gate_sizes_threads_to_the_free_cores():
     from diet.jobs import thread_count
 
