@@ -6,8 +6,9 @@ deci:  voting threshold 2 of 3 tasks at 25% (per-layer widths), f32 GGUF (`deci`
        over every position and vocabulary entry of 50 suite prompts, top-1 agreement at the next token, tokenization
        of every suite text, and accuracy on two tasks (every item), llama.cpp logits vs the pruned torch model.
 llama: the exact-budget mask at 25% (uniform widths), f32 GGUF in the `llama` architecture: the same.
-q8:    the voted mask rounded to multiples of 32 (`--round-to 32`): accuracy of its Q8_0 file vs its f32 file, and
-       the rounding's own cost (the unrounded mask's accuracy, torch).
+q8:    the voted mask rounded to multiples of 32 (`--round-to 32`): accuracy of its Q8_0 file and of its
+       q8_0-f16down file (ffn_down in f16) vs its f32 file, and the rounding's own cost (the unrounded mask's
+       accuracy, torch). bench/gguf_q8.py breaks the Q8_0 loss down by tensor.
 Each check runs in a few minutes on 2 cores; figures go to stdout and, with --json, to a file.
 """
 
@@ -113,16 +114,16 @@ def main() -> None:
             r32 = rounded(voted, 32)
             report["kept_per_layer"] = r32.summary["kept_per_layer"]
             report["params"] = {"unrounded": voted.summary["params_after"], "rounded": r32.summary["params_after"]}
-            llm_q8, llm_f32 = open_gguf(write(lm, r32, folder, "q8_0")), open_gguf(write(lm, r32, folder))
+            llms = {t: open_gguf(write(lm, r32, folder, t)) for t in ("f32", "q8_0", "q8_0-f16down")}
             report["accuracy"] = {}
             for name in EVAL:
                 task = get_task(name)
-                q8, f32 = cpp_accuracy(llm_q8, lm.tokenizer, task, a.limit), cpp_accuracy(llm_f32, lm.tokenizer,
-                                                                                            task, a.limit)
+                acc = {t: cpp_accuracy(llm, lm.tokenizer, task, a.limit) for t, llm in llms.items()}
                 unr = torch_accuracy(prune_copy(lm, voted), lm.tokenizer, task, a.limit)
-                report["accuracy"][name] = {"q8_0": q8, "f32": f32, "unrounded_transformers": unr}
-                print(f"{name}: Q8_0 {100 * q8:.2f}  f32 {100 * f32:.2f} (Δ {100 * (q8 - f32):+.2f} points); "
-                      f"unrounded mask {100 * unr:.2f}")
+                report["accuracy"][name] = {**acc, "unrounded_transformers": unr}
+                print(f"{name}: f32 {100 * acc['f32']:.2f}, " + ", ".join(
+                    f"{t} {100 * acc[t]:.2f} (Δ {100 * (acc[t] - acc['f32']):+.2f} points)"
+                    for t in ("q8_0", "q8_0-f16down")) + f"; unrounded mask {100 * unr:.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1))
 

@@ -74,7 +74,7 @@ def build_files(args, folder: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
+    ap.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q8_0-f16down"])
     ap.add_argument("--repeats", type=int, default=5, help="alternating dense/pruned runs (median reported)")
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (one batch)")
     ap.add_argument("--gen", type=int, default=64, help="generated tokens (one at a time)")

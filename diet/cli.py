@@ -145,9 +145,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                         "(per-layer widths as llama.cpp's deci architecture); vllm: a folder vLLM serves as "
                         "DeciLMForCausalLM with exact per-layer widths (default: uniform when every layer keeps the "
                         "same count, else padded)")
-    g.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
+    g.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q8_0-f16down"],
                    help="gguf tensor type: f32/f16/bf16 keep any width; q8_0 needs widths divisible by 32 "
-                        "(--round-to 32) (default: f32)")
+                        "(--round-to 32); q8_0-f16down keeps ffn_down in f16, any width (default: f32)")
     g.add_argument("--round-to", type=int, default=1, choices=[1, 32, 64, 128, 256],
                    help="round each layer's kept MLP channels to a multiple of N by the mask's own ranking (for "
                         "quantized GGUF types and tensor parallelism; any export mode) (default: 1 = exact)")

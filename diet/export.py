@@ -451,8 +451,8 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     of TaskResult (dicts) of the pruned model, or {"dense": [...], "pruned": [...]}, shown in the card; or
     `eval_settings` (a `diet.evaluate.EvalSettings`) to evaluate dense and pruned on the mask's tasks here.
     `speed`: a `diet.timing.SpeedSettings` to measure dense vs pruned forward speed for the card (None: skipped).
-    `outtype`: the GGUF tensor type (f32, f16, bf16, q8_0); `round_to`: round each layer's kept count to a multiple
-    of this by the mask's own ranking first (1 = exact widths). `compensation`: a
+    `outtype`: the GGUF tensor type (f32, f16, bf16, q8_0, q8_0-f16down); `round_to`: round each
+    layer's kept count to a multiple of this by the mask's own ranking first (1 = exact widths). `compensation`: a
     `diet.settings.CompensationSettings`; "lstsq" refits the output projections on `texts` (default: calibration
     texts of the mask's tasks) before cutting; a bias (`result.compensation`, FLAP's or "bias") is written where the
     family's stock config can carry it (`diet.compensate.bias_supported`) and refused clearly elsewhere.
@@ -488,7 +488,7 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     with staged_folder(out, overwrite) as tmp:
         written = _write_model(mode, model, lm, tmp, outtype, f"{lm.spec.name} pruned with DIET", max_shard_size)
         settings["params_stored"] = int(written["params_stored"])
-        settings.update({k: v for k, v in written.items() if k in ("arch", "bytes")})
+        settings.update({k: v for k, v in written.items() if k in ("arch", "bytes", "tensor_types")})
         engine = _engine_speed(mode, tmp, speed, say)
         if engine:
             settings["engine_speed"] = engine

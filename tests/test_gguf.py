@@ -4,8 +4,9 @@ same numbers as the pruned transformers model.
 Unit tests use tiny random models with the embedded tokenizer's vocabulary (so the tokenizer metadata copied from the
 embedded GGUF fits); the integration tests use the real SmolLM2-135M with a DIET voting-threshold mask (per-layer
 widths, written as llama.cpp's `deci` architecture), a uniform mask (`llama` architecture) and a Q8_0 file rounded to
-multiples of 32. Cost: unit tests ~10 s; integration ~2 min (profiling 3 tasks x 20 texts, 4 GGUF files, llama.cpp
-scoring of a limited item count; the full-suite figures are in docs/export.md).
+multiples of 32. Cost: unit tests ~10 s; integration ~4 min (profiling 3 tasks x 20 texts, 4 GGUF files, llama.cpp
+scoring of a limited item count, and of every arithmetic and capitals item for Q8_0 vs f32, ~2 min of it; the
+full-suite figures are in docs/export.md).
 """
 
 from __future__ import annotations
@@ -132,15 +133,19 @@ def test_tiny_head_mask_per_layer_heads_in_deci(tmp_path):
     assert np.abs(a - b).max() < 1e-4
 
 
-@pytest.mark.parametrize("outtype,tol", [("f16", 0.05), ("bf16", 0.2), ("q8_0", 0.1)])
-def test_tiny_low_precision_types(tmp_path, outtype, tol):
-    """f16/bf16 keep any width; q8_0 after --round-to 32 (48 → 32 or 64 capped to 32)."""
-    out, pruned = export_tiny(tmp_path, "llama", [20, 44, 31], outtype=outtype, round_to=32 if outtype == "q8_0" else 1)
+@pytest.mark.parametrize("outtype,round_to,down,gate,tol", [
+    ("f16", 1, "F16", "F16", 0.05), ("bf16", 1, "BF16", "BF16", 0.2),
+    ("q8_0", 32, "Q8_0", "Q8_0", 0.1),  # every matrix 8-bit after --round-to 32 (48 → 32 or 64 capped to 32)
+    ("q8_0-f16down", 1, "F16", "Q8_0", 0.1),  # ffn_down kept in f16: the exact widths 20/44/31 fit
+])
+def test_tiny_low_precision_types(tmp_path, outtype, round_to, down, gate, tol):
+    out, pruned = export_tiny(tmp_path, "llama", [20, 44, 31], outtype=outtype, round_to=round_to)
     from gguf import GGUFReader
 
     reader = GGUFReader(out / "model.gguf")
     types = {t.name: t.tensor_type.name for t in reader.tensors}
-    assert types["blk.1.ffn_down.weight"] == outtype.upper() and types["blk.1.attn_norm.weight"] == "F32"
+    assert types["blk.1.ffn_down.weight"] == down and types["blk.1.ffn_gate.weight"] == gate
+    assert types["blk.1.attn_q.weight"] == gate and types["blk.1.attn_norm.weight"] == "F32"
     a, b = cpp_logprobs(open_gguf(out / "model.gguf"), IDS), hf_logprobs(pruned, IDS)
     assert 0 < np.abs(a - b).max() < tol  # lossy, but close
 
@@ -282,14 +287,18 @@ def compare_logprobs(llm, model, tokenizer, prompts) -> tuple[float, float]:
 
 
 def cpp_accuracy(llm, tokenizer, task, limit: int | None) -> float:
-    """The evaluator's acc/acc_norm (its own request tokenization, `encode_pair`) with llama.cpp log-likelihoods.
+    """The evaluator's acc/acc_norm (its own request tokenization, `encode_pair`) with llama.cpp log-likelihoods."""
+    return float(np.mean(cpp_hits(llm, tokenizer, task, limit)))
+
+
+def cpp_hits(llm, tokenizer, task, limit: int | None) -> list[int]:
+    """Per item, 1 where llama.cpp's log-likelihoods pick the gold choice (the evaluator's metric), else 0.
 
     A context shared by an item's choices is evaluated once; each continuation then runs on its KV cache."""
     from diet.evaluate import encode_pair
 
-    items = task.evaluation[:limit]
-    hits = 0
-    for item in items:
+    hits = []
+    for item in task.evaluation[:limit]:
         lls, last = [], None
         for context, continuation in item.requests():
             ctx, cont = encode_pair(tokenizer, context, continuation)
@@ -306,8 +315,8 @@ def cpp_accuracy(llm, tokenizer, task, limit: int | None) -> float:
         if task.metric == "acc_norm":
             texts = item.contexts if item.contexts is not None else item.choices
             scores = scores / np.array([len(t) for t in texts], dtype=float)
-        hits += int(np.argmax(scores) == item.gold)
-    return hits / len(items)
+        hits.append(int(np.argmax(scores) == item.gold))
+    return hits
 
 
 def torch_accuracy(model, tokenizer, task, limit: int | None) -> float:
@@ -365,13 +374,20 @@ def test_smollm_uniform_llama_arch_and_q8_rounded(smollm):
     worst, top1 = compare_logprobs(llm, prune_copy(lm, uniform), lm.tokenizer, suite_prompts(20))
     assert worst <= 1e-3 and top1 == 1.0, (worst, top1)
 
+    # Q8_0 with --round-to 32 against the f32 file of the same rounded mask, every item of both tasks. The issue's
+    # target is 1 point; on this 135M model Q8_0 flips a few of ~200 items either way (mostly losses), so a single
+    # task's difference is known only to about ±1 point (the paired standard error; docs/export.md: −1.03 / 0.00 on
+    # this mask, −1.03 / −2.43 on the 100-text mask). Asserted: within 1 point plus twice that standard error — a
+    # broken file (wrong permutation, scale or tensor type) loses tens of points and fails.
     q8, q8_settings = export_smollm(lm, voted, root / "deci-q8", outtype="q8_0", round_to=32)
     assert all(k % 32 == 0 for k in q8_settings["kept_per_layer"]) and q8_settings["arch"] == "deci"
     f32, _ = export_smollm(lm, rounded(voted, 32), root / "deci-r32-f32")
-    task = get_task("arithmetic")
-    a = cpp_accuracy(open_gguf(q8 / "model.gguf"), lm.tokenizer, task, CI_ITEMS)
-    b = cpp_accuracy(open_gguf(f32 / "model.gguf"), lm.tokenizer, task, CI_ITEMS)
-    assert abs(a - b) <= 0.01 + 1.0 / CI_ITEMS, (a, b)  # 1 point on the full suite; one item of slack here
+    llm_q8, llm_f32 = open_gguf(q8 / "model.gguf"), open_gguf(f32 / "model.gguf")
+    for name in ("arithmetic", "capitals"):
+        task = get_task(name)
+        d = np.array(cpp_hits(llm_q8, lm.tokenizer, task, None)) - np.array(cpp_hits(llm_f32, lm.tokenizer, task, None))
+        se = d.std(ddof=1) / np.sqrt(len(d))
+        assert abs(d.mean()) <= 0.01 + 2 * se, (name, d.mean(), se)
 
 
 # ------------------------------------------------------------------------------------------------ the Export page
