@@ -47,12 +47,10 @@ from pages._common import (
     defaults,
     job_panel,
     mask_note,
-    need_stats,
-    page_errors,
     profile_settings,
-    prologue,
     runner,
     start_job,
+    stats_page,
 )
 from pages._work import COMPENSATION, general_job, general_key
 
@@ -438,9 +436,4 @@ def page(stats: dict, slot) -> None:
         layers_tab(result)
 
 
-slot = prologue(("general",))
-st.title("2 · Masks")
-with page_errors():
-    stats = need_stats()
-    if stats:
-        page(stats, slot)
+stats_page(("general",), "2 · Masks", page)

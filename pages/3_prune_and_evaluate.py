@@ -19,11 +19,9 @@ from pages._common import (
     current_model,
     defaults,
     job_panel,
-    need_stats,
-    page_errors,
-    prologue,
     runner,
     start_job,
+    stats_page,
 )
 from pages._work import compare_job
 
@@ -104,9 +102,4 @@ def page(lm, stats: dict) -> None:
                  icon="➡️")
 
 
-prologue(("compare",))
-st.title("3 · Prune and evaluate")
-with page_errors():
-    stats = need_stats()
-    if stats:
-        page(current_model(), stats)
+stats_page(("compare",), "3 · Prune and evaluate", lambda stats, _slot: page(current_model(), stats))

@@ -11,7 +11,7 @@ import streamlit as st
 from diet.export import MODES, SERVING_MODES, mask_json
 from diet.folders import default_export_folder
 from diet.report import mask_stats, report, settings_summary
-from pages._common import current_mask, current_model, job_panel, need_stats, page_errors, prologue, runner, start_job
+from pages._common import current_mask, current_model, job_panel, runner, start_job, stats_page
 from pages._work import compare_job, export_job
 
 MODE_HELP = {
@@ -151,9 +151,4 @@ def page(lm, stats) -> None:
     downloads_section(lm, stats, result)
 
 
-prologue(("export",))
-st.title("4 · Export")
-with page_errors():
-    stats = need_stats()
-    if stats:
-        page(current_model(), stats)
+stats_page(("export",), "4 · Export", lambda stats, _slot: page(current_model(), stats))

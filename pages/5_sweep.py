@@ -22,12 +22,10 @@ from pages._common import (
     defaults,
     job_panel,
     knob_settings,
-    need_stats,
-    page_errors,
     profile_settings,
-    prologue,
     runner,
     start_job,
+    stats_page,
 )
 from pages._work import sweep_job
 
@@ -183,11 +181,7 @@ def page(stats: dict) -> None:
                         {"settings": asdict(settings), "mask": asdict(mask), "method": asdict(ms)})
 
 
-prologue(("sweep",))
-st.title("5 · Sweep")
-st.caption("Methods × sparsities × tasks, each pruned model measured for real. Every cell is cached on disk: running "
-           "again, or a wider sweep, reuses the finished cells; a cancelled sweep resumes where it stopped.")
-with page_errors():
-    stats = need_stats()
-    if stats:
-        page(stats)
+stats_page(("sweep",), "5 · Sweep", lambda stats, _slot: page(stats),
+           caption="Methods × sparsities × tasks, each pruned model measured for real. Every cell is cached on disk: "
+                   "running again, or a wider sweep, reuses the finished cells; a cancelled sweep resumes where it "
+                   "stopped.")

@@ -21,12 +21,10 @@ from pages._common import (
     current_model,
     defaults,
     job_panel,
-    need_stats,
-    page_errors,
     profile_settings,
-    prologue,
     runner,
     start_job,
+    stats_page,
 )
 from pages._disp_work import (
     default_folder,
@@ -259,9 +257,4 @@ def page(lm, stats: dict) -> None:
     export_section(lm, tasks, ps, settings)
 
 
-prologue(KINDS)
-st.title("6 · DISP structure")
-with page_errors():
-    stats = need_stats()
-    if stats:
-        page(current_model(), stats)
+stats_page(KINDS, "6 · DISP structure", lambda stats, _slot: page(current_model(), stats))

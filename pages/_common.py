@@ -273,3 +273,16 @@ def need_stats() -> dict | None:
         st.page_link("pages/1_model_and_tasks.py", label="Go to Model and tasks", icon="➡️")
         return None
     return stats
+
+
+def stats_page(own_kinds: tuple[str, ...], title: str, body, caption: str | None = None) -> None:
+    """The frame of every page that works on profiled statistics: `prologue`, the title, problems as messages
+    (`page_errors`), and `body(stats, sidebar_slot)` once statistics exist (else a pointer to page 1)."""
+    slot = prologue(own_kinds)
+    st.title(title)
+    if caption:
+        st.caption(caption)
+    with page_errors():
+        stats = need_stats()
+        if stats:
+            body(stats, slot)
