@@ -22,7 +22,8 @@ MODE_HELP = {
     "gguf": "gguf: one model.gguf for llama.cpp / Ollama, exact per-layer widths (llama.cpp's deci architecture)",
     "vllm": "vllm: a folder vLLM serves as DeciLMForCausalLM, exact per-layer widths",
 }
-OUTTYPE_HELP = {"f32": "f32 (exact)", "f16": "f16", "bf16": "bf16", "q8_0": "q8_0 (widths must be multiples of 32)"}
+OUTTYPE_HELP = {"f32": "f32 (exact)", "f16": "f16", "bf16": "bf16", "q8_0": "q8_0 (widths must be multiples of 32)",
+                "q8_0-f16down": "q8_0 with ffn_down in f16 (any width, 15% larger)"}
 
 
 def rounding_section(lm, result, stats: dict | None) -> int:
