@@ -22,7 +22,13 @@ PERSIST = "p_"  # widget keys starting with this keep their value when the user 
 RESULT_KEYS = {"profile": "stats", "compare": "comparison", "sweep": "sweep", "export": "exported"}
 MEMO_KEYS = {"general": "general_stats"}  # jobs whose result ({key: value}) is added to a memo in the session
 CANCELLED_NOTE = {"sweep": "the finished cells are kept in the cache: run the sweep again to resume"}
-POLL_SECONDS = 1.0  # how often a running job's progress is redrawn (each redraw is a small script run + render)
+# How often a running job's progress is redrawn. Why not faster: each redraw is a script run (Python under the
+# interpreter lock, which the job's thread needs between its torch calls) and a render in the browser (CPU that
+# torch's threads need on a small machine); at 1 s the job's own compute ran ~1.2x slower than the CLI's.
+POLL_SECONDS = 2.0
+# Each redraw first waits up to this long for the job to end (the thread sleeps; Cancel is answered after it). Why:
+# polled alone, a job's end showed up to POLL_SECONDS late; waiting half of each interval shows most ends at once.
+END_WAIT_SECONDS = 1.0
 
 
 @contextmanager
@@ -202,7 +208,7 @@ def job_panel(kinds: tuple[str, ...], key: str) -> None:
 @st.fragment(run_every=POLL_SECONDS)
 def _progress(key: str) -> None:
     job = runner().active()
-    if job is None:  # it has just ended: rerun the whole page so it shows the result
+    if job is None or job.wait(END_WAIT_SECONDS):  # ended (or ends while we wait): rerun the page to show the result
         st.rerun()
     snap = job.snapshot()
     st.markdown(f"**{snap.title}** · {snap.elapsed:.0f} s")

@@ -170,6 +170,26 @@ def test_model_page_profiles_the_chosen_tasks_and_shows_them_cached(cache_dir, t
     assert any("done" in s.value for s in at.success)
 
 
+@pytest.mark.parametrize("end_wait", [0.0, 5.0])
+def test_a_job_ending_during_the_progress_redraw_shows_its_result_at_once(cache_dir, tiny_lm, monkeypatch, end_wait):
+    """The redraw waits for the job's end (up to END_WAIT_SECONDS): a short job's result is on the page after the
+    click's own run, not one poll later. Without the wait (0 s) the same run still shows the job running."""
+    import pages._common as C
+    import pages._work as W
+
+    real = W.profile_tasks
+    monkeypatch.setattr(W, "profile_tasks", lambda *a, **k: time.sleep(1.0) or real(*a, **k))  # ends 1 s in
+    monkeypatch.setattr(C, "END_WAIT_SECONDS", end_wait)
+    at = open_page(MODEL, tiny_lm)
+    at.multiselect(key="p_offline").set_value(["arithmetic"]).run()
+    at.number_input(key="p_samples").set_value(4).run()
+    at.button(key="btn_profile").click().run()
+    ok(at)
+    assert ("stats" in at.session_state) == (end_wait > 0)
+    assert any("done" in s.value for s in at.success) == (end_wait > 0)
+    finish_jobs(at)
+
+
 def test_cancel_stops_profiling_and_writes_nothing(cache_dir, tiny_lm, monkeypatch):
     import pages._work as W
 
