@@ -172,7 +172,8 @@ def main() -> None:
                 for v in ["f32", *variants]:
                     t0 = time.perf_counter()
                     res[v] = scores(open_gguf(files[v]), lm.tokenizer, task)
-                    row = paired(*res[v], *res["f32"]) if v != "f32" else {"accuracy": float(res[v][0].mean())}
+                    row = (paired(res[v][0], res["f32"][0], res[v][1], res["f32"][1]) if v != "f32"
+                           else {"accuracy": float(res[v][0].mean())})
                     out["tasks"].setdefault(name, {})[v] = row
                     size = files[v].stat().st_size / 1e6
                     print(f"{which} {name} ({len(task.evaluation)} items) {v:14s} {size:5.0f} MB  {line(row)}  "
