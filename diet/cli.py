@@ -104,10 +104,9 @@ def _method_args(p: argparse.ArgumentParser) -> None:
                    help="after removal: none (default; flap keeps its own bias), bias (the removed units' mean "
                         "contribution as an output bias), lstsq (least-squares refit of the output projection from "
                         "the kept units, layer by layer; plain weights, exports everywhere). sweep: comma-separated")
-    g.add_argument("--ridge", type=float, default=None,
-                   help="lstsq: damping relative to the mean diagonal of E[x xᵀ] (default 0.01)")
-    g.add_argument("--compensation-samples", type=int, default=None,
-                   help="lstsq: calibration texts per task the refit reads (default 32)")
+    for flag, kind, text in (("--ridge", float, "damping relative to the mean diagonal of E[x xᵀ] (default 0.01)"),
+                             ("--compensation-samples", int, "calibration texts per task for the refit (default 32)")):
+        g.add_argument(flag, type=kind, default=None, help="lstsq: " + text)  # None: CompensationSettings' default
 
 
 def _method_settings(a):

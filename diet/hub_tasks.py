@@ -13,11 +13,13 @@ ours to fix). Metrics follow docs/evaluation.md: acc for BoolQ, RTE, WinoGrande;
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 from diet.errors import DietError
@@ -100,33 +102,24 @@ class HubBenchmark:
     n_evaluation: int
 
 
-HUB_BENCHMARKS: dict[str, HubBenchmark] = {b.name: b for b in [
-    HubBenchmark("boolq", "BoolQ: yes/no questions about a Wikipedia passage.", "reading comprehension",
-                 "aps/super_glue", "boolq", "train", "validation", "acc", format_boolq,
-                 "{passage}\\nQuestion: {question}?\\nAnswer: no|yes", 9427, 3270),
-    HubBenchmark("rte", "RTE: does the first sentence entail the second?", "entailment",
-                 "nyu-mll/glue", "rte", "train", "validation", "acc", format_rte,
-                 "{sentence1}\\nQuestion: {sentence2} True or False?\\nAnswer: True|False", 2490, 277),
-    HubBenchmark("hellaswag", "HellaSwag: pick the most plausible continuation of an activity.",
-                 "commonsense continuation", "Rowan/hellaswag", None, "train", "validation", "acc_norm",
-                 format_hellaswag, "{activity_label}: {ctx_a} {Ctx_b}\\n -> one of 4 endings", 39905, 10042),
-    HubBenchmark("winogrande", "WinoGrande: fill the blank with the right one of two options.",
-                 "coreference", "allenai/winogrande", "winogrande_xl", "train", "validation", "acc",
-                 format_winogrande, "{sentence up to _ with option} -> {rest of sentence} (partial scoring)",
-                 40398, 1267),
-    HubBenchmark("arc_easy", "ARC-Easy: grade-school science questions.", "science QA",
-                 "allenai/ai2_arc", "ARC-Easy", "train", "test", "acc_norm", format_arc,
-                 "Question: {question}\\nAnswer: {choice}", 2251, 2376),
-    HubBenchmark("arc_challenge", "ARC-Challenge: the hard grade-school science questions.", "science QA",
-                 "allenai/ai2_arc", "ARC-Challenge", "train", "test", "acc_norm", format_arc,
-                 "Question: {question}\\nAnswer: {choice}", 1119, 1172),
-    HubBenchmark("openbookqa", "OpenBookQA: elementary science needing a fact plus common sense.", "science QA",
-                 "allenai/openbookqa", "main", "train", "test", "acc_norm", format_openbookqa,
-                 "{question_stem} {choice}", 4957, 500),
-    HubBenchmark("piqa", "PIQA: pick the solution that achieves a physical goal.", "physical commonsense",
-                 "baber/piqa", None, "train", "validation", "acc_norm", format_piqa,
-                 "Question: {goal}\\nAnswer: {sol1}|{sol2}", 16113, 1838),
-]}
+FORMATS: dict[str, Callable[[dict], MCItem]] = {
+    "boolq": format_boolq, "rte": format_rte, "hellaswag": format_hellaswag, "winogrande": format_winogrande,
+    "arc": format_arc, "openbookqa": format_openbookqa, "piqa": format_piqa}
+REGISTRY_FILE = Path(__file__).resolve().parent.parent / "assets" / "tasks" / "hub_benchmarks.json"
+
+
+def read_registry(path: Path = REGISTRY_FILE) -> dict[str, HubBenchmark]:
+    """The benchmarks as data (one JSON object per benchmark, its `format` naming a function above), as
+    lm-evaluation-harness keeps its tasks in config files: adding a benchmark is a row, plus a formatter if its rows
+    are shaped differently."""
+    try:
+        rows = json.loads(path.read_text())
+        return {r["name"]: HubBenchmark(**{**r, "format": FORMATS[r["format"]]}) for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DietError(f"{path}: unreadable benchmark registry ({type(e).__name__}: {e})") from None
+
+
+HUB_BENCHMARKS: dict[str, HubBenchmark] = read_registry()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -54,20 +54,20 @@ def _resize_mlps(model) -> None:
         layer.mlp = type(layer.mlp)(layer_config)
 
 
-# ------------------------------------------------------------------------------------------------ Llama
+# ------------------------------------------------------------------------------------------------ the two mixins
 
 
-class DietLlamaConfig(LlamaConfig):
-    model_type = "diet_llama"
-    intermediate_sizes: list[int] | None = None  # MLP width of each decoder layer; None = stock (uniform)
+class PerLayerWidthsConfig:
+    """Mixed into each family's config: checks `intermediate_sizes` once the stock config is built. (The field
+    itself is declared in each config class: the stock configs collect their fields class by class.)"""
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         _check_sizes(self)
 
 
-class DietLlamaForCausalLM(LlamaForCausalLM):
-    config_class = DietLlamaConfig
+class PerLayerWidthsModel:
+    """Mixed into each family's causal LM: the stock `__init__`, then every MLP rebuilt at its layer's width."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -75,120 +75,32 @@ class DietLlamaForCausalLM(LlamaForCausalLM):
         self.post_init()
 
 
-# ------------------------------------------------------------------------------------------------ Mistral
+# ------------------------------------------------------------------------------------------------ the families
 
 
-class DietMistralConfig(MistralConfig):
-    model_type = "diet_mistral"
-    intermediate_sizes: list[int] | None = None  # MLP width of each decoder layer; None = stock (uniform)
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _check_sizes(self)
-
-
-class DietMistralForCausalLM(MistralForCausalLM):
-    config_class = DietMistralConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_mlps(self)
-        self.post_init()
-
-
-# ------------------------------------------------------------------------------------------------ Qwen2
-
-
-class DietQwen2Config(Qwen2Config):
-    model_type = "diet_qwen2"
-    intermediate_sizes: list[int] | None = None  # MLP width of each decoder layer; None = stock (uniform)
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _check_sizes(self)
-
-
-class DietQwen2ForCausalLM(Qwen2ForCausalLM):
-    config_class = DietQwen2Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_mlps(self)
-        self.post_init()
-
-
-# ------------------------------------------------------------------------------------------------ Gemma-2
-
-
-class DietGemma2Config(Gemma2Config):
-    model_type = "diet_gemma2"
-    intermediate_sizes: list[int] | None = None  # MLP width of each decoder layer; None = stock (uniform)
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _check_sizes(self)
-
-
-class DietGemma2ForCausalLM(Gemma2ForCausalLM):
-    config_class = DietGemma2Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_mlps(self)
-        self.post_init()
-
-
-# ------------------------------------------------------------------------------------------------ Gemma-3 (text)
-
-
-class DietGemma3TextConfig(Gemma3TextConfig):
-    model_type = "diet_gemma3_text"
-    intermediate_sizes: list[int] | None = None  # MLP width of each decoder layer; None = stock (uniform)
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _check_sizes(self)
-
-
-class DietGemma3ForCausalLM(Gemma3ForCausalLM):
-    config_class = DietGemma3TextConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_mlps(self)
-        self.post_init()
-
-
-# ------------------------------------------------------------------------------------------------ Phi-3
-
-
-class DietPhi3Config(Phi3Config):
-    model_type = "diet_phi3"
-    intermediate_sizes: list[int] | None = None  # MLP width of each decoder layer; None = stock (uniform)
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _check_sizes(self)
-
-
-class DietPhi3ForCausalLM(Phi3ForCausalLM):
-    config_class = DietPhi3Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_mlps(self)
-        self.post_init()
+def _declare(config_name: str, model_name: str, model_type: str, stock_config: type, stock_model: type):
+    """One family's (config class, model class): its stock classes with the two mixins and the `intermediate_sizes`
+    field. Why made here rather than written out six times: a family is nothing but its name and its two stock
+    classes, so the six cannot drift apart. Published under their names (`DietLlamaConfig`, …) because the folder's
+    `auto_map` finds them in this file by name."""
+    config = type(config_name, (PerLayerWidthsConfig, stock_config),
+                  {"__module__": __name__, "model_type": f"diet_{model_type}", "intermediate_sizes": None,
+                   "__annotations__": {"intermediate_sizes": "list[int] | None"}})  # width of each decoder layer
+    model = type(model_name, (PerLayerWidthsModel, stock_model), {"__module__": __name__, "config_class": config})
+    globals().update({config_name: config, model_name: model})
+    return config, model
 
 
 # stock model_type -> (config class, model class). `register_for_auto_class` makes `save_pretrained` copy this
 # file into the folder and write the matching `auto_map` into config.json.
 CLASSES = {
-    "llama": (DietLlamaConfig, DietLlamaForCausalLM),
-    "mistral": (DietMistralConfig, DietMistralForCausalLM),
-    "qwen2": (DietQwen2Config, DietQwen2ForCausalLM),
-    "gemma2": (DietGemma2Config, DietGemma2ForCausalLM),
-    "gemma3_text": (DietGemma3TextConfig, DietGemma3ForCausalLM),
-    "phi3": (DietPhi3Config, DietPhi3ForCausalLM),
+    "llama": _declare("DietLlamaConfig", "DietLlamaForCausalLM", "llama", LlamaConfig, LlamaForCausalLM),
+    "mistral": _declare("DietMistralConfig", "DietMistralForCausalLM", "mistral", MistralConfig, MistralForCausalLM),
+    "qwen2": _declare("DietQwen2Config", "DietQwen2ForCausalLM", "qwen2", Qwen2Config, Qwen2ForCausalLM),
+    "gemma2": _declare("DietGemma2Config", "DietGemma2ForCausalLM", "gemma2", Gemma2Config, Gemma2ForCausalLM),
+    "gemma3_text": _declare("DietGemma3TextConfig", "DietGemma3ForCausalLM", "gemma3_text", Gemma3TextConfig,
+                            Gemma3ForCausalLM),
+    "phi3": _declare("DietPhi3Config", "DietPhi3ForCausalLM", "phi3", Phi3Config, Phi3ForCausalLM),
 }
 for _config_cls, _model_cls in CLASSES.values():
     _config_cls.register_for_auto_class("AutoConfig")

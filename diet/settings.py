@@ -33,6 +33,18 @@ def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
+def one_of(what: str, value, allowed) -> None:
+    """The one message for a value outside its list of choices: "unknown <what> 'x': use one of a, b, c"."""
+    if value not in allowed:
+        raise DietError(f"unknown {what} {value!r}: use one of {', '.join(allowed)}")
+
+
+def within(value, low, high, message: str) -> None:
+    """Refuse `value` outside [low, high] with `message` (each setting says what its range means)."""
+    if not low <= value <= high:
+        raise DietError(message)
+
+
 def sha256_of(obj) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
@@ -76,10 +88,8 @@ class ProfileSettings:
     #                    "heads" = attention heads, whole KV groups under GQA (o_proj inputs)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.samples <= 100_000:
-            raise DietError(f"samples must be between 1 and 100000, got {self.samples}")
-        if not 8 <= self.max_length <= 131_072:
-            raise DietError(f"max length must be between 8 and 131072 tokens, got {self.max_length}")
+        within(self.samples, 1, 100_000, f"samples must be between 1 and 100000, got {self.samples}")
+        within(self.max_length, 8, 131_072, f"max length must be between 8 and 131072 tokens, got {self.max_length}")
         if self.batch_size < 1:
             raise DietError(f"batch size must be at least 1, got {self.batch_size}")
         if self.unit not in UNITS:
@@ -113,12 +123,9 @@ class MaskSettings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise DietError(f"sparsity must be in [0, 1) (a fraction of channels removed), got {self.sparsity}")
-        if self.score not in SCORES:
-            raise DietError(f"unknown score {self.score!r}: use one of {', '.join(SCORES)}")
-        if self.merge not in MERGES:
-            raise DietError(f"unknown merge {self.merge!r}: use one of {', '.join(MERGES)}")
-        if self.allocation not in ALLOCATIONS:
-            raise DietError(f"unknown allocation {self.allocation!r}: use one of {', '.join(ALLOCATIONS)}")
+        one_of("score", self.score, SCORES)
+        one_of("merge", self.merge, MERGES)
+        one_of("allocation", self.allocation, ALLOCATIONS)
         if self.threshold is not None and self.threshold < 1:
             raise DietError(f"threshold must be at least 1, got {self.threshold}")
         if not 0.0 < self.min_keep <= 1.0:
@@ -158,16 +165,11 @@ class MethodSettings:
     #                              "tasks" = the mean of each task's score (every task counts once)
 
     def __post_init__(self) -> None:
-        if self.calibration not in CALIBRATIONS:
-            raise DietError(f"unknown calibration {self.calibration!r}: use one of {', '.join(CALIBRATIONS)}")
-        if not 0.0 <= self.tau <= 1.0:
-            raise DietError(f"tau must be in [0, 1] (a quantile), got {self.tau}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise DietError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.fusion_norm not in FUSION_NORMS:
-            raise DietError(f"unknown fusion norm {self.fusion_norm!r}: use one of {', '.join(FUSION_NORMS)}")
-        if self.pool_weight not in POOL_WEIGHTS:
-            raise DietError(f"unknown pool weight {self.pool_weight!r}: use one of {', '.join(POOL_WEIGHTS)}")
+        one_of("calibration", self.calibration, CALIBRATIONS)
+        within(self.tau, 0.0, 1.0, f"tau must be in [0, 1] (a quantile), got {self.tau}")
+        within(self.alpha, 0.0, 1.0, f"alpha must be in [0, 1], got {self.alpha}")
+        one_of("fusion norm", self.fusion_norm, FUSION_NORMS)
+        one_of("pool weight", self.pool_weight, POOL_WEIGHTS)
 
 
 COMPENSATIONS = ("none", "bias", "lstsq")
@@ -194,14 +196,10 @@ class CompensationSettings:
     #                        model's output of that projection on the dense model's inputs
 
     def __post_init__(self) -> None:
-        if self.method not in COMPENSATIONS:
-            raise DietError(f"unknown compensation {self.method!r}: use one of {', '.join(COMPENSATIONS)}")
-        if not 0.0 <= self.ridge <= 100.0:
-            raise DietError(f"ridge must be in [0, 100] (relative to the mean diagonal), got {self.ridge}")
-        if not 1 <= self.samples <= 100_000:
-            raise DietError(f"compensation samples must be between 1 and 100000, got {self.samples}")
-        if self.target not in TARGETS:
-            raise DietError(f"unknown lstsq target {self.target!r}: use one of {', '.join(TARGETS)}")
+        one_of("compensation", self.method, COMPENSATIONS)
+        within(self.ridge, 0.0, 100.0, f"ridge must be in [0, 100] (relative to the mean diagonal), got {self.ridge}")
+        within(self.samples, 1, 100_000, f"compensation samples must be between 1 and 100000, got {self.samples}")
+        one_of("lstsq target", self.target, TARGETS)
         if self.batch_size < 1 or self.max_length < 8:
             raise DietError("compensation batch size must be >= 1 and max length >= 8 tokens")
 

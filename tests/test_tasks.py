@@ -266,6 +266,16 @@ def test_hub_registry_follows_the_harness():
     assert {i.name for i in list_tasks() if i.source == "hub"} == set(b)
 
 
+def test_hub_registry_is_data_and_a_broken_file_says_so(tmp_path):
+    rows = json.loads(hub_tasks.REGISTRY_FILE.read_text())
+    assert [r["name"] for r in rows] == list(hub_tasks.HUB_BENCHMARKS)
+    assert hub_tasks.read_registry(hub_tasks.REGISTRY_FILE) == hub_tasks.HUB_BENCHMARKS
+    bad = tmp_path / "hub.json"
+    bad.write_text(json.dumps([{**rows[0], "format": "no_such_formatter"}]))
+    with pytest.raises(DietError, match="unreadable benchmark registry"):
+        hub_tasks.read_registry(bad)
+
+
 def test_hub_task_is_built_from_train_and_eval_splits(monkeypatch):
     rows = fixture_rows("arc_easy")
     calls = []

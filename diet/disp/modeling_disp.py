@@ -16,19 +16,8 @@ stays exactly the masked model.
 from __future__ import annotations
 
 import torch
+import transformers
 from torch import nn
-from transformers import (
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
 
 DISP_POSITIONS = ("attn_in", "attn_out", "mlp_in", "mlp_mid", "mlp_out")
 
@@ -140,125 +129,46 @@ def _disp_layers(model) -> None:
         disp_convert_layer(layer, {pos: torch.arange(w[pos][i]) for pos in DISP_POSITIONS}, copy_weights=False)
 
 
-# ------------------------------------------------------------------------------------------------ Llama
+# ------------------------------------------------------------------------------------------------ the families
 
 
-class DispLlamaConfig(LlamaConfig):
-    model_type = "disp_llama"
-    disp_widths: dict | None = None  # position -> kept width of each decoder layer; None = stock (dense) layers
+def _disp_family(stock_config: type, stock_model: type, model_type: str) -> tuple[type, type]:
+    """One family's DISP (config class, model class): `Disp<stock name>`, published in this module because the
+    folder's `auto_map` finds them here by name. A family is nothing but its two stock classes, so the five are
+    made by this one function and cannot drift apart.
+
+    The config adds the `disp_widths` field (position -> kept width of each decoder layer; None = stock, dense
+    layers) and checks it after the stock checks; the model runs the stock `__init__`, then builds every decoder
+    layer at its DISP widths."""
 
     def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
+        super(config, self).__post_init__(**kwargs)
         _check_widths(self)
 
-
-class DispLlamaForCausalLM(LlamaForCausalLM):
-    config_class = DispLlamaConfig
-    _no_split_modules = ["DispLlamaDecoderLayer"]
-
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, cfg):
+        super(model, self).__init__(cfg)
         _disp_layers(self)
         self.post_init()
 
-
-# ------------------------------------------------------------------------------------------------ Mistral
-
-
-class DispMistralConfig(MistralConfig):
-    model_type = "disp_mistral"
-    disp_widths: dict | None = None  # position -> kept width of each decoder layer; None = stock (dense) layers
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _check_widths(self)
-
-
-class DispMistralForCausalLM(MistralForCausalLM):
-    config_class = DispMistralConfig
-    _no_split_modules = ["DispMistralDecoderLayer"]
-
-    def __init__(self, config):
-        super().__init__(config)
-        _disp_layers(self)
-        self.post_init()
-
-
-# ------------------------------------------------------------------------------------------------ Qwen2
-
-
-class DispQwen2Config(Qwen2Config):
-    model_type = "disp_qwen2"
-    disp_widths: dict | None = None  # position -> kept width of each decoder layer; None = stock (dense) layers
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _check_widths(self)
-
-
-class DispQwen2ForCausalLM(Qwen2ForCausalLM):
-    config_class = DispQwen2Config
-    _no_split_modules = ["DispQwen2DecoderLayer"]
-
-    def __init__(self, config):
-        super().__init__(config)
-        _disp_layers(self)
-        self.post_init()
-
-
-# ------------------------------------------------------------------------------------------------ Gemma-2
-
-
-class DispGemma2Config(Gemma2Config):
-    model_type = "disp_gemma2"
-    disp_widths: dict | None = None  # position -> kept width of each decoder layer; None = stock (dense) layers
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _check_widths(self)
-
-
-class DispGemma2ForCausalLM(Gemma2ForCausalLM):
-    config_class = DispGemma2Config
-    _no_split_modules = ["DispGemma2DecoderLayer"]
-
-    def __init__(self, config):
-        super().__init__(config)
-        _disp_layers(self)
-        self.post_init()
-
-
-# ------------------------------------------------------------------------------------------------ Gemma-3 (text)
-
-
-class DispGemma3TextConfig(Gemma3TextConfig):
-    model_type = "disp_gemma3_text"
-    disp_widths: dict | None = None  # position -> kept width of each decoder layer; None = stock (dense) layers
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _check_widths(self)
-
-
-class DispGemma3ForCausalLM(Gemma3ForCausalLM):
-    config_class = DispGemma3TextConfig
-    _no_split_modules = ["DispGemma3DecoderLayer"]
-
-    def __init__(self, config):
-        super().__init__(config)
-        _disp_layers(self)
-        self.post_init()
+    config = type(f"Disp{stock_config.__name__}", (stock_config,),
+                  {"__module__": __name__, "model_type": f"disp_{model_type}", "disp_widths": None,
+                   "__annotations__": {"disp_widths": "dict | None"}, "__post_init__": __post_init__})
+    layer = "Disp" + stock_model.__name__.replace("ForCausalLM", "DecoderLayer")
+    model = type(f"Disp{stock_model.__name__}", (stock_model,),
+                 {"__module__": __name__, "config_class": config, "_no_split_modules": [layer], "__init__": __init__})
+    globals().update({config.__name__: config, model.__name__: model})
+    return config, model
 
 
 # stock model_type -> (config class, model class). `register_for_auto_class` makes `save_pretrained` copy this
 # file into the folder and write the matching `auto_map` into config.json.
-CLASSES = {
-    "llama": (DispLlamaConfig, DispLlamaForCausalLM),
-    "mistral": (DispMistralConfig, DispMistralForCausalLM),
-    "qwen2": (DispQwen2Config, DispQwen2ForCausalLM),
-    "gemma2": (DispGemma2Config, DispGemma2ForCausalLM),
-    "gemma3_text": (DispGemma3TextConfig, DispGemma3ForCausalLM),
-}
+CLASSES = {t: _disp_family(getattr(transformers, config), getattr(transformers, model), t) for t, config, model in (
+    ("llama", "LlamaConfig", "LlamaForCausalLM"),
+    ("mistral", "MistralConfig", "MistralForCausalLM"),
+    ("qwen2", "Qwen2Config", "Qwen2ForCausalLM"),
+    ("gemma2", "Gemma2Config", "Gemma2ForCausalLM"),
+    ("gemma3_text", "Gemma3TextConfig", "Gemma3ForCausalLM"),
+)}
 for _config_cls, _model_cls in CLASSES.values():
     _config_cls.register_for_auto_class("AutoConfig")
     _model_cls.register_for_auto_class("AutoModelForCausalLM")
