@@ -112,3 +112,24 @@ def test_no_streamlit_in_the_engine_and_no_torch_in_pages():
     pages = [f"{p.name}: {m}" for p in [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]
              for m, _ in imports_of(p) if m.split(".")[0] == "torch"]
     assert engine == [] and pages == []
+
+
+def test_bench_scripts_that_import_repo_helpers_run_without_pythonpath():
+    """`python bench/x.py` from the repository root needs no PYTHONPATH: the package is installed in editable mode,
+    and a script that imports the tests' or another bench script's helpers puts the root on sys.path itself."""
+    import os
+    import subprocess
+    import sys
+
+    local = []
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        if any(isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] in ("tests", "bench")
+               for n in ast.walk(tree)):
+            local.append(path)
+    assert local, "expected bench scripts that import helpers from tests/ or bench/"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for path in local:
+        proc = subprocess.run([sys.executable, str(path.relative_to(ROOT)), "--help"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{path.name}: {proc.stderr[-500:]}"
