@@ -94,6 +94,17 @@ def estimate_seconds(label: str) -> float:
     return float(m.group(1)) * (60 if m.group(2) == "min" else 1)
 
 
+def threads_note(page) -> str:
+    """The job panel's "torch threads: N (… cores free)" line (what the job chose when it got its turn); read while
+    the clock runs, which costs the server nothing."""
+    try:
+        note = page.get_by_text(re.compile(r"^torch threads: ")).first
+        note.wait_for(timeout=8000)
+        return note.inner_text()
+    except Exception:  # the job ended before its panel was drawn  # noqa: BLE001
+        return "torch threads: not seen"
+
+
 def app_round(browser, url: str, cache: Path) -> dict:
     """One viewer (a new session) profiles, then evaluates, on an emptied cache (the model stays loaded)."""
     for kind in ("stats", "eval"):
@@ -112,6 +123,7 @@ def app_round(browser, url: str, cache: Path) -> dict:
     out["estimate"] = estimate_seconds(button.inner_text())
     t0 = time.perf_counter()
     button.click()
+    out["threads"] = threads_note(page)
     page.get_by_text("Statistics in this session").wait_for()
     out["profile"] = time.perf_counter() - t0
     out["profile_engine"] = stats_seconds(cache)
@@ -119,6 +131,7 @@ def app_round(browser, url: str, cache: Path) -> dict:
     set_number(page, "Items per task", ITEMS)
     t0 = time.perf_counter()
     page.get_by_role("button", name=re.compile(r"^Prune and evaluate, dense vs pruned")).click()
+    out["threads"] += " / " + threads_note(page)
     page.get_by_text("Forward speed (measured)").wait_for()
     out["evaluate"] = time.perf_counter() - t0
     out["evaluate_engine"] = eval_seconds(cache)
@@ -153,7 +166,7 @@ def main() -> None:
             print(f"round {r + 1}: profile in-app {app['profile']:.1f} s (profiler {app['profile_engine']:.1f} s), CLI "
                   f"{ref['profile']:.1f} s; evaluate in-app {app['evaluate']:.1f} s (scorer "
                   f"{app['evaluate_engine']:.1f} s), CLI {ref['evaluate']:.1f} s; the page estimated the profile at "
-                  f"{app['estimate']:.0f} s ({app['profile'] / app['estimate']:.2f}x that measured)",
+                  f"{app['estimate']:.0f} s ({app['profile'] / app['estimate']:.2f}x that measured); {app['threads']}",
                   flush=True)
         browser.close()
     med = lambda f: statistics.median(f(app, ref) for app, ref in rounds)  # noqa: E731

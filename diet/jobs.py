@@ -195,7 +195,7 @@ WAIT_POLL_SECONDS = 0.25  # how often a waiting job checks for its turn and for 
 SHORT_WAIT_SECONDS = 10.0  # how long a script run waits for another one's short torch work (TorchGate.now)
 
 
-def free_cores(sample_seconds: float = 0.25) -> float:
+def free_cores(sample_seconds: float = 0.4) -> float:
     """Cores not used by other processes right now, measured over `sample_seconds` from /proc (Linux); the core
     count elsewhere. This process's own use (the app's script runs, its server) does not count: the job is about to
     be the main user of this process.
