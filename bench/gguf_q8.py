@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_gguf import open_gguf  # noqa: E402  (the tests' llama.cpp settings: fp32 KV cache, every logit)
+from tests.test_gguf import cpp_scores, open_gguf  # noqa: E402  (the tests' llama.cpp settings: fp32 KV cache, every logit)
 
 OURS = ("f32", "q8_0", "q8_0-f16down", "fakeq8")
 LLAMA_CPP = {"lq8": [], "lq8-embf16": [("token_embd", "F16")], "lq8-attnf16": [("attn_", "F16")],
@@ -94,29 +94,9 @@ def write_files(lm, model, folder: Path, variants: list[str]) -> dict[str, Path]
 
 
 def scores(llm, tokenizer, task) -> tuple[np.ndarray, list[list[float]]]:
-    """Per item: 1 if right, and the log-likelihood of each choice (the evaluator's requests and metric)."""
-    from diet.evaluate import encode_pair
-
-    hits, lls = [], []
-    for item in task.evaluation:
-        ll, last = [], None
-        for context, continuation in item.requests():
-            ctx, cont = encode_pair(tokenizer, context, continuation)
-            if ctx != last:
-                llm.reset()
-                llm.eval(ctx)
-                last = ctx
-            llm.n_tokens = len(ctx)
-            llm.eval(cont)
-            lg = np.array(llm.scores[len(ctx) - 1: len(ctx) - 1 + len(cont)], dtype=np.float64)
-            lp = lg - np.logaddexp.reduce(lg, axis=-1, keepdims=True)
-            ll.append(float(sum(lp[i, t] for i, t in enumerate(cont))))
-        s = np.array(ll)
-        if task.metric == "acc_norm":
-            texts = item.contexts if item.contexts is not None else item.choices
-            s = s / np.array([len(t) for t in texts], dtype=float)
-        hits.append(int(np.argmax(s) == item.gold))
-        lls.append(ll)
+    """Per item: 1 if right, and the log-likelihood of each choice (the evaluator's requests and metric; the
+    tests' own llama.cpp scoring loop)."""
+    hits, lls = cpp_scores(llm, tokenizer, task, None)
     return np.array(hits), lls
 
 

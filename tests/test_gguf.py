@@ -292,12 +292,17 @@ def cpp_accuracy(llm, tokenizer, task, limit: int | None) -> float:
 
 
 def cpp_hits(llm, tokenizer, task, limit: int | None) -> list[int]:
-    """Per item, 1 where llama.cpp's log-likelihoods pick the gold choice (the evaluator's metric), else 0.
+    """Per item, 1 where llama.cpp's log-likelihoods pick the gold choice (the evaluator's metric), else 0."""
+    return cpp_scores(llm, tokenizer, task, limit)[0]
 
-    A context shared by an item's choices is evaluated once; each continuation then runs on its KV cache."""
+
+def cpp_scores(llm, tokenizer, task, limit: int | None) -> tuple[list[int], list[list[float]]]:
+    """Per item: 1 where llama.cpp's log-likelihoods pick the gold choice (the evaluator's metric), else 0; and the
+    log-likelihood of each choice. A context shared by an item's choices is evaluated once; each continuation then
+    runs on its KV cache."""
     from diet.evaluate import encode_pair
 
-    hits = []
+    hits, per_item = [], []
     for item in task.evaluation[:limit]:
         lls, last = [], None
         for context, continuation in item.requests():
@@ -316,7 +321,8 @@ def cpp_hits(llm, tokenizer, task, limit: int | None) -> list[int]:
             texts = item.contexts if item.contexts is not None else item.choices
             scores = scores / np.array([len(t) for t in texts], dtype=float)
         hits.append(int(np.argmax(scores) == item.gold))
-    return hits
+        per_item.append(lls)
+    return hits, per_item
 
 
 def torch_accuracy(model, tokenizer, task, limit: int | None) -> float:
