@@ -105,7 +105,7 @@ class HubBenchmark:
 FORMATS: dict[str, Callable[[dict], MCItem]] = {
     "boolq": format_boolq, "rte": format_rte, "hellaswag": format_hellaswag, "winogrande": format_winogrande,
     "arc": format_arc, "openbookqa": format_openbookqa, "piqa": format_piqa}
-REGISTRY_FILE = Path(__file__).resolve().parent.parent / "assets" / "tasks" / "hub_benchmarks.json"
+REGISTRY_FILE = Path(__file__).resolve().parent.parent / "assets" / "hub" / "benchmarks.json"
 
 
 def read_registry(path: Path = REGISTRY_FILE) -> dict[str, HubBenchmark]:
