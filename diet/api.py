@@ -224,12 +224,9 @@ def prune_copy(lm: LoadedModel, result: MaskResult, compensation=None, texts: Se
     compensation = compensation or compensation_of(result)
     model = copy.deepcopy(lm.model)
     if compensation is not None and compensation.method == "lstsq":
-        from diet.compensate import fit_lstsq, fit_texts
+        from diet.compensate import fit_lstsq
 
-        if texts is None:
-            tasks = tasks_of(mask_stats(result, stats)) if stats else [resolve_task(t) for t in result.tasks]
-            texts = fit_texts(tasks, compensation)
-        texts = list(texts)
+        texts = list(texts) if texts is not None else lstsq_texts(result, compensation, stats)
         fit_lstsq(model, lm.tokenizer, texts, result.keep(), result.unit, compensation)
         return prune_units(model, result.keep(), result.unit)
     return prune_units(model, result.keep(), result.unit, compensation=result.compensation)
@@ -283,6 +280,15 @@ def with_compensation(result: MaskResult, comp: str, stats: dict, ms: MethodSett
     elif comp == "lstsq":
         means = None
     return replace(result, compensation=means, summary={**result.summary, "compensation": comp})
+
+
+def lstsq_texts(result: MaskResult, compensation, stats: dict | None = None) -> list[str]:
+    """The texts an lstsq refit of this mask reads: `compensation.samples` calibration texts of each task behind
+    it — found through `stats` when given (an uploaded file is found again by its path), else by task name."""
+    from diet.compensate import fit_texts
+
+    tasks = tasks_of(mask_stats(result, stats)) if stats else [resolve_task(t) for t in result.tasks]
+    return fit_texts(tasks, compensation)
 
 
 def compensation_of(result: MaskResult):

@@ -14,13 +14,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from diet.api import MaskResult, compensation_of, model_key, profile_tasks, prune_copy, tasks_of
+from diet.api import MaskResult, compensation_of, lstsq_texts, model_key, profile_tasks, prune_copy
 from diet.compare import compare_models
 from diet.evaluate import EvalSettings
 from diet.jobs import JobContext
 from diet.methods import needs_general
 from diet.profile import choose_texts
-from diet.report import mask_stats, settings_summary
+from diet.report import settings_summary
 from diet.settings import MaskSettings, MethodSettings, ProfileSettings
 
 # ----------------------------------------------------------------------------------------------- uploads
@@ -226,9 +226,7 @@ def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bo
         ctx.note(f"writing {out}")
         comp = compensation_of(result)
         if comp is not None:
-            from diet.compensate import fit_texts
-
-            optional.update(compensation=comp, texts=fit_texts(tasks_of(mask_stats(result, stats or {})), comp))
+            optional.update(compensation=comp, texts=lstsq_texts(result, comp, stats))
         path = export_model(lm, result, out, mode=mode, overwrite=overwrite, say=ctx.note, **optional)
         ctx.report("export", 1, 1)
         return str(path)
