@@ -212,12 +212,18 @@ def embedded_tokenizer_fields(name: str) -> list[tuple[str, object, object, obje
 
 
 def tokenizer_fields(lm) -> list[tuple[str, object, object, object]]:
-    """The tokenizer metadata for `lm`: copied from the source GGUF (embedded models) or built from tokenizer.json."""
+    """The tokenizer metadata for `lm`: copied from the source GGUF (embedded models), built from the model folder's
+    SentencePiece model (tokenizer.model) or from a byte-level BPE tokenizer.json, as llama.cpp's converter does."""
+    from diet.adapters import get_family
+    from diet.gguf_vocab import spm_file, spm_tokenizer_fields
     from diet.models import EMBEDDED
 
     if lm.spec.name in EMBEDDED:
         return embedded_tokenizer_fields(lm.spec.name)
-    return bpe_tokenizer_fields(lm.tokenizer, vocab_size=int(lm.model.config.vocab_size))
+    vocab_size = int(lm.model.config.vocab_size)
+    if spm_file(lm.path) is not None:
+        return spm_tokenizer_fields(lm.tokenizer, lm.path, vocab_size, get_family(lm.model).name)
+    return bpe_tokenizer_fields(lm.tokenizer, vocab_size=vocab_size)
 
 
 # llama.cpp names a byte-level BPE pre-tokenizer by the sha256 of str(tokenizer.encode(CHECK_TEXT)); these are the
@@ -237,13 +243,6 @@ PRE_TOKENIZERS = {
 }
 
 
-def _looks_special(token: str) -> bool:
-    """The converter's `does_token_look_special` (added tokens some models forget to mark special)."""
-    pairs = (("<|", "|>"), ("<｜", "｜>"), ("<unused", ">"))
-    return token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or any(
-        token.startswith(a) and token.endswith(b) for a, b in pairs)
-
-
 def _bpe_pre(tokenizer) -> str:
     """llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer, or a one-line refusal."""
     import hashlib
@@ -252,9 +251,9 @@ def _bpe_pre(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     model = json.loads(backend.to_str()).get("model", {}) if backend is not None else {}
     if model.get("type") != "BPE" or "Ġ" not in " ".join(list(tokenizer.get_vocab())[:5000]):
-        raise DietError("GGUF export builds tokenizer metadata for byte-level BPE tokenizers only (GPT-2 style); "
-                        "this tokenizer is not one: convert the exported uniform/padded folder with llama.cpp's "
-                        "convert_hf_to_gguf.py instead")
+        raise DietError("GGUF export builds tokenizer metadata for byte-level BPE tokenizers (GPT-2 style) and "
+                        "SentencePiece ones (a tokenizer.model in the model folder); this tokenizer is neither: "
+                        "convert the exported uniform/padded folder with llama.cpp's convert_hf_to_gguf.py instead")
     digest = hashlib.sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest()
     if digest not in PRE_TOKENIZERS:
         raise DietError(f"unknown BPE pre-tokenizer (llama.cpp hash {digest[:12]}…): GGUF export knows "
@@ -266,6 +265,8 @@ def _bpe_pre(tokenizer) -> str:
 def _bpe_tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
     """Token strings and types exactly as the converter's `get_vocab_base` makes them."""
     from gguf import TokenType
+
+    from diet.gguf_vocab import looks_special
 
     reverse = {i: t for t, i in tokenizer.get_vocab().items()}
     added = tokenizer.get_added_vocab()
@@ -280,7 +281,7 @@ def _bpe_tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
         if token in added:
             if not decoder[i].normalized:
                 token = tokenizer.decode(tokenizer.encode(token, add_special_tokens=False))
-            if decoder[i].special or _looks_special(token):
+            if decoder[i].special or looks_special(token):
                 types.append(TokenType.CONTROL)
             else:
                 token = token.replace("\u2581", " ")
@@ -294,34 +295,20 @@ def _bpe_tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
 def bpe_tokenizer_fields(tokenizer, vocab_size: int) -> list[tuple[str, object, object, object]]:
     """Tokenizer metadata for a byte-level BPE tokenizer, built as llama.cpp's converter builds it (tokens, types,
     pre-tokenizer, merges and special tokens through gguf's own SpecialVocab)."""
-    import tempfile
-
     from gguf import GGUFValueType as V
-    from gguf import SpecialVocab
+
+    from diet.gguf_vocab import special_fields, special_vocab
 
     pre = _bpe_pre(tokenizer)
     tokens, types = _bpe_tokens(tokenizer, vocab_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        special = SpecialVocab(Path(tmp), load_merges=True, n_vocab=vocab_size)
+    special = special_vocab(tokenizer, vocab_size, load_merges=True)
     if not special.merges:
         raise DietError("the tokenizer has no BPE merges to write")
     fields = [("tokenizer.ggml.model", "gpt2", V.STRING, None), ("tokenizer.ggml.pre", pre, V.STRING, None),
               ("tokenizer.ggml.tokens", tokens, V.ARRAY, V.STRING),
               ("tokenizer.ggml.token_type", types, V.ARRAY, V.INT32),
               ("tokenizer.ggml.merges", list(special.merges), V.ARRAY, V.STRING)]
-    for kind, tid in special.special_token_ids.items():
-        key = {"sep": "seperator", "pad": "padding", "unk": "unknown"}.get(kind, kind)
-        fields.append((f"tokenizer.ggml.{key}_token_id", int(tid), V.UINT32, None))
-    probe = tokenizer.encode("a")  # what the transformers tokenizer really adds, written out explicitly
-    adds = {**special.add_special_token,
-            "bos": tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id],
-            "eos": tokenizer.eos_token_id is not None and len(probe) > 1 and probe[-1:] == [tokenizer.eos_token_id]}
-    for kind, on in adds.items():
-        fields.append((f"tokenizer.ggml.add_{kind}_token", bool(on), V.BOOL, None))
-    if isinstance(special.chat_template, str):
-        fields.append(("tokenizer.chat_template", special.chat_template, V.STRING, None))
-    return fields
+    return fields + special_fields(tokenizer, special)
 
 
 # ------------------------------------------------------------------------------------------------ writing
