@@ -374,6 +374,34 @@ def llama_like_parts(model: nn.Module) -> tuple[dict[str, nn.Module], list[dict[
     return top, layers
 
 
+def gguf_parts(model: nn.Module) -> tuple[dict[str, nn.Module], list[dict[str, nn.Module]]]:
+    """Every family's modules by llama.cpp tensor role: Llama-shaped ones as `llama_like_parts`; Phi-3 with its fused
+    attn_qkv (q rows, then k, then v) and fused ffn_up (gate rows, then up rows); Gemma-2/3 with the sandwich norms
+    (post_attention_norm, ffn_norm = the pre-MLP norm, post_ffw_norm) and Gemma-3's per-head attn_q_norm/attn_k_norm.
+    """
+    fam = get_family(model)
+    if fam.name in LLAMA_LIKE:
+        return llama_like_parts(model)
+    top = {"token_embd": model.get_input_embeddings(), "output_norm": model.model.norm,
+           "output": model.get_output_embeddings()}
+    layers = []
+    for layer in fam.layers(model):
+        a, p = layer.self_attn, fam.mlp(layer)
+        if fam.fused_gate_up:
+            parts = {"attn_norm": layer.input_layernorm, "attn_qkv": a.qkv_proj, "attn_output": a.o_proj,
+                     "ffn_norm": layer.post_attention_layernorm, "ffn_up": p.gate_up, "ffn_down": p.down}
+        else:
+            b = block_parts(layer)
+            parts = {"attn_norm": b.norm_attn, "attn_q": b.q, "attn_k": b.k, "attn_v": b.v, "attn_output": b.o,
+                     "post_attention_norm": b.post_attn, "ffn_norm": b.norm_mlp, "ffn_gate": b.gate, "ffn_up": b.up,
+                     "ffn_down": b.down, "post_ffw_norm": b.post_mlp}
+            for role, attr in (("attn_q_norm", "q_norm"), ("attn_k_norm", "k_norm")):
+                if getattr(a, attr, None) is not None:
+                    parts[role] = getattr(a, attr)
+        layers.append(parts)
+    return top, layers
+
+
 # ---------------------------------------------------------------- DISP's view of a decoder block
 
 

@@ -3,13 +3,14 @@
 Why two architectures: llama.cpp's `llama` architecture reads one MLP width for every layer, but its `deci`
 architecture (built for NVIDIA's Nemotron-NAS models) reads `feed_forward_length`, `attention.head_count` and
 `attention.head_count_kv` as per-layer arrays and builds every layer at its own width. So a mask that keeps the same
-count everywhere is written in the family's own architecture (quantizers and every llama.cpp build know it), and a
-per-layer mask is written as `deci` — exact widths, no zero padding. Both use NORM rope, so q and k rows are permuted
-exactly as llama.cpp's own converter permutes Llama's (`qwen2` uses NEOX rope: its uniform file keeps HF order).
+count everywhere is written in the family's own architecture (llama, qwen2, phi3, gemma2, gemma3: quantizers and every
+llama.cpp build know them), and a per-layer mask is written as `deci` — exact widths, no zero padding (Llama, Mistral,
+Qwen2, Phi-3; not Gemma). What differs per family (metadata, tensor layout, rope order) is in diet/gguf_families.py.
 
 Why copy the tokenizer from the source GGUF for the embedded model: those arrays are what llama.cpp already tokenizes
 the model with; for other byte-level BPE tokenizers the arrays are built the way llama.cpp's converter builds them,
-and tokenizers we cannot reproduce exactly are refused (a GGUF that tokenizes differently would be silently wrong).
+SentencePiece ones (tokenizer.model) in diet/gguf_vocab.py, and tokenizers we cannot reproduce exactly are refused (a
+GGUF that tokenizes differently would be silently wrong).
 
 Output types: f32, f16 and bf16 keep any width. Q8_0 stores rows in blocks of 32 values, and ffn_down's row is the
 layer's kept width: `q8_0` (every matrix 8-bit, byte for byte what llama.cpp's own quantizer writes) needs every width
@@ -26,13 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from diet.errors import DietError
+from diet.gguf_families import PER_LAYER_ARCH, PER_LAYER_FAMILIES, UNIFORM_ARCH
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q8_0-f16down")
 QUANT_BLOCK = {"q8_0": 32, "q8_0-f16down": 32}  # values per block: a row length must be a multiple of it
 KEPT_F16 = {"q8_0-f16down": ("ffn_down",)}  # output type -> tensor roles written in f16 instead (the rest: that type)
-UNIFORM_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # family -> llama.cpp's own architecture
-PER_LAYER_ARCH = "deci"
-NEOX_ROPE = ("qwen2",)  # llama.cpp architectures with NEOX rope: q/k keep the Hugging Face row order
 GGUF_NAME = "model.gguf"
 
 
@@ -47,7 +46,7 @@ class GGUFSettings:
 class GGUFPlan:
     """The shape of the file: architecture and per-layer sizes, read from the pruned model's tensors."""
 
-    family: str  # diet family name (llama, mistral, qwen2)
+    family: str  # diet family name (llama, mistral, qwen2, phi3, gemma2, gemma3)
     arch: str  # llama.cpp general.architecture
     ffn: list[int]  # MLP width per layer
     heads: list[int]  # query heads per layer
@@ -88,12 +87,12 @@ def check_request(family: str, kept_per_layer: Sequence[int], outtype: str, hidd
     kept = [int(k) for k in kept_per_layer]
     uniform = len(set(kept)) == 1
     if family not in UNIFORM_ARCH:
-        if family in ("gemma2", "gemma3") and not uniform:
-            raise DietError(f"{family} cannot run per-layer MLP widths in llama.cpp (its `deci` architecture has no "
-                            "sandwich norms, soft-capping or embedding scale): export --export-mode uniform (same "
-                            "width in every layer) or padded instead")
         raise DietError(f"GGUF export supports {', '.join(UNIFORM_ARCH)} models; for {family}, export "
                         "--export-mode uniform or padded (a stock folder llama.cpp's converter reads)")
+    if not uniform and family not in PER_LAYER_FAMILIES:
+        raise DietError(f"{family} cannot run per-layer MLP widths in llama.cpp (its `deci` architecture has no "
+                        "sandwich norms, soft-capping or embedding scale): export --export-mode uniform (same "
+                        "width in every layer) or padded instead")
     if min(kept) < 1:
         raise DietError("a layer keeps no MLP channel; llama.cpp's deci architecture then also drops that layer's "
                         "attention: lower the threshold or the sparsity")
@@ -112,65 +111,20 @@ def check_request(family: str, kept_per_layer: Sequence[int], outtype: str, hidd
 
 def plan_for(model) -> GGUFPlan:
     """Read the per-layer sizes from a pruned model's own tensors (no config field is trusted)."""
-    from diet.adapters import get_family, llama_like_parts
+    from diet.adapters import get_family, gguf_parts
+    from diet.gguf_families import layer_heads
 
     family = get_family(model).name
-    _, layers = llama_like_parts(model)
+    _, layers = gguf_parts(model)
     cfg = model.config
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     ffn = [int(p["ffn_down"].in_features) for p in layers]
-    heads = [int(p["attn_q"].out_features) // head_dim for p in layers]
-    kv = [int(p["attn_k"].out_features) // head_dim for p in layers]
+    heads, kv = layer_heads(model, head_dim)
     uniform = len(set(ffn)) == 1 and len(set(heads)) == 1 and len(set(kv)) == 1
     return GGUFPlan(family, UNIFORM_ARCH[family] if uniform else PER_LAYER_ARCH, ffn, heads, kv, head_dim)
 
 
-def _rope_theta(config) -> float:
-    params = getattr(config, "rope_parameters", None) or {}
-    kind = params.get("rope_type", "default")
-    if kind not in ("default", None):
-        raise DietError(f"GGUF export does not write {kind!r} rope scaling yet (only plain rope)")
-    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
-    if theta is None:
-        raise DietError("the model config names no rope_theta")
-    return float(theta)
-
-
 # ------------------------------------------------------------------------------------------------ tensors
-
-
-def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp converter's permute for NORM rope: each head's rows (or bias entries) go from the Hugging Face
-    half-split order to interleaved pairs."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _np(t) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
-
-
-def _tensors(model, plan: GGUFPlan) -> list[tuple[str, np.ndarray]]:
-    """(GGUF name, fp32 array in Hugging Face [out, in] layout) for every tensor the file holds."""
-    from diet.adapters import llama_like_parts
-
-    top, layers = llama_like_parts(model)
-    out = [("token_embd.weight", _np(top["token_embd"].weight)), ("output_norm.weight", _np(top["output_norm"].weight))]
-    if top["output"] is not None and top["output"].weight is not top["token_embd"].weight:
-        out.append(("output.weight", _np(top["output"].weight)))
-    permute = plan.arch not in NEOX_ROPE
-    for i, parts in enumerate(layers):
-        for role, mod in parts.items():
-            for kind in ("weight", "bias"):
-                t = getattr(mod, kind, None)
-                if t is None:
-                    continue
-                a = _np(t)
-                if permute and role == "attn_q":
-                    a = permute_qk(a, plan.heads[i])
-                elif permute and role == "attn_k":
-                    a = permute_qk(a, plan.kv_heads[i])
-                out.append((f"blk.{i}.{role}.{kind}", a))
-    return out
 
 
 def _encode(name: str, a: np.ndarray, outtype: str):
@@ -320,11 +274,13 @@ def write_gguf(model, fields: list, path: str | Path, settings: GGUFSettings = G
     {"arch", "outtype", "params_stored", "bytes", "ffn", "heads", "kv_heads", "tensor_types" (parameters per type)}."""
     from gguf import GGML_QUANT_VERSION, GGUFValueType, GGUFWriter
 
+    from diet.gguf_families import check_config, tensors, write_metadata
+
     plan = plan_for(model)
     cfg = model.config
     check_request(plan.family, plan.ffn, settings.outtype, int(cfg.hidden_size))
-    theta = _rope_theta(cfg)
-    arrays = _tensors(model, plan)  # before opening the file: a refusal leaves nothing behind
+    check_config(cfg, plan)
+    arrays = tensors(model, plan)  # before opening the file: a refusal leaves nothing behind
     encoded = [(n, *_encode(n, a, settings.outtype)) for n, a in arrays]
     w = GGUFWriter(str(path), plan.arch)
     w.add_name(name)
@@ -337,9 +293,8 @@ def write_gguf(model, fields: list, path: str | Path, settings: GGUFSettings = G
     w.add_head_count_kv(plan.kv_heads if per_layer else plan.kv_heads[0])
     w.add_key_length(plan.head_dim)
     w.add_value_length(plan.head_dim)
-    w.add_rope_freq_base(theta)
-    w.add_rope_dimension_count(plan.head_dim)
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    write_metadata(w, cfg, plan)  # rope and what the family's architecture adds
     w.add_vocab_size(int(cfg.vocab_size))
     w.add_file_type(_file_type(settings.outtype))
     w.add_quantization_version(GGML_QUANT_VERSION)  # as llama.cpp's converter writes it

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import ctypes
 import io
+import json
 
+import numpy as np
 import pytest
 import torch
 
 from diet.errors import DietError
 from diet.export import export_model
 from tests.test_export import make_lm, make_result
-from tests.test_gguf import llama_cpp, open_gguf, suite_texts
+from tests.test_gguf import cpp_logprobs, hf_logprobs, llama_cpp, open_gguf, suite_texts
 
 SPM_VOCAB = 400
 
@@ -37,18 +39,21 @@ def train_spm(texts: list[str], **overrides) -> bytes:
     return buf.getvalue()
 
 
-def tiny(family: str, vocab: int = SPM_VOCAB, seed: int = 0, **config):
-    """A tiny random `family` model with `vocab` entries (norm weights and biases perturbed, as test_gguf's)."""
-    from transformers import AutoModelForCausalLM
-
+def tiny(family: str, vocab: int = SPM_VOCAB, seed: int = 0):
+    """A tiny random `family` model (tests/tiny.py's config) with `vocab` entries."""
     from tests.tiny import CONFIGS
 
+    config = CONFIGS[family]()
+    config.vocab_size = vocab
+    return tiny_from(config, seed)
+
+
+def tiny_from(config, seed: int = 0):
+    """A random model from `config`, norm weights and biases perturbed (as test_gguf's) so a wrong one shows."""
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
-    cfg = CONFIGS[family]()
-    cfg.vocab_size = vocab
-    for key, value in config.items():
-        setattr(cfg, key, value)
-    model = AutoModelForCausalLM.from_config(cfg)
+    model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or "bias" in name:
@@ -89,7 +94,8 @@ def cpp_detokenize(llm, ids: list[int]) -> str:
     return buf.raw[:n].decode("utf-8")
 
 
-def test_sentencepiece_llama_tokenizes_every_suite_text_like_sentencepiece(tmp_path, texts, llama_spm):
+@pytest.mark.parametrize("family", ["llama", "phi3"])  # Phi-3's converter marks added tokens by its own rules
+def test_sentencepiece_llama_tokenizes_every_suite_text_like_sentencepiece(tmp_path, texts, llama_spm, family):
     """The SentencePiece vocabulary written as llama.cpp's converter writes it: llama.cpp tokenizes every suite text
     exactly like SentencePiece itself, and like transformers except where transformers drops SentencePiece's prefix
     space before a text that already starts with one (its Metaspace pre-tokenizer; llama.cpp and SentencePiece
@@ -98,12 +104,14 @@ def test_sentencepiece_llama_tokenizes_every_suite_text_like_sentencepiece(tmp_p
     import sentencepiece
 
     folder, tok = llama_spm
-    out = export_model(spm_lm("llama", folder, tok), make_result(tiny("llama"), [20, 44, 31]),
-                       tmp_path / "g", mode="gguf")
+    lm = spm_lm(family, folder, tok)
+    out = export_model(lm, make_result(lm.model, [20, 44, 31]), tmp_path / "g", mode="gguf")
     from gguf import GGUFReader
 
     fields = GGUFReader(out / "model.gguf").fields
+    assert fields["general.architecture"].contents() == "deci"
     assert fields["tokenizer.ggml.model"].contents() == "llama" and fields["tokenizer.ggml.pre"].contents() == "default"
+    assert fields["tokenizer.ggml.add_space_prefix"].contents() is True
     sp = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
     assert fields["tokenizer.ggml.scores"].contents()[300] == pytest.approx(sp.GetScore(300))
     types = fields["tokenizer.ggml.token_type"].contents()
@@ -130,3 +138,154 @@ def test_sentencepiece_refusals_are_one_line(tmp_path, texts):
         with pytest.raises(DietError, match="uniform or padded"):
             export_model(lm, make_result(lm.model, [20, 44, 31]), tmp_path / f"out-{name}", mode="gguf")
         assert not (tmp_path / f"out-{name}").exists()
+
+
+def gemma_spm_tokenizer(folder, texts):
+    """A Gemma-style SentencePiece model (no dummy prefix; <pad> <eos> <bos> <unk> at 0-3; chat-turn pieces as
+    user-defined symbols) written to `folder`, wrapped as transformers' GemmaTokenizer the way transformers converts
+    a tokenizer.model."""
+    from tokenizers.models import BPE
+    from transformers import GemmaTokenizer
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    path = folder / "tokenizer.model"
+    path.write_bytes(train_spm(texts, add_dummy_prefix=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+                               bos_piece="<bos>", eos_piece="<eos>",
+                               user_defined_symbols=["<mask>", "<start_of_turn>", "<end_of_turn>"]))
+    kw = SentencePieceExtractor(str(path)).extract(BPE)
+    kw.pop("_spm_precompiled_charsmap", None)
+    return GemmaTokenizer(**kw)
+
+
+def test_gemma_sentencepiece_tokenizes_every_suite_text_like_transformers(tmp_path, texts):
+    """Gemma's SentencePiece model puts no space in front of the text (the converter writes add_space_prefix false):
+    llama.cpp then tokenizes every suite text exactly like transformers and SentencePiece, chat-turn pieces included."""
+    import sentencepiece
+    from gguf import GGUFReader
+
+    tok = gemma_spm_tokenizer(tmp_path, texts)
+    lm = spm_lm("gemma2", tmp_path, tok)
+    out = export_model(lm, make_result(lm.model, [36, 36, 36]), tmp_path / "g", mode="gguf")
+    fields = GGUFReader(out / "model.gguf").fields
+    assert fields["general.architecture"].contents() == "gemma2"
+    assert fields["tokenizer.ggml.add_space_prefix"].contents() is False
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    vocab = open_gguf(out / "model.gguf", vocab_only=True)
+    cpp = {s: vocab.tokenize(s.encode(), add_bos=False, special=False) for s in texts}
+    assert [s for s in texts if cpp[s] != tok.encode(s, add_special_tokens=False)] == []
+    assert [s for s in texts if cpp[s] != sp.encode(s)] == []
+    assert [s for s in texts if cpp_detokenize(vocab, cpp[s]) != s] == []
+    turn = "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n"
+    assert vocab.tokenize(turn.encode(), add_bos=False, special=True) == tok.encode(turn, add_special_tokens=False)
+
+
+# ------------------------------------------------------------------------------------------------ architectures
+# Tiny random models with the tiny SentencePiece vocabulary (400 entries: reading and writing the file stays cheap).
+# llama.cpp picks its tokenizer from tokenizer.ggml.model, not from the architecture, so it serves every family.
+
+
+def family_config(kind: str, **overrides):
+    """A tiny config of `kind` (phi3, gemma2, gemma3) with the SentencePiece vocabulary; `overrides` go to the
+    constructor, so derived fields (layer_types, rope parameters) follow them."""
+    from transformers import Gemma2Config, Gemma3TextConfig, Phi3Config
+
+    from tests.tiny import COMMON
+
+    base = {**COMMON, "vocab_size": SPM_VOCAB}
+    gemma = dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=16)
+    if kind == "phi3":
+        return Phi3Config(**{**base, **overrides})
+    if kind == "gemma2":
+        return Gemma2Config(**{**base, **gemma, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0,
+                               **overrides})
+    return Gemma3TextConfig(**{**base, **gemma, **overrides})
+
+
+def export_arch(tmp_path, spm, config, kept: list[int], name: str = "g"):
+    """(output folder, the transformers pruned model) of a GGUF export of a tiny model from `config` with the
+    SentencePiece tokenizer `spm` (folder, tokenizer)."""
+    from diet.api import prune_copy
+
+    model = tiny_from(config)
+    lm = make_lm(model, name="hf-model", path=str(spm[0]))
+    lm.tokenizer = spm[1]
+    result = make_result(model, kept)
+    out = export_model(lm, result, tmp_path / name, mode="gguf")
+    return out, prune_copy(lm, result)
+
+
+LONG_IDS = [int(i) for i in torch.randint(3, SPM_VOCAB, (40,), generator=torch.Generator().manual_seed(1))]
+# 40 positions: past the tiny Gemmas' 16-token sliding window
+
+
+def compare(out, pruned, ids=LONG_IDS) -> tuple[float, bool]:
+    """(max |Δ log-prob| over every position and vocabulary entry, top-1 equal at every position)."""
+    a, b = cpp_logprobs(open_gguf(out / "model.gguf"), ids), hf_logprobs(pruned, ids)
+    return float(np.abs(a - b).max()), bool((a.argmax(-1) == b.argmax(-1)).all())
+
+
+def gguf_tensors(out) -> dict[str, np.ndarray]:
+    from gguf import GGUFReader
+
+    return {t.name: np.array(t.data) for t in GGUFReader(out / "model.gguf").tensors}
+
+
+@pytest.mark.parametrize("overrides,kept,arch", [
+    ({}, [36, 36, 36], "phi3"),  # fused attn_qkv and ffn_up (gate rows, then up rows) as the converter writes them
+    ({}, [20, 44, 31], "deci"),  # per-layer widths: qkv and gate_up split, q/k permuted for NORM rope
+    ({"partial_rotary_factor": 0.5}, [36, 36, 36], "phi3"),  # half of each head rotated (Phi-4-mini style)
+])
+def test_phi3_gguf_runs_in_llama_cpp_like_transformers(tmp_path, llama_spm, overrides, kept, arch):
+    out, pruned = export_arch(tmp_path, llama_spm, family_config("phi3", **overrides), kept)
+    assert json.loads((out / "diet_settings.json").read_text())["arch"] == arch
+    t = gguf_tensors(out)
+    if arch == "phi3":
+        assert "blk.0.attn_qkv.weight" in t and "blk.0.ffn_gate.weight" not in t
+        assert t["blk.0.ffn_up.weight"].shape == (2 * 36, 32)  # gguf lists [in, out]; numpy shows (out, in)
+    else:
+        assert "blk.0.attn_qkv.weight" not in t and t["blk.1.ffn_gate.weight"].shape == (44, 32)
+    worst, top1 = compare(out, pruned)
+    assert worst < 1e-4 and top1, worst
+
+
+@pytest.mark.parametrize("kind,overrides", [
+    ("gemma2", {"num_hidden_layers": 4}),  # sliding / global alternate; attention and final soft-capping
+    ("gemma3", {"num_hidden_layers": 7, "rope_parameters": {  # layer 5 global; linear rope scaling on global layers
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}}),
+])
+def test_gemma_uniform_gguf_runs_in_llama_cpp_like_transformers(tmp_path, llama_spm, kind, overrides):
+    """Gemma-2/3 with uniform widths in their own architectures: norms stored + 1, sandwich norms, q/k norms
+    (Gemma-3), embedding scale, soft-capping and the sliding window all as llama.cpp computes them. f32 agreement is
+    ~2e-4 here (llama.cpp's GELU is a table lookup); a wrong norm, window or rope base costs far more."""
+    config = family_config(kind, **overrides)
+    layers = config.num_hidden_layers
+    out, pruned = export_arch(tmp_path, llama_spm, config, [36] * layers)
+    assert json.loads((out / "diet_settings.json").read_text())["arch"] == kind
+    t = gguf_tensors(out)
+    norm = pruned.model.layers[1].post_feedforward_layernorm.weight.detach().numpy()
+    assert np.array_equal(t["blk.1.post_ffw_norm.weight"], norm + 1)
+    assert ("blk.0.attn_q_norm.weight" in t) == (kind == "gemma3")
+    worst, top1 = compare(out, pruned)
+    assert worst < 1e-3 and top1, worst
+    import copy
+
+    wide = copy.deepcopy(pruned)  # the same model without its sliding window: the window is exercised here
+    wide.config.sliding_window = 4096
+    assert compare(out, wide)[0] > 1e-2
+
+
+def test_family_refusals_are_one_line(tmp_path, llama_spm):
+    """What llama.cpp would compute differently is refused (one line each), and no output is left behind."""
+    cases = [
+        (family_config("gemma3"), [20, 44, 31], "uniform.*padded"),  # per-layer widths: deci has no Gemma blocks
+        (family_config("gemma2", query_pre_attn_scalar=16), [36] * 3, r"1/sqrt\(8\)"),
+        (family_config("phi3", partial_rotary_factor=0.5), [20, 44, 31], "partial rotary"),
+        (family_config("phi3", rope_parameters={
+            "rope_type": "longrope", "rope_theta": 10000.0, "long_factor": [1.0] * 4, "short_factor": [1.0] * 4,
+            "original_max_position_embeddings": 64}), [36] * 3, "longrope"),
+    ]
+    for i, (config, kept, message) in enumerate(cases):
+        with pytest.raises(DietError, match=message):
+            export_arch(tmp_path, llama_spm, config, kept, name=f"r{i}")
+        assert not (tmp_path / f"r{i}").exists()
