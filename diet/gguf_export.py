@@ -274,7 +274,7 @@ def write_gguf(model, fields: list, path: str | Path, settings: GGUFSettings = G
     {"arch", "outtype", "params_stored", "bytes", "ffn", "heads", "kv_heads", "tensor_types" (parameters per type)}."""
     from gguf import GGML_QUANT_VERSION, GGUFValueType, GGUFWriter
 
-    from diet.gguf_families import check_config, tensors, write_metadata
+    from diet.gguf_families import check_config, context_length, tensors, write_metadata
 
     plan = plan_for(model)
     cfg = model.config
@@ -285,7 +285,7 @@ def write_gguf(model, fields: list, path: str | Path, settings: GGUFSettings = G
     w = GGUFWriter(str(path), plan.arch)
     w.add_name(name)
     w.add_block_count(len(plan.ffn))
-    w.add_context_length(int(cfg.max_position_embeddings))
+    w.add_context_length(context_length(cfg, plan))
     w.add_embedding_length(int(cfg.hidden_size))
     per_layer = plan.arch == PER_LAYER_ARCH
     w.add_feed_forward_length(plan.ffn if per_layer else plan.ffn[0])

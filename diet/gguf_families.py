@@ -80,9 +80,18 @@ def check_config(config, plan) -> None:
                             f"{config.query_pre_attn_scalar}): export --export-mode uniform or padded instead")
     if family == "gemma3" and getattr(config, "attn_logit_softcapping", None):
         raise DietError("llama.cpp's gemma3 has no attention soft-capping: export --export-mode uniform or padded")
-    if plan.arch == PER_LAYER_ARCH and getattr(config, "sliding_window", None) and family == "phi3":
-        raise DietError("llama.cpp's deci architecture has no sliding-window attention (this Phi-3 uses one): keep "
-                        "the same MLP width in every layer (phi3 architecture) or export uniform/padded")
+
+
+def context_length(config, plan) -> int:
+    """The context the file declares. Phi-3-mini's attention slides (2,047 tokens); neither deci nor this llama.cpp's
+    phi3 does (checked: its log-probs equal transformers' without the window). Up to the window both attend to every
+    token, so a Phi-3 file declares the window as its context (llama.cpp warns when asked for more) instead of a
+    length it would not compute exactly."""
+    length = int(config.max_position_embeddings)
+    window = getattr(config, "sliding_window", None)
+    if plan.family == "phi3" and window:
+        return min(length, int(window))
+    return length
 
 
 def write_metadata(writer, config, plan) -> None:

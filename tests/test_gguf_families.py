@@ -234,17 +234,24 @@ def gguf_tensors(out) -> dict[str, np.ndarray]:
     ({}, [36, 36, 36], "phi3"),  # fused attn_qkv and ffn_up (gate rows, then up rows) as the converter writes them
     ({}, [20, 44, 31], "deci"),  # per-layer widths: qkv and gate_up split, q/k permuted for NORM rope
     ({"partial_rotary_factor": 0.5}, [36, 36, 36], "phi3"),  # half of each head rotated (Phi-4-mini style)
+    # a sliding window: neither llama.cpp's phi3 nor deci slides, so the file declares the window as its context
+    ({"sliding_window": 20}, [36, 36, 36], "phi3"), ({"sliding_window": 20}, [20, 44, 31], "deci"),
 ])
 def test_phi3_gguf_runs_in_llama_cpp_like_transformers(tmp_path, llama_spm, overrides, kept, arch):
+    from gguf import GGUFReader
+
     out, pruned = export_arch(tmp_path, llama_spm, family_config("phi3", **overrides), kept)
     assert json.loads((out / "diet_settings.json").read_text())["arch"] == arch
+    context = GGUFReader(out / "model.gguf").fields[f"{arch}.context_length"].contents()
+    window = overrides.get("sliding_window")
+    assert context == (window or 128)
     t = gguf_tensors(out)
     if arch == "phi3":
         assert "blk.0.attn_qkv.weight" in t and "blk.0.ffn_gate.weight" not in t
         assert t["blk.0.ffn_up.weight"].shape == (2 * 36, 32)  # gguf lists [in, out]; numpy shows (out, in)
     else:
         assert "blk.0.attn_qkv.weight" not in t and t["blk.1.ffn_gate.weight"].shape == (44, 32)
-    worst, top1 = compare(out, pruned)
+    worst, top1 = compare(out, pruned, LONG_IDS[:context])
     assert worst < 1e-4 and top1, worst
 
 
