@@ -82,16 +82,22 @@ def check_config(config, plan) -> None:
         raise DietError("llama.cpp's gemma3 has no attention soft-capping: export --export-mode uniform or padded")
 
 
-def context_length(config, plan) -> int:
-    """The context the file declares. Phi-3-mini's attention slides (2,047 tokens); neither deci nor this llama.cpp's
-    phi3 does (checked: its log-probs equal transformers' without the window). Up to the window both attend to every
-    token, so a Phi-3 file declares the window as its context (llama.cpp warns when asked for more) instead of a
-    length it would not compute exactly."""
-    length = int(config.max_position_embeddings)
+def hf_window(config, family: str) -> int | None:
+    """The sliding window transformers applies to this model (None: every layer attends to every token)."""
     window = getattr(config, "sliding_window", None)
-    if plan.family == "phi3" and window:
-        return min(length, int(window))
-    return length
+    if family == "qwen2" and not getattr(config, "use_sliding_window", False):
+        return None
+    return int(window) if window and family in ("mistral", "qwen2", "phi3") else None
+
+
+def context_length(config, plan) -> int:
+    """The context the file declares. Mistral-7B-v0.1 (4,096) and Phi-3-mini (2,047) slide their attention in
+    transformers; llama.cpp's llama, qwen2, deci and (checked: log-probs equal transformers' without the window) phi3
+    architectures do not. Up to the window both attend to every token, so such a file declares the window as its
+    context (llama.cpp warns when asked for more) instead of a length it would not compute exactly."""
+    length = int(config.max_position_embeddings)
+    window = hf_window(config, plan.family)
+    return min(length, window) if window else length
 
 
 def write_metadata(writer, config, plan) -> None:

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from diet.errors import DietError
+from diet.evaluate import encode_pair
 from diet.export import export_model
 from tests.test_export import make_lm, make_result
 from tests.test_gguf import cpp_logprobs, hf_logprobs, llama_cpp, open_gguf, suite_texts
@@ -99,8 +100,8 @@ def test_sentencepiece_llama_tokenizes_every_suite_text_like_sentencepiece(tmp_p
     """The SentencePiece vocabulary written as llama.cpp's converter writes it: llama.cpp tokenizes every suite text
     exactly like SentencePiece itself, and like transformers except where transformers drops SentencePiece's prefix
     space before a text that already starts with one (its Metaspace pre-tokenizer; llama.cpp and SentencePiece
-    agree). Every context the evaluator feeds starts without a space, so the evaluator's token ids are identical.
-    Detokenizing gives the text back."""
+    agree). The evaluator's requests never tokenize such a text alone: encode_pair gives identical ids for every
+    request of the suite through either tokenizer. Detokenizing gives the text back."""
     import sentencepiece
 
     folder, tok = llama_spm
@@ -123,6 +124,29 @@ def test_sentencepiece_llama_tokenizes_every_suite_text_like_sentencepiece(tmp_p
     assert all(s[:1] == " " for s in differ) and len(differ) < len(texts) // 4, differ[:3]
     assert [s for s in texts if cpp_detokenize(vocab, cpp[s]) != s] == []
     assert vocab.tokenize(b"Hello", add_bos=True)[:1] == tok.encode("Hello")[:1]  # BOS added exactly when HF adds it
+    requests = suite_requests()
+    cpp_tok = CppTokenizer(vocab, tok)
+    assert [r for r in requests if encode_pair(tok, *r) != encode_pair(cpp_tok, *r)] == []
+
+
+class CppTokenizer:
+    """llama.cpp's tokenizer behind the few methods the evaluator's encode_pair calls."""
+
+    def __init__(self, llm, like):
+        self.llm, self.bos_token_id, self.eos_token_id = llm, like.bos_token_id, like.eos_token_id
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=add_special_tokens, special=False)
+
+    def decode(self, ids) -> str:
+        return cpp_detokenize(self.llm, [ids] if isinstance(ids, int) else list(ids))
+
+
+def suite_requests() -> list[tuple[str, str]]:
+    """Every (context, continuation) request of the offline suite's evaluation items."""
+    from tests.test_gguf import suite_tasks
+
+    return [r for t in suite_tasks() for item in t.evaluation for r in item.requests()]
 
 
 def test_sentencepiece_refusals_are_one_line(tmp_path, texts):
@@ -185,16 +209,16 @@ def test_gemma_sentencepiece_tokenizes_every_suite_text_like_transformers(tmp_pa
 
 
 def family_config(kind: str, **overrides):
-    """A tiny config of `kind` (phi3, gemma2, gemma3) with the SentencePiece vocabulary; `overrides` go to the
+    """A tiny config of `kind` (phi3, mistral, gemma2, gemma3) with the SentencePiece vocabulary; `overrides` go to the
     constructor, so derived fields (layer_types, rope parameters) follow them."""
-    from transformers import Gemma2Config, Gemma3TextConfig, Phi3Config
+    from transformers import Gemma2Config, Gemma3TextConfig, MistralConfig, Phi3Config
 
     from tests.tiny import COMMON
 
     base = {**COMMON, "vocab_size": SPM_VOCAB}
     gemma = dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=16)
-    if kind == "phi3":
-        return Phi3Config(**{**base, **overrides})
+    if kind in ("phi3", "mistral"):
+        return (Phi3Config if kind == "phi3" else MistralConfig)(**{**base, **overrides})
     if kind == "gemma2":
         return Gemma2Config(**{**base, **gemma, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0,
                                **overrides})
@@ -252,6 +276,18 @@ def test_phi3_gguf_runs_in_llama_cpp_like_transformers(tmp_path, llama_spm, over
     else:
         assert "blk.0.attn_qkv.weight" not in t and t["blk.1.ffn_gate.weight"].shape == (44, 32)
     worst, top1 = compare(out, pruned, LONG_IDS[:context])
+    assert worst < 1e-4 and top1, worst
+
+
+@pytest.mark.parametrize("kept,arch", [([36, 36, 36], "llama"), ([20, 44, 31], "deci")])
+def test_mistral_sliding_window_is_the_declared_context(tmp_path, llama_spm, kept, arch):
+    """Mistral-7B-v0.1 slides its attention (4,096 tokens), llama.cpp's llama and deci do not: the file declares the
+    window as its context, and within it llama.cpp computes what transformers does."""
+    from gguf import GGUFReader
+
+    out, pruned = export_arch(tmp_path, llama_spm, family_config("mistral", sliding_window=20), kept)
+    assert GGUFReader(out / "model.gguf").fields[f"{arch}.context_length"].contents() == 20
+    worst, top1 = compare(out, pruned, LONG_IDS[:20])
     assert worst < 1e-4 and top1, worst
 
 
