@@ -300,7 +300,8 @@ def test_mistral_sliding_window_is_the_declared_context(tmp_path, llama_spm, kep
 def test_gemma_uniform_gguf_runs_in_llama_cpp_like_transformers(tmp_path, llama_spm, kind, overrides):
     """Gemma-2/3 with uniform widths in their own architectures: norms stored + 1, sandwich norms, q/k norms
     (Gemma-3), embedding scale, soft-capping and the sliding window all as llama.cpp computes them. f32 agreement is
-    ~2e-4 here (llama.cpp's GELU is a table lookup); a wrong norm, window or rope base costs far more."""
+    ~2e-4 here (mostly llama.cpp's GELU, a half-precision table lookup); a wrong norm, window or rope base costs far
+    more."""
     config = family_config(kind, **overrides)
     layers = config.num_hidden_layers
     out, pruned = export_arch(tmp_path, llama_spm, config, [36] * layers)
