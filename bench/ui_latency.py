@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import json
 import statistics
 import subprocess
 import sys
@@ -252,7 +253,7 @@ def main() -> None:
                              previous_who_loses(PV, previous("diet/methods.py")))
     figs = {label: build() for label, build in builders.items()}
     for label, build in before.items():
-        if build().to_json() != figs[label].to_json():
+        if json.loads(build().to_json()) != json.loads(figs[label].to_json()):  # values, not key order
             raise SystemExit(f"error: the figure {label} differs from the previous implementation")
     per_figure = {label: (median_ms(build, a.repeats), median_ms(lambda f=figs[label]: streamlit_sends(f), a.repeats))
                   for label, build in builders.items()}

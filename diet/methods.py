@@ -273,15 +273,17 @@ def who_loses(inputs: MethodInputs, settings: MaskSettings, masks: dict[str, np.
     else:  # the caller holds both: the scores themselves are not needed
         names = list(_need(inputs, "tasks", "who-loses"))
     norm_sum = [max(n.sum(), EPS) for n in norm]
-    own_sum, own_layer = [o.sum() for o in own], [np.maximum(o.sum(-1), 1) for o in own]
+    own_n = np.count_nonzero(np.asarray(own, dtype=bool), axis=-1)  # (T, L) exact counts, faster than a bool sum
+    own_sum, own_layer = own_n.sum(axis=-1), np.maximum(own_n, 1)
+    # (T, masks, L): each task's own top-k kept by each mask, per layer (popcount on packed bits; exact counts)
+    kept_own = M.layer_overlap_counts(own, np.stack([np.asarray(m, dtype=bool) for m in masks.values()]))
     out: dict = {"tasks": names, "masks": list(masks), "topk": {}, "mass": {}, "layer_topk": {}}
     buf = np.empty(np.shape(norm[0]), dtype=np.float64)
-    for m_name, mask in masks.items():
-        mask = np.asarray(mask, dtype=bool)
-        kept = mask.astype(np.float64)  # once per mask: the products below then need no conversion (same values)
+    for j, (m_name, mask) in enumerate(masks.items()):
+        kept = np.asarray(mask, dtype=bool).astype(np.float64)  # once per mask: the products below need no conversion
         topk, mass, layer = [], [], []
         for t in range(len(names)):
-            both = np.count_nonzero(own[t] & mask, axis=-1)  # exact counts, several times faster than a bool sum
+            both = kept_own[t, j]
             topk.append(float(both.sum() / max(own_sum[t], 1)))
             mass.append(float(np.multiply(norm[t], kept, out=buf).sum() / norm_sum[t]))
             layer.append(both / own_layer[t])
