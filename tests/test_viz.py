@@ -214,3 +214,63 @@ def test_unit_word_reaches_hover_and_axis():
         assert "residual dim" in fig.data[0].hovertemplate and "channel" not in fig.data[0].hovertemplate
         assert fig.layout.xaxis.title.text.startswith("residual dim")
     assert "channel" in viz.votes_map(np.ones((2, 8), dtype=np.uint8), 2).data[0].hovertemplate
+
+
+def test_layer_overlap_counts_match_a_boolean_loop():
+    rng = np.random.default_rng(3)
+    for width in (1, 7, 64, 65, 200):  # widths that do and do not fill the last 64-bit word
+        a, b = rng.random((3, 4, width)) < 0.5, rng.random((2, 4, width)) < 0.3
+        got = M.layer_overlap_counts(a, b)
+        assert got.shape == (3, 2, 4) and got.dtype == np.int64
+        for i, j in itertools.product(range(3), range(2)):
+            np.testing.assert_array_equal(got[i, j], (a[i] & b[j]).sum(-1))
+
+
+def test_figures_send_the_same_data_as_the_previous_construction():
+    """Each figure is now built in one validated construction from trace dicts; tests/viz_previous.py keeps the
+    previous one (go.Figure, add_trace, update_layout). On random masks (ties, one layer, widths that bin or not,
+    sorted or not) both send the browser the same data: the same JSON values (plotly orders the keys differently)."""
+    from tests import viz_previous as previous
+
+    def same(name: str, *args, **kwargs) -> None:
+        new, old = getattr(viz, name)(*args, **kwargs), getattr(previous, name)(*args, **kwargs)
+        assert json.loads(new.to_json()) == json.loads(old.to_json()), name
+
+    rng = np.random.default_rng(4)
+    for case in range(12):
+        T, L, width = int(rng.integers(2, 8)), int(rng.integers(1, 6)), int(rng.integers(4, 700))
+        scores = rng.random((T, L, width)) + rng.random((1, L, width))
+        if case % 3 == 0:
+            scores = np.round(scores * 3)  # many exact ties
+        settings = MaskSettings(sparsity=float(rng.choice([0.0, 0.2, 0.5, 0.9])),
+                                merge=str(rng.choice(["budget", "threshold"])))
+        tm, mask = M.build_masks(scores, settings)
+        names = [f"task{t}" for t in range(T)]
+        v, norm = M.votes(tm), M.normalise(scores.mean(0))
+        layer = int(rng.integers(0, L))
+        rows = {"merged": mask[layer], **{n: tm[t, layer] for t, n in enumerate(names)}}
+        inter = M.intersections(tm)
+        combos = sorted(inter, key=lambda c: (-inter[c], len(c), c))[: viz.MAX_UPSET_BARS]
+        same("kept_overview", mask, "title", viz.order_by(norm) if case % 2 else None, max_columns=300)
+        same("kept_overview", mask, max_columns=int(rng.integers(3, 50)), unit="residual dim")
+        same("layer_strip", layer, rows, norm[layer], sort=bool(case % 2), score_name="DIET score")
+        same("votes_map", v, T, sort=bool(case % 2), max_columns=int(rng.choice([16, 2048])))
+        same("jaccard_matrix", M.jaccard_matrix(tm), names, viz.chance_matrix(tm))
+        same("jaccard_matrix", M.jaccard_matrix(tm), names)
+        same("jaccard_layers", tm, names, float(rng.random()) if case % 2 else None)
+        same("upset", inter, names, viz.expected_intersections(tm, combos) if case % 2 else None,
+             max_bars=int(rng.integers(1, 30)))
+        same("references", names, {n: float(rng.random()) for n in names[1:]}, rng.random(T).tolist(),
+             float(rng.random()))
+        same("kept_per_layer", M.kept_per_layer(mask), [width] * L, tm.sum(-1) if case % 2 else None, names)
+        removed = int(rng.integers(0, 1000))
+        same("params_breakdown", {"params_removed": removed, "params_total": 5000,
+                                  "unit_sparsity": removed / 2000})
+        kinds = ["vote", "pooled", "random"][: int(rng.integers(1, 4))]
+        same("who_loses", {"tasks": names, "masks": kinds, "topk": {m: rng.random(T).tolist() for m in kinds},
+                           "mass": {m: rng.random(T).tolist() for m in kinds},
+                           "layer_topk": {m: rng.random((T, L)) for m in kinds}})
+        same("accuracy_bars", names, rng.random(T).tolist(), rng.random(T).tolist(), "wanda-sp")
+        x = np.sort(rng.random(int(rng.integers(1, 5)))).tolist()
+        same("sweep_curves", x, {n: rng.random(len(x)).tolist() for n in [*names[:2], "average"]},
+             {names[0]: float(rng.random())})
