@@ -66,6 +66,24 @@ def check_reproducible(path: Path) -> bool:
     return bool(norm.add_dummy_prefix)
 
 
+# Texts the transformers tokenizer and the SentencePiece model must split alike before a file is written: spaces,
+# digits, punctuation, accents, CJK, emoji (no leading space: there transformers differs from SentencePiece itself).
+PROBES = ("Hello world", "The capital of France is Paris.", "3 33 333 3.3 3..3 1314151", "a  b   c\n\nd\te",
+          "I've been 'told he's there", "nǐ hǎo 我想在apple工作 нещо на Български", "🚀 (normal) 😶\u200d🌫️ ✅ 🦙🦙",
+          "------=======......!!!!!!??????", "Answer: yes")
+
+
+def check_agrees(sp, tokenizer, path: Path) -> None:
+    """Refuse a transformers tokenizer that splits text differently from the SentencePiece model the file is built
+    from (a tokenizer.json edited apart from tokenizer.model): llama.cpp would follow the model, the evaluator the
+    transformers tokenizer."""
+    for text in PROBES:
+        ours, theirs = sp.encode(text), tokenizer.encode(text, add_special_tokens=False)
+        if ours != theirs:
+            raise DietError(f"{path.name} and the transformers tokenizer split {text!r} differently ({len(ours)} vs "
+                            f"{len(theirs)} tokens): export --export-mode uniform or padded instead")
+
+
 def _base_pieces(sp, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
     """Every id's text, score and type from the SentencePiece model; ids beyond it are [PAD{i}], unused."""
     tokens = [f"[PAD{i}]" for i in range(vocab_size)]
@@ -126,6 +144,7 @@ def spm_tokenizer_fields(tokenizer, folder: str | Path | None, vocab_size: int,
                         "there; export --export-mode uniform or padded instead")
     sp = _processor(path)
     space_prefix = check_reproducible(path)
+    check_agrees(sp, tokenizer, path)
     tokens, scores, types = _base_pieces(sp, vocab_size)
     _mark_added(tokens, scores, types, Path(folder), tokenizer, family)
     special = special_vocab(tokenizer, vocab_size)

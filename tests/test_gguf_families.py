@@ -149,7 +149,7 @@ def suite_requests() -> list[tuple[str, str]]:
     return [r for t in suite_tasks() for item in t.evaluation for r in item.requests()]
 
 
-def test_sentencepiece_refusals_are_one_line(tmp_path, texts):
+def test_sentencepiece_refusals_are_one_line(tmp_path, texts, llama_spm):
     """What llama.cpp's SPM tokenizer cannot reproduce is refused before anything is written."""
     from transformers import LlamaTokenizer
 
@@ -162,6 +162,13 @@ def test_sentencepiece_refusals_are_one_line(tmp_path, texts):
         with pytest.raises(DietError, match="uniform or padded"):
             export_model(lm, make_result(lm.model, [20, 44, 31]), tmp_path / f"out-{name}", mode="gguf")
         assert not (tmp_path / f"out-{name}").exists()
+    # a transformers tokenizer that splits text unlike the folder's tokenizer.model (here: another model's)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tokenizer.model").write_bytes(train_spm(texts[:2000], vocab_size=450))
+    lm = spm_lm("llama", llama_spm[0], LlamaTokenizer.from_pretrained(other))
+    with pytest.raises(DietError, match="split .* differently"):
+        export_model(lm, make_result(lm.model, [20, 44, 31]), tmp_path / "out-other", mode="gguf")
 
 
 def gemma_spm_tokenizer(folder, texts):
