@@ -286,15 +286,23 @@ def test_phi3_gguf_runs_in_llama_cpp_like_transformers(tmp_path, llama_spm, over
     assert worst < 1e-4 and top1, worst
 
 
-@pytest.mark.parametrize("kept,arch", [([36, 36, 36], "llama"), ([20, 44, 31], "deci")])
-def test_mistral_sliding_window_is_the_declared_context(tmp_path, llama_spm, kept, arch):
+LINEAR_ROPE = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
+
+
+@pytest.mark.parametrize("overrides,kept,arch", [
+    ({"sliding_window": 20}, [36, 36, 36], "llama"), ({"sliding_window": 20}, [20, 44, 31], "deci"),
+    ({"rope_parameters": LINEAR_ROPE}, [36, 36, 36], "llama"), ({"rope_parameters": LINEAR_ROPE}, [20, 44, 31], "deci"),
+])
+def test_mistral_window_and_linear_rope(tmp_path, llama_spm, overrides, kept, arch):
     """Mistral-7B-v0.1 slides its attention (4,096 tokens), llama.cpp's llama and deci do not: the file declares the
-    window as its context, and within it llama.cpp computes what transformers does."""
+    window as its context, and within it llama.cpp computes what transformers does. Linear rope scaling is written
+    as llama.cpp's linear frequency scale."""
     from gguf import GGUFReader
 
-    out, pruned = export_arch(tmp_path, llama_spm, family_config("mistral", sliding_window=20), kept)
-    assert GGUFReader(out / "model.gguf").fields[f"{arch}.context_length"].contents() == 20
-    worst, top1 = compare(out, pruned, LONG_IDS[:20])
+    out, pruned = export_arch(tmp_path, llama_spm, family_config("mistral", **overrides), kept)
+    context = GGUFReader(out / "model.gguf").fields[f"{arch}.context_length"].contents()
+    assert context == overrides.get("sliding_window", 128)
+    worst, top1 = compare(out, pruned, LONG_IDS[:context])
     assert worst < 1e-4 and top1, worst
 
 
