@@ -74,8 +74,13 @@ def get_family(model: nn.Module) -> Family:
 
 
 def _new_linear(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
-                    dtype=weight.dtype)
+    """A plain nn.Linear holding copies of `weight` and `bias`, on their device and in their dtype.
+
+    Why skip_init: nn.Linear's constructor fills its weight with random numbers (kaiming_uniform) that the copy
+    below overwrites at once; for a pruned copy of a 135M model that was ~0.6 s of random numbers for nothing
+    (slicing every MLP of the model builds 3 new layers per block)."""
+    lin = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None,
+                                   device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         lin.weight.copy_(weight)
         if bias is not None:

@@ -63,6 +63,34 @@ def model_size(model) -> dict:
     return {"params": count_parameters(model), "mb": nbytes / 2**20}
 
 
+def speed_key(lm, digest: str) -> str:
+    """What a forward-speed measurement of dense vs one mask is remembered by: model content and dtype, the mask
+    and the measured batch."""
+    return sha256_of({"model": lm.identity, "dtype": lm.spec.dtype, "mask": digest, "batch": SPEED_BATCH,
+                      "tokens": SPEED_TOKENS})[:24]
+
+
+def pruned_speed(lm, make_pruned: Callable, digest: str, memo: dict | None = None,
+                 note: Callable[[str], None] | None = None, again: bool = False) -> dict:
+    """`forward_speed` of the dense model and `make_pruned()`, remembered in `memo` by `speed_key` (the mask's
+    digest): asked for on its own, after the comparison, because `diet eval` does not time anything and a
+    comparison should cost what the CLI's evaluation costs. `again`: measure anew (a timing belongs to the
+    machine's load of the moment, so it is remembered for the session only, never written to the disk cache).
+
+    Returns {"dense": tok/s, "pruned": tok/s, "detail": measure_speed's dict}."""
+    key = speed_key(lm, digest)
+    if memo is not None and key in memo and not again:
+        return memo[key]
+    note = note or (lambda m: None)
+    note("pruning a copy of the model")
+    pruned = make_pruned()
+    note("measuring forward speed")
+    out = forward_speed({"dense": lm.model, "pruned": pruned})
+    if memo is not None:
+        memo[key] = out
+    return out
+
+
 def forward_speed(models: dict) -> dict:
     """Tokens per second of each model on the same random batch, timed interleaved by the engine
     (diet.timing.measure_speed: medians, so machine load hits both alike)."""
@@ -90,13 +118,15 @@ def compare_models(lm, make_pruned: Callable, digest: str, tasks: list, settings
                    memo: dict | None = None, progress: Callable[[str, int, int], None] | None = None,
                    note: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
                    on_wait: Callable[[str], None] | None = None, cache: ArtifactCache | None = None,
-                   shown: str = "pruned") -> dict:
+                   shown: str = "pruned", speed: bool = True) -> dict:
     """Every task on the dense model, then on `make_pruned()`, each number cached (`cached_evaluate`, dense ones
-    shared by every mask), progress per model, cancel between tasks; then parameters, size and forward speed.
+    shared by every mask), progress per model, cancel between tasks; then parameters, size and (`speed`) forward
+    speed.
 
     `digest` keys the pruned model's cached numbers; `shown` is the pruned model's name in progress and notes.
-    Memory: the dense model and what `make_pruned` returns are both held (a comparison asks for two models).
-    Returns {"tasks", "dense", "pruned", "speed", "size"}."""
+    `speed` False: no timing here (the same work as `diet eval` on both models); `pruned_speed` measures it on
+    demand. Memory: the dense model and what `make_pruned` returns are both held (a comparison asks for two
+    models). Returns {"tasks", "dense", "pruned", "size"} and, with `speed`, "speed"."""
     progress = progress or (lambda *a: None)
     note = note or (lambda m: None)
     usable = _eval_tasks(tasks)
@@ -118,7 +148,8 @@ def compare_models(lm, make_pruned: Callable, digest: str, tasks: list, settings
             offset += n
             progress(name, offset, per)
         out[label] = rows
-    note("measuring forward speed")
-    out["speed"] = forward_speed(models)
+    if speed:
+        note("measuring forward speed")
+        out["speed"] = forward_speed(models)
     out["size"] = {k: model_size(m) for k, m in models.items()}
     return out

@@ -11,7 +11,7 @@ import streamlit as st
 
 from diet import viz
 from diet.api import compensation_of, tasks_of
-from diet.compare import SPEED_BATCH, SPEED_TOKENS
+from diet.compare import SPEED_BATCH, SPEED_TOKENS, speed_key
 from diet.evaluate import EvalSettings, average
 from diet.report import comparison_table, counts_notes, mask_stats, settings_summary
 from pages._common import (
@@ -23,7 +23,7 @@ from pages._common import (
     start_job,
     stats_page,
 )
-from pages._work import compare_job
+from pages._work import compare_job, speed_job
 
 
 def eval_settings_section(tasks: list) -> tuple[EvalSettings, list]:
@@ -42,14 +42,41 @@ def eval_settings_section(tasks: list) -> tuple[EvalSettings, list]:
     return EvalSettings(limit=limit, batch_size=int(ss["p_eval_batch"])), chosen
 
 
-def comparison_section(comp: dict, digest: str) -> None:
+def speed_section(col, lm, result, comp: dict, stats: dict) -> None:
+    """The forward-speed metric, measured on demand (its own job, `speed_job`) and kept in the session by the
+    mask's digest: the comparison itself does what `diet eval` does, no timing."""
+    if comp["digest"] != result.digest():
+        col.caption("Forward speed: evaluate the current mask first.")
+        return
+    memo = st.session_state.setdefault("speed_memo", {})
+    speed = memo.get(speed_key(lm, comp["digest"]))
+    busy = runner().active() is not None
+    if speed is None:
+        label, again = "Measure forward speed", False
+        col.caption(f"Forward speed: not measured yet ({SPEED_BATCH} × {SPEED_TOKENS} tokens through both models, "
+                    "a few seconds).")
+    else:
+        comp["speed"] = speed  # so the Export page's report carries it, for this mask
+        col.metric("Forward speed (measured)", f"{speed['pruned']:,.0f} tok/s",
+                   f"{speed['pruned'] / speed['dense'] - 1:+.0%} vs dense {speed['dense']:,.0f} tok/s",
+                   help=f"the same batch ({SPEED_BATCH} × {SPEED_TOKENS} tokens) through both models, timed "
+                        "alternately; median of 3 after a warm-up. On a busy shared CPU the ratio is noisy: measure "
+                        "again before concluding")
+        label, again = "Measure again", True
+    if col.button(label, disabled=busy, key="btn_speed"):
+        start_job("speed", "Measuring forward speed, dense vs pruned", speed_job(lm, result, memo, stats, again))
+        st.rerun()
+
+
+def comparison_section(comp: dict, lm, result, stats: dict) -> None:
+    digest = result.digest()
     if comp["digest"] != digest:
         st.warning(f"These results are for an earlier mask ({comp['sparsity']:.0%} of MLP channels removed, "
                    f"{comp.get('described', comp['settings']['merge'] + ' merge')}). Run again to measure the "
                    "current one.")
     for note in counts_notes(comp["dense"]):
         st.info(note)
-    size, speed = comp["size"], comp["speed"]
+    size = comp["size"]
     dense_avg, pruned_avg = average(comp["dense"]), average(comp["pruned"])
     p_dense, p_pruned = size["dense"]["params"], size["pruned"]["params"]
     c = st.columns(4)
@@ -60,11 +87,7 @@ def comparison_section(comp: dict, digest: str) -> None:
     c[2].metric("Size in memory", f"{size['pruned']['mb']:.0f} MB",
                 f"{size['pruned']['mb'] / size['dense']['mb'] - 1:+.1%} vs {size['dense']['mb']:.0f} MB",
                 delta_color="inverse")
-    c[3].metric("Forward speed (measured)", f"{speed['pruned']:,.0f} tok/s",
-                f"{speed['pruned'] / speed['dense'] - 1:+.0%} vs dense {speed['dense']:,.0f} tok/s",
-                help=f"the same batch ({SPEED_BATCH} × {SPEED_TOKENS} tokens) through both models, timed alternately; "
-                     "median of 3 after a warm-up. On a busy shared CPU the ratio is noisy: measure again before "
-                     "concluding")
+    speed_section(c[3], lm, result, comp, stats)
     tasks = comp["tasks"]
     st.plotly_chart(viz.accuracy_bars(tasks + ["average"], [r.value for r in comp["dense"]] + [average(comp["dense"])],
                                       [r.value for r in comp["pruned"]] + [average(comp["pruned"])]), key="accuracy")
@@ -94,12 +117,12 @@ def page(lm, stats: dict) -> None:
         memo = st.session_state.setdefault("eval_memo", {})
         start_job("compare", "Evaluating dense vs pruned", compare_job(lm, result, chosen, settings, memo, stats))
         st.rerun()
-    job_panel(("compare",), key="main")
+    job_panel(("compare", "speed"), key="main")
     comp = st.session_state.get("comparison")
     if comp:
-        comparison_section(comp, result.digest())
+        comparison_section(comp, lm, result, stats)
     st.page_link("pages/5_sweep.py", label="Accuracy vs sparsity, several methods side by side: the Sweep page",
                  icon="➡️")
 
 
-stats_page(("compare",), "3 · Prune and evaluate", lambda stats, _slot: page(current_model(), stats))
+stats_page(("compare", "speed"), "3 · Prune and evaluate", lambda stats, _slot: page(current_model(), stats))

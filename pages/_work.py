@@ -15,7 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from diet.api import MaskResult, compensation_of, lstsq_texts, model_key, profile_tasks, prune_copy
-from diet.compare import compare_models
+from diet.compare import compare_models, pruned_speed
+from diet.errors import Cancelled
 from diet.evaluate import EvalSettings
 from diet.jobs import JobContext
 from diet.methods import needs_general
@@ -150,22 +151,45 @@ COMPENSATION = {"none": "none (the method's own: FLAP keeps its bias)",
 
 
 def evaluate_dense_and_pruned(ctx: JobContext, lm, make_pruned, digest: str, tasks: list, settings: EvalSettings,
-                              memo: dict, shown: str = "pruned") -> dict:
+                              memo: dict, shown: str = "pruned", speed: bool = True) -> dict:
     """The body both comparison jobs share (DIET masks on page 3, DISP index sets on the DISP page): the engine's
-    cached comparison (`diet.compare.compare_models`) wired to the job's progress, notes, cancel and waits."""
+    cached comparison (`diet.compare.compare_models`) wired to the job's progress, notes, cancel and waits.
+    `speed` False: no forward-speed measurement (page 3 measures it on demand, `speed_job`)."""
     return compare_models(lm, make_pruned, digest, tasks, settings, memo, progress=ctx.report, note=ctx.note,
-                          should_stop=ctx.should_stop, on_wait=ctx.wait_for, shown=shown)
+                          should_stop=ctx.should_stop, on_wait=ctx.wait_for, shown=shown, speed=speed)
 
 
 def compare_job(lm, result: MaskResult, tasks: list, settings: EvalSettings, memo: dict, stats: dict | None = None):
-    """Job body: dense vs pruned on the same tasks, parameters, size and measured forward speed."""
+    """Job body: dense vs pruned on the same tasks, parameters and size — the work `diet eval` does on the dense
+    model and on the pruned folder, plus pruning the copy. The forward speed is `speed_job`'s, on demand."""
 
     def run(ctx: JobContext) -> dict:
         digest = result.digest()
         out = {"digest": digest, "settings": asdict(result.settings), "eval": asdict(settings),
                "sparsity": result.summary["unit_sparsity"], "described": settings_summary(result)}
         out.update(evaluate_dense_and_pruned(ctx, lm, lambda: prune_copy(lm, result, stats=stats), digest, tasks,
-                                             settings, memo))
+                                             settings, memo, speed=False))
+        return out
+
+    return run
+
+
+def speed_job(lm, result: MaskResult, memo: dict, stats: dict | None = None, again: bool = False):
+    """Job body: the dense and pruned models' forward speed, side by side (`diet.compare.pruned_speed`), kept in
+    the session's `memo` by the mask's digest; `again` measures anew. Progress in two steps: prune, time."""
+
+    def run(ctx: JobContext) -> dict:
+        ctx.report("forward speed", 0, 2)
+
+        def make():
+            pruned = prune_copy(lm, result, stats=stats)
+            if ctx.should_stop():  # the last moment before the timing (which runs to its end, a few seconds)
+                raise Cancelled("speed measurement cancelled")
+            ctx.report("forward speed", 1, 2)
+            return pruned
+
+        out = pruned_speed(lm, make, result.digest(), memo, ctx.note, again)
+        ctx.report("forward speed", 2, 2)
         return out
 
     return run

@@ -105,6 +105,15 @@ def wait_idle(page, timeout: float = 180_000) -> None:
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
 
 
+def wait_text(page, text: str, timeout: float = 600_000, every_ms: int = 50) -> None:
+    """Until `text` is in the page, checked inside the page every `every_ms` (a search of the DOM's text, no layout).
+
+    Why not `locator.wait_for` for a timed wait: Playwright re-checks a locator every 500 ms once the first second
+    has passed, so a stopwatch stopped by it ran up to half a second late."""
+    page.wait_for_function("t => document.body.textContent.includes(t)", arg=text, polling=every_ms,
+                           timeout=timeout)
+
+
 def pick(page, box, option: str, tries: int = 3) -> None:
     """Choose `option` in a multiselect, checking that its chip appeared.
 

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from diet import masks as M
 from diet.api import build_mask, profile_tasks, prune_copy
+from diet.compare import speed_key
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, evaluate_task
 from diet.jobs import CANCELLED, DONE, FAILED, Job, JobRunner
@@ -556,9 +557,16 @@ def test_prune_page_measures_dense_vs_pruned_like_the_engine(cache_dir, tiny_lm)
     np.testing.assert_allclose(arr(bars[1]["y"]), pruned + [np.mean(pruned)], rtol=1e-6)
     comp = at.session_state["comparison"]
     assert comp["size"]["pruned"]["params"] == count_parameters(pruned_model) < comp["size"]["dense"]["params"]
-    assert comp["speed"]["dense"] > 0 and comp["speed"]["pruned"] > 0
+    assert "speed" not in comp and not [m for m in at.metric if "Forward speed" in m.label]  # not timed unasked
     assert any("Preview" in i.value for i in at.info)  # 3 items of many: said so
     assert len(list((cache_dir / "artifacts" / "eval").glob("*.json"))) == 4  # 2 tasks × (dense, pruned)
+    at.button(key="btn_speed").click().run()  # on demand: its own job, kept in the session by the mask's digest
+    finish_jobs(at)
+    ok(at)
+    speed = at.session_state["speed_memo"][speed_key(tiny_lm, result.digest())]
+    assert speed["dense"] > 0 and speed["pruned"] > 0 and at.session_state["comparison"]["speed"] == speed
+    assert [m for m in at.metric if m.label == "Forward speed (measured)"]
+    assert at.button(key="btn_speed").label == "Measure again"
     assert "sweep" in [link.proto.page for link in at.get("page_link")]  # sweeps live on their own page
 
 
