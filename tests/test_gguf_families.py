@@ -101,7 +101,8 @@ def test_sentencepiece_llama_tokenizes_every_suite_text_like_sentencepiece(tmp_p
     exactly like SentencePiece itself, and like transformers except where transformers drops SentencePiece's prefix
     space before a text that already starts with one (its Metaspace pre-tokenizer; llama.cpp and SentencePiece
     agree). The evaluator's requests never tokenize such a text alone: encode_pair gives identical ids for every
-    request of the suite through either tokenizer. Detokenizing gives the text back."""
+    request of the suite through either tokenizer. llama.cpp's detokenizer gives every text back, and the same text
+    as transformers' decode wherever the ids agree."""
     import sentencepiece
 
     folder, tok = llama_spm
@@ -123,6 +124,9 @@ def test_sentencepiece_llama_tokenizes_every_suite_text_like_sentencepiece(tmp_p
     differ = [s for s in texts if cpp[s] != tok.encode(s, add_special_tokens=False)]
     assert all(s[:1] == " " for s in differ) and len(differ) < len(texts) // 4, differ[:3]
     assert [s for s in texts if cpp_detokenize(vocab, cpp[s]) != s] == []
+    differ_set = set(differ)
+    same = [s for s in texts if s not in differ_set]
+    assert [s for s in same if tok.decode(cpp[s]) != cpp_detokenize(vocab, cpp[s])] == []
     assert vocab.tokenize(b"Hello", add_bos=True)[:1] == tok.encode("Hello")[:1]  # BOS added exactly when HF adds it
     requests = suite_requests()
     cpp_tok = CppTokenizer(vocab, tok)
@@ -206,6 +210,7 @@ def test_gemma_sentencepiece_tokenizes_every_suite_text_like_transformers(tmp_pa
     assert [s for s in texts if cpp[s] != tok.encode(s, add_special_tokens=False)] == []
     assert [s for s in texts if cpp[s] != sp.encode(s)] == []
     assert [s for s in texts if cpp_detokenize(vocab, cpp[s]) != s] == []
+    assert [s for s in texts if tok.decode(cpp[s]) != s] == []
     turn = "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n"
     assert vocab.tokenize(turn.encode(), add_bos=False, special=True) == tok.encode(turn, add_special_tokens=False)
 
