@@ -8,9 +8,15 @@ dict, its JSON, the hash of that JSON for the element id). What the page compute
 slider changes it: scores, per-unit ranks, the score order of the overview) is timed separately.
 
 "previous" is the code before the ranks: diet/masks.py at git revision PREVIOUS, with build_mask and
-split_half_overlap exactly as diet/api.py runs them, and the page's figures. Both paths are first checked to give
-the same masks, summaries and split-half overlaps on random cases (and on the big one). Targets: vote + statistics
-≤ 50 ms, one slider move end to end ≤ 150 ms (medians).
+split_half_overlap exactly as diet/api.py runs them, and the page's figures (diet/viz.py and who-loses-in-the-merge
+at PREVIOUS). Both paths are first checked to give the same masks, summaries and split-half overlaps on random cases
+(and on the big one), and the same figures (JSON values) on the big one. The figure rows add a middle column,
+"FIGURES_BEFORE": diet/viz.py and diet.methods.who_loses at that revision (figures built trace by trace with
+add_trace/update_layout, before they were built in one validated construction each), with the page's other code as
+it is now. Targets: vote + statistics ≤ 50 ms, one slider move end to end ≤ 150 ms (medians).
+
+The figures carry the plotly template the app gives them: `import streamlit` makes Streamlit's theme plotly's
+default template, as in the running app (without it they would carry plotly's own, about twice the JSON).
 
     .venv/bin/python bench/ui_latency.py [--repeats 7] [--layers 42] [--width 14336] [--tasks 7]
 """
@@ -32,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import plotly.io
 import plotly.tools
+import streamlit  # noqa: F401  (makes Streamlit's theme plotly's default template, as in the app)
 
 from diet import api as W
 from diet import masks as M
@@ -43,19 +50,20 @@ from diet.profile import Stats
 from diet.settings import MaskSettings
 
 PREVIOUS = "d0ea84e"  # the last commit before the ranked masks (diet/masks.py as it was)
+FIGURES_BEFORE = "5616295"  # the last commit before the figures were built in one construction each
 VOTE_TARGET_MS = 50.0
 MOVE_TARGET_MS = 150.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def previous(path: str):
-    """A module of the repository at PREVIOUS (e.g. diet/masks.py), imported as its own module."""
-    source = subprocess.run(["git", "show", f"{PREVIOUS}:{path}"], cwd=ROOT, check=True, capture_output=True,
+def previous(path: str, rev: str = PREVIOUS):
+    """A module of the repository at `rev` (e.g. diet/masks.py), imported as its own module."""
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True,
                             text=True).stdout
-    spec = importlib.util.spec_from_loader("previous_" + Path(path).stem, loader=None)
+    spec = importlib.util.spec_from_loader(f"previous_{rev}_" + Path(path).stem, loader=None)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
-    exec(compile(source, f"{PREVIOUS}:{path}", "exec"), module.__dict__)
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
     return module
 
 
@@ -146,16 +154,18 @@ def streamlit_sends(fig) -> str:
     return spec
 
 
-def figure_builders(result: MaskResult, stats: dict, split: dict, norm: np.ndarray, order: np.ndarray,
+def figure_builders(result: MaskResult, stats: dict, split: dict, mean: np.ndarray, order: np.ndarray,
                     ranked, viz=viz, who_loses_view=None) -> dict:
     """Every figure the Masks page draws (DIET, all four tabs), as the page builds them: {label: build}.
-    `viz` and `who_loses_view`: the previous implementation's, for the "previous" column."""
+    `mean`: the tasks' mean normalised score (L, I), `order` its per-layer order (the page keeps both).
+    `viz` and `who_loses_view`: an earlier implementation's, for the "previous" columns."""
     names = result.tasks
-    layer = 3
+    layer = min(3, result.mask.shape[0] - 1)
     rows = {"merged": result.mask[layer], **{n: result.task_masks[i, layer] for i, n in enumerate(names)}}
 
-    def refs():
-        return R.overlap_refs(result, stats, split)
+    def references():  # the page computes the references once per move (it also passes them the chance matrix)
+        refs = R.overlap_refs(result, stats, split)
+        return viz.references(names, refs.split_half, refs.mean_jaccard, refs.chance)
 
     def upset():  # pages/_work.upset_figure, on this viz module
         inter = M.intersections(result.task_masks)
@@ -164,12 +174,11 @@ def figure_builders(result: MaskResult, stats: dict, split: dict, norm: np.ndarr
 
     out = {
         "kept_overview (binned, sorted)": lambda: viz.kept_overview(result.mask, "Merged mask: kept channels", order),
-        "layer_strip (8 rows × width)": lambda: viz.layer_strip(layer, rows, norm.mean(0)[layer], sort=True),
+        "layer_strip (8 rows × width)": lambda: viz.layer_strip(layer, rows, mean[layer], sort=True),
         "votes_map (binned)": lambda: viz.votes_map(result.votes, len(names)),
         "jaccard_matrix + chance": lambda: viz.jaccard_matrix(np.asarray(result.summary["jaccard"]), names,
                                                               viz.chance_matrix(result.task_masks)),
-        "references (+ overlap_refs)": lambda: viz.references(names, refs().split_half, refs().mean_jaccard,
-                                                              refs().chance),
+        "references (+ overlap_refs)": references,
         "jaccard_layers (all pairs)": lambda: viz.jaccard_layers(result.task_masks, names,
                                                                  float(np.mean(list(split.values())))),
         "upset (intersections + expected)": upset,
@@ -199,6 +208,21 @@ def previous_who_loses(PV, PMeth):
     return view
 
 
+def before_who_loses(PV, PMeth, ranks: dict):
+    """diet.report.who_loses_view's path for a DIET mask (ranks kept by the page) on diet.methods.who_loses and
+    viz.who_loses at FIGURES_BEFORE."""
+    from diet.methods import MethodInputs
+
+    def view(result: MaskResult, stats: dict):
+        settings = replace(result.settings, merge="budget")
+        k = M.keep_count(result.mask.shape[-1], settings.sparsity)
+        masks = {"DIET": result.mask, "pooled": ranks["pooled"] < k, "random": ranks["random"] < k}
+        return PV.who_loses(PMeth.who_loses(MethodInputs(stats, shape=result.shape), settings, masks,
+                                            own=result.task_masks, norm=ranks["norm"]))
+
+    return view
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -213,8 +237,8 @@ def main() -> None:
     once = {"ranked scores (scores, ranks, tie)": lambda: W.ranked_scores(stats, settings.score),
             "split-half ranks": lambda: R.half_ranks(stats, settings.score),
             "who-loses ranks (pooled, random, normalised)": lambda: R.who_loses_ranks(stats, settings.score, ranked),
-            "normalised scores + score order": lambda: viz.order_by(R.task_scores(stats, list(stats), "mean_abs")
-                                                                    .mean(0))}
+            "normalised scores, their mean, score order": lambda: viz.order_by(
+                R.task_scores(stats, list(stats), "mean_abs").mean(0))}
     ranked, halves = W.ranked_scores(stats, settings.score), R.half_ranks(stats, settings.score)
     check_same(PM, stats, settings, ranked, halves)
     print(f"synthetic statistics: {a.tasks} tasks × {a.layers} layers × {a.width} channels; median of {a.repeats} "
@@ -237,42 +261,48 @@ def main() -> None:
             "split-half references": lambda: previous_split_halves(PM, previous_build_mask(PM, stats, nxt()), stats)}
     cur = {"vote + statistics (build_mask)": lambda: W.build_mask(stats, nxt(), ranked),
            "split-half references": lambda: R.split_halves(W.build_mask(stats, nxt(), ranked), stats, halves)}
-    print(f"\n{'one slider move':46s} {'previous':>9s} {'now':>9s}")
     timed = {}
     for label in prev:
-        timed[label] = (median_ms(prev[label], a.repeats), median_ms(cur[label], a.repeats))
+        now = median_ms(cur[label], a.repeats)
+        timed[label] = (median_ms(prev[label], a.repeats), now, now)  # FIGURES_BEFORE: this code as it is now
     # the split-half line above includes a build_mask: count only its own share
-    for label in ("split-half references",):
-        p, c = timed[label]
-        timed[label] = (p - timed["vote + statistics (build_mask)"][0], c - timed["vote + statistics (build_mask)"][1])
+    timed["split-half references"] = tuple(s - v for s, v in zip(timed["split-half references"],
+                                                                 timed["vote + statistics (build_mask)"]))
     result = W.build_mask(stats, settings, ranked)
     split = R.split_halves(result, stats, halves)
-    builders = figure_builders(result, stats, split, norm, order, ranked)
-    PV = previous("diet/viz.py")
-    before = figure_builders(result, stats, split, norm, order, None, PV,
-                             previous_who_loses(PV, previous("diet/methods.py")))
-    figs = {label: build() for label, build in builders.items()}
-    for label, build in before.items():
-        if json.loads(build().to_json()) != json.loads(figs[label].to_json()):  # values, not key order
-            raise SystemExit(f"error: the figure {label} differs from the previous implementation")
-    per_figure = {label: (median_ms(build, a.repeats), median_ms(lambda f=figs[label]: streamlit_sends(f), a.repeats))
-                  for label, build in builders.items()}
-    timed["figures: build"] = (sum(median_ms(b, a.repeats) for b in before.values()),
-                               sum(b for b, _ in per_figure.values()))
-    timed["figures: what Streamlit sends"] = (sum(j for _, j in per_figure.values()),) * 2
-    for label, (p, c) in timed.items():
-        print(f"  {label:44s} {p:8.1f} ms {c:8.1f} ms")
-    total_prev, total_now = (sum(t[k] for t in timed.values()) for k in (0, 1))
-    vote_now = timed["vote + statistics (build_mask)"][1]
-    print(f"  {'= one slider move, end to end':44s} {total_prev:8.1f} ms {total_now:8.1f} ms   target ≤ "
-          f"{MOVE_TARGET_MS:.0f} ms -> {'OK' if total_now <= MOVE_TARGET_MS else 'OVER'}")
-    vote_prev = timed["vote + statistics (build_mask)"][0]
+    mean = norm.mean(0)
+    PV, BV = previous("diet/viz.py"), previous("diet/viz.py", FIGURES_BEFORE)
+    variants = {  # column: {figure: build}
+        "previous": figure_builders(result, stats, split, mean, order, None, PV,
+                                    previous_who_loses(PV, previous("diet/methods.py"))),
+        FIGURES_BEFORE: figure_builders(result, stats, split, mean, order, None, BV, before_who_loses(
+            BV, previous("diet/methods.py", FIGURES_BEFORE), R.who_loses_ranks(stats, settings.score, ranked))),
+        "now": figure_builders(result, stats, split, mean, order, ranked)}
+    figs = {col: {label: build() for label, build in builders.items()} for col, builders in variants.items()}
+    for col in ("previous", FIGURES_BEFORE):
+        for label, fig in figs[col].items():
+            if json.loads(fig.to_json()) != json.loads(figs["now"][label].to_json()):  # values, not key order
+                raise SystemExit(f"error: the figure {label} differs from the implementation at {col}")
+    per_figure = {col: {label: (median_ms(build, a.repeats),
+                                median_ms(lambda f=figs[col][label]: streamlit_sends(f), a.repeats))
+                        for label, build in builders.items()} for col, builders in variants.items()}
+    timed["figures: build"] = tuple(sum(b for b, _ in per_figure[c].values()) for c in variants)
+    timed["figures: what Streamlit sends"] = tuple(sum(j for _, j in per_figure[c].values()) for c in variants)
+    print(f"\n{'one slider move':46s} {'previous':>9s} {FIGURES_BEFORE:>9s} {'now':>9s}")
+    for label, row in timed.items():
+        print(f"  {label:44s}" + "".join(f" {t:8.1f} ms" for t in row))
+    totals = [sum(t[k] for t in timed.values()) for k in range(3)]
+    print(f"  {'= one slider move, end to end':44s}" + "".join(f" {t:8.1f} ms" for t in totals)
+          + f"   target ≤ {MOVE_TARGET_MS:.0f} ms -> {'OK' if totals[2] <= MOVE_TARGET_MS else 'OVER'}")
+    vote_prev, _, vote_now = timed["vote + statistics (build_mask)"]
     print(f"\nvote + statistics now {vote_now:.1f} ms (target ≤ {VOTE_TARGET_MS:.0f} ms -> "
-          f"{'OK' if vote_now <= VOTE_TARGET_MS else 'OVER'}); previous {vote_prev:.1f} ms")
-    print("\nper figure, now (build / what Streamlit sends)")
-    for label, (b, j) in per_figure.items():
-        print(f"  {label:44s} {b:8.1f} ms {j:8.1f} ms")
-
+          f"{'OK' if vote_now <= VOTE_TARGET_MS else 'OVER'}); previous {vote_prev:.1f} ms. "
+          f"The {FIGURES_BEFORE} column differs from now only in the figure rows (the other rows' code is unchanged "
+          "since; they repeat the measurement of now).")
+    print(f"\nper figure: build / what Streamlit sends, at {FIGURES_BEFORE} and now")
+    for label in per_figure["now"]:
+        (bb, bj), (nb, nj) = per_figure[FIGURES_BEFORE][label], per_figure["now"][label]
+        print(f"  {label:44s} {bb:8.1f} ms {bj:6.1f} ms   {nb:8.1f} ms {nj:6.1f} ms")
 
 if __name__ == "__main__":
     main()

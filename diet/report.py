@@ -109,10 +109,12 @@ def half_ranks(stats: dict, score: str) -> dict:
 
 
 
-def overlap_refs(result: MaskResult, stats: dict, split: dict | None = None) -> OverlapRefs:
+def overlap_refs(result: MaskResult, stats: dict, split: dict | None = None,
+                 chance: np.ndarray | None = None) -> OverlapRefs:
+    """`chance`: `viz.chance_matrix(result.task_masks)` when the caller has it (the Jaccard figure shows it too)."""
     T = len(result.tasks)
     J = np.asarray(result.summary["jaccard"], dtype=np.float64)
-    C = viz.chance_matrix(result.task_masks)
+    C = viz.chance_matrix(result.task_masks) if chance is None else chance
     off = ~np.eye(T, dtype=bool)
     split = split if split is not None else split_halves(result, stats)
     mean_j = [float(J[i][off[i]].mean()) if T > 1 else float("nan") for i in range(T)]

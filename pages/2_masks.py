@@ -73,11 +73,16 @@ def chart(fig, key: str, caption: str) -> None:
 
 
 def memo(key: tuple, make):
-    """Derived arrays that depend only on the statistics and the score (not on the sliders): computed once."""
+    """Derived arrays that depend only on the statistics and the score (not on the sliders): computed once.
+
+    Least recently used out first: per-move entries (split halves, who loses) age out while what every move reads
+    (scores, their mean, the score order) stays; clearing the whole store made every ~8th move recompute them."""
     store = st.session_state.setdefault("mask_memo", {})
-    if key not in store:
-        if len(store) > 16:
-            store.clear()
+    if key in store:
+        store[key] = store.pop(key)  # most recently used last
+    else:
+        while len(store) >= 16:
+            store.pop(next(iter(store)))
         store[key] = make()
     return store[key]
 
@@ -303,9 +308,10 @@ def kept_tab(result, scores: np.ndarray, key: tuple) -> None:
     if not per_task:
         c2.caption(f"{method_label(result)} keeps no per-channel score here: channels are sorted by DIET's mean score "
                    "over the profiled tasks, a reference order (where the two agree, kept channels gather left).")
+    mean = memo((*key, "mean"), lambda: scores.mean(0))  # (L, I): no slider changes it
     if ss["p_view"] == "merged":
         title = "Merged mask: kept channels" if per_task else f"{method_label(result)} mask: kept channels"
-        mask, sc = result.mask, scores.mean(0)
+        mask, sc = result.mask, mean
     else:
         i = names.index(ss["p_view"])
         mask, sc, title = result.task_masks[i], scores[i], f"Task mask of {names[i]}: kept channels"
@@ -317,7 +323,7 @@ def kept_tab(result, scores: np.ndarray, key: tuple) -> None:
     rows = {"merged" if per_task else method_label(result): result.mask[layer]}
     if per_task:
         rows.update({n: result.task_masks[i, layer] for i, n in enumerate(names)})
-    chart(viz.layer_strip(layer, rows, scores.mean(0)[layer], sort=bool(ss["p_sort"]),
+    chart(viz.layer_strip(layer, rows, mean[layer], sort=bool(ss["p_sort"]),
                           score_name="score" if per_task else "DIET score"), "strip", viz.CAPTIONS["layer_strip"])
 
 
@@ -359,13 +365,14 @@ def overlap_tab(result, stats: dict, key: tuple) -> None:
     s = result.settings
     halves = ranks_memo((*key, "halves"), lambda: half_ranks(stats, s.score))
     split = memo((*key, "split", s.sparsity, s.allocation, s.min_keep), lambda: split_halves(result, stats, halves))
-    refs = overlap_refs(result, stats, split)
+    chance = viz.chance_matrix(result.task_masks)  # the references and the Jaccard figure's hover both read it
+    refs = overlap_refs(result, stats, split, chance)
     st.caption("A Jaccard number alone misleads: random masks of the same size already overlap. Each figure is "
                "shown next to its references. Nothing here says the voted mask is better: measure it on the "
                "Prune and evaluate page.")
     for key, fig, caption in (
-        ("jaccard", viz.jaccard_matrix(np.asarray(result.summary["jaccard"]), names,
-                                       viz.chance_matrix(result.task_masks)), viz.CAPTIONS["jaccard_matrix"]),
+        ("jaccard", viz.jaccard_matrix(np.asarray(result.summary["jaccard"]), names, chance),
+         viz.CAPTIONS["jaccard_matrix"]),
         ("references", viz.references(names, refs.split_half, refs.mean_jaccard, refs.chance),
          viz.CAPTIONS["references"]),
         ("jaccard_layers", viz.jaccard_layers(result.task_masks, names, float(np.mean(list(refs.split_half.values())))),
