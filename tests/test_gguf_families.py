@@ -77,9 +77,9 @@ def llama_spm(tmp_path_factory, texts):
     return folder, LlamaTokenizer.from_pretrained(folder)
 
 
-def spm_lm(family: str, folder, tokenizer, name: str = "hf-model"):
+def spm_lm(family: str, folder, tokenizer, name: str = "hf-model", vocab: int = SPM_VOCAB):
     """A tiny `family` model with the SentencePiece vocabulary, loaded as a Hugging Face model from `folder`."""
-    model = tiny(family)
+    model = tiny(family, vocab)
     lm = make_lm(model, name=name, path=str(folder))
     lm.tokenizer = tokenizer
     return lm
@@ -151,6 +151,45 @@ def suite_requests() -> list[tuple[str, str]]:
     from tests.test_gguf import suite_tasks
 
     return [r for t in suite_tasks() for item in t.evaluation for r in item.requests()]
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_sentencepiece_added_tokens_beyond_the_model(tmp_path, texts, family):
+    """Chat tokens added after the SentencePiece pieces (Phi-3's <|user|> … at 32000+, in a vocabulary padded to
+    32064) and a plain added word: written as control / user-defined tokens at their ids, unused [PAD] entries up to
+    the model's vocabulary; llama.cpp tokenizes every suite text as transformers does (texts starting with a space
+    aside, as above), and a chat turn (special tokens parsed) as SentencePiece does, segment by segment: like
+    transformers' `legacy=True` Llama tokenizer. The default `legacy=False` one puts no prefix piece '▁' in front of
+    the text that follows an added token; llama.cpp does (its SPM tokenizer has one switch for both places). Text
+    after an added token that starts with a space differs as a text starting with a space does."""
+    from gguf import GGUFReader
+    from transformers import LlamaTokenizer
+
+    (tmp_path / "tokenizer.model").write_bytes(train_spm(texts))
+    chat = {"additional_special_tokens": ["<|user|>", "<|end|>", "<|assistant|>"]}
+    plain = ["capitalcity"]  # not special: user-defined, matched in plain text too
+    tok, legacy = LlamaTokenizer.from_pretrained(tmp_path), LlamaTokenizer.from_pretrained(tmp_path, legacy=True)
+    for t in (tok, legacy):
+        t.add_special_tokens(chat)
+        t.add_tokens(plain)
+    lm = spm_lm(family, tmp_path, tok, vocab=SPM_VOCAB + 16)
+    out = export_model(lm, make_result(lm.model, [36, 36, 36]), tmp_path / "g", mode="gguf")
+    fields = GGUFReader(out / "model.gguf").fields
+    tokens, types = fields["tokenizer.ggml.tokens"].contents(), fields["tokenizer.ggml.token_type"].contents()
+    assert len(tokens) == SPM_VOCAB + 16 and tokens[SPM_VOCAB:SPM_VOCAB + 4] == [
+        "<|user|>", "<|end|>", "<|assistant|>", "capitalcity"]
+    assert types[SPM_VOCAB:SPM_VOCAB + 5] == [3, 3, 3, 4, 5] and tokens[-1] == f"[PAD{SPM_VOCAB + 15}]"
+    vocab = open_gguf(out / "model.gguf", vocab_only=True)
+    turn = "<|user|>\nWhich is the capitalcity?<|end|>\n<|assistant|>"  # no space after an added token: see above
+    ids = vocab.tokenize(turn.encode(), add_bos=False, special=True)
+    assert ids == legacy.encode(turn, add_special_tokens=False)
+    prefix, added = tok.convert_tokens_to_ids("\u2581"), set(tok.added_tokens_decoder)
+    after_added = [k for k in range(1, len(ids)) if ids[k] == prefix and ids[k - 1] in added]
+    assert len(after_added) == 3  # after <|user|>, capitalcity and <|end|>; nothing else differs
+    assert [t for k, t in enumerate(ids) if k not in after_added] == tok.encode(turn, add_special_tokens=False)
+    differ = [s for s in texts if vocab.tokenize(s.encode(), add_bos=False, special=False)
+              != tok.encode(s, add_special_tokens=False)]
+    assert all(s[:1] == " " for s in differ)
 
 
 def test_sentencepiece_refusals_are_one_line(tmp_path, texts, llama_spm):
