@@ -339,7 +339,7 @@ def check_serving(lm, result, mode: str, outtype: str = "f32") -> None:
     if mode == "gguf":
         from diet.gguf_export import check_request
 
-        check_request(get_family(lm.model).name, ffn, outtype, int(lm.model.config.hidden_size))
+        check_request(get_family(lm.model).name, ffn, outtype, int(lm.model.config.hidden_size), lm.model.config)
     else:
         from diet.vllm_export import check_request
 
@@ -352,8 +352,10 @@ def _write_model(mode: str, model, lm, folder: Path, outtype: str, name: str, ma
 
     if mode == "gguf":
         from diet.gguf_export import GGUF_NAME, GGUFSettings, tokenizer_fields, write_gguf
+        from diet.gguf_quant import file_tensor_types, tensor_type_words
 
-        return write_gguf(model, tokenizer_fields(lm), folder / GGUF_NAME, GGUFSettings(outtype=outtype), name=name)
+        info = write_gguf(model, tokenizer_fields(lm), folder / GGUF_NAME, GGUFSettings(outtype=outtype), name=name)
+        return {**info, "tensor_words": tensor_type_words(file_tensor_types(folder / GGUF_NAME))}  # read back
     if mode == "vllm":
         from diet.vllm_export import write_vllm_folder
 
@@ -488,14 +490,14 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     with staged_folder(out, overwrite) as tmp:
         written = _write_model(mode, model, lm, tmp, outtype, f"{lm.spec.name} pruned with DIET", max_shard_size)
         settings["params_stored"] = int(written["params_stored"])
-        settings.update({k: v for k, v in written.items() if k in ("arch", "bytes", "tensor_types")})
+        settings.update({k: v for k, v in written.items() if k in ("arch", "bytes", "tensor_types", "tensor_words")})
         engine = _engine_speed(mode, tmp, speed, say)
         if engine:
             settings["engine_speed"] = engine
         write_mask_files(tmp, result, {"model": lm.spec.name, "model_identity": lm.identity})
         atomic_write_json(tmp / "diet_settings.json", settings)
         _write_card(tmp, out, lm, result, mode, before, int(written["params_stored"]), evaluation, measured, extra,
-                    engine)
+                    engine, written.get("tensor_words"))
     return out
 
 
@@ -538,7 +540,8 @@ def _engine_speed(mode: str, folder: Path, speed, say: Say) -> dict | None:
 
 
 def _write_card(folder: Path, out: Path, lm, result, mode: str, before: dict, params_stored: int, evaluation,
-                measured, extra: dict | None, engine_speed: dict | None = None) -> None:
+                measured, extra: dict | None, engine_speed: dict | None = None,
+                tensor_words: str | None = None) -> None:
     """The folder's README.md (model card) with its plots: sizes, widths, measured accuracy and speed, how to run."""
     from diet.modelcard import CardFacts, render_card, write_plots
 
@@ -554,7 +557,7 @@ def _write_card(folder: Path, out: Path, lm, result, mode: str, before: dict, pa
         disk_before_estimated=estimated, disk_after=sum(p.stat().st_size for p in _weight_files(folder)),
         evaluation=_evaluation_dict(evaluation), speed=measured, plots=plots, unit=unit,
         extra={k: v for k, v in (extra or {}).items() if k != "evaluation"}, dtype=before["dtype"],
-        engine_speed=engine_speed)
+        engine_speed=engine_speed, tensor_types=tensor_words)
     (folder / "README.md").write_text(render_card(facts, folder_hint=str(out)))
 
 

@@ -40,6 +40,8 @@ class GGUFSettings:
     """What the GGUF writer does beyond the mask."""
 
     outtype: str = "f32"  # f32 / f16 / bf16 / q8_0-f16down: any width; q8_0: widths multiple of 32
+    sort_channels: bool = False  # sort each layer's MLP channels by ffn_down's column max (exact; docs/export.md)
+    q8_scales: str = "max"  # Q8_0 block scales: "max" (llama.cpp's own bytes) or "fit" (least squared error)
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def plan_for(model) -> GGUFPlan:
 # ------------------------------------------------------------------------------------------------ tensors
 
 
-def _encode(name: str, a: np.ndarray, outtype: str):
+def _encode(name: str, a: np.ndarray, outtype: str, q8_scales: str = "max"):
     """(data, raw dtype) as llama.cpp's converter stores it: 1-D tensors (norms, biases) in F32, matrices in the
     output type (or f16 for the roles KEPT_F16 names). gguf's quantizer gives the same bytes as llama.cpp's own
     (bench/gguf_q8.py checks every tensor)."""
@@ -142,6 +144,10 @@ def _encode(name: str, a: np.ndarray, outtype: str):
     if block and a.shape[-1] % block:
         raise DietError(f"{name}: rows of {a.shape[-1]} values do not fill {outtype} blocks of {block}: add "
                         f"--round-to {block}, or use f16/bf16/f32")
+    if qtype == Q.Q8_0 and q8_scales == "fit":
+        from diet.gguf_quant import quantize_q8_0_fit
+
+        return quantize_q8_0_fit(a), qtype
     return quantize(np.ascontiguousarray(a, dtype=np.float32), qtype), qtype
 
 
@@ -280,8 +286,14 @@ def write_gguf(model, fields: list, path: str | Path, settings: GGUFSettings = G
     cfg = model.config
     check_request(plan.family, plan.ffn, settings.outtype, int(cfg.hidden_size))
     check_config(cfg, plan)
+    if settings.q8_scales not in ("max", "fit"):
+        raise DietError(f"unknown Q8_0 scale rule {settings.q8_scales!r}: use max or fit")
     arrays = tensors(model, plan)  # before opening the file: a refusal leaves nothing behind
-    encoded = [(n, *_encode(n, a, settings.outtype)) for n, a in arrays]
+    if settings.sort_channels:
+        from diet.gguf_quant import order_mlp_channels
+
+        arrays = order_mlp_channels(arrays)
+    encoded = [(n, *_encode(n, a, settings.outtype, settings.q8_scales)) for n, a in arrays]
     w = GGUFWriter(str(path), plan.arch)
     w.add_name(name)
     w.add_block_count(len(plan.ffn))

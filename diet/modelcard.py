@@ -90,6 +90,7 @@ class CardFacts:
     extra: dict = field(default_factory=dict)  # profile settings and the like, shown as JSON
     unit: str = "mlp"  # "mlp" (MLP channels) or "heads" (attention KV groups)
     engine_speed: dict | None = None  # serving-engine measurement (llama.cpp tokens/s), shown next to the torch one
+    tensor_types: str | None = None  # GGUF: the tensor types the written file holds, in words (read back from it)
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -204,7 +205,9 @@ def _removed_section(f: CardFacts) -> list[str]:
         f"- Mask settings: `{json.dumps(f.mask_settings, sort_keys=True)}`",
         f"- Base model identity (content fingerprint): `{f.base_identity}`",
     ]
-    if f.dtype:
+    if f.tensor_types:  # a GGUF file has its own types (f16, Q8_0, ...), not the loaded model's dtype
+        out.append(f"- Tensor types in `model.gguf`: {f.tensor_types}")
+    elif f.dtype:
         out.append(f"- Weights dtype: {f.dtype} (the dtype the base model was loaded in; no conversion on export)")
     if f.extra:
         out.append(f"- Other settings: `{json.dumps(f.extra, sort_keys=True, default=str)}`")

@@ -497,3 +497,90 @@ def test_cli_passes_the_serving_flags():
     assert (options["mode"], options["outtype"], options["round_to"]) == ("gguf", "q8_0", 32)
     with pytest.raises(SystemExit):  # argparse refuses a multiple that no quantizer or TP size uses
         build_parser().parse_args(["export", "--mask", "m.json", "--out", "o", "--round-to", "48"])
+
+
+@pytest.mark.parametrize("outtype,round_to,words", [
+    ("f32", 1, "F32"), ("f16", 1, "F16; norms F32"), ("q8_0", 32, "Q8_0; norms F32"),
+    ("q8_0-f16down", 1, "Q8_0 except ffn_down F16; norms F32"),
+])
+def test_gguf_card_names_the_tensor_types_the_file_holds(tmp_path, outtype, round_to, words):
+    """The card's tensor-type line agrees with the types gguf.GGUFReader reads from the written file."""
+    from gguf import GGUFReader
+
+    out, _ = export_tiny(tmp_path, "llama", [20, 44, 31], outtype=outtype, round_to=round_to)
+    tensors = GGUFReader(out / "model.gguf").tensors
+    matrices = {t.name: t.tensor_type.name for t in tensors if len(t.shape) == 2}
+    vectors = {t.tensor_type.name for t in tensors if len(t.shape) == 1}
+    main, _, rest = words.partition(" except ")
+    main = main.split(";")[0]
+    down = rest.split(";")[0].removeprefix("ffn_down ") if rest else main
+    assert {k for n, k in matrices.items() if ".ffn_down." in n} == {down}
+    assert {k for n, k in matrices.items() if ".ffn_down." not in n} == {main} and vectors == {"F32"}
+    card = (out / "README.md").read_text()
+    assert f"- Tensor types in `model.gguf`: {words}\n" in card and "Weights dtype" not in card
+    assert json.loads((out / "diet_settings.json").read_text())["tensor_words"] == words
+
+
+# ------------------------------------------------------------------------------------------------ Q8_0 blocks
+
+
+def test_sorted_mlp_channels_compute_the_same_function(tmp_path):
+    """sort_channels permutes gate/up rows (both halves of a fused gate_up) with down columns: llama.cpp's f32
+    log-probs still equal transformers', and the file's ffn_down columns are in ascending column max."""
+    from gguf import GGUFReader
+
+    from diet.gguf_export import GGUFSettings, tokenizer_fields, write_gguf
+    from diet.gguf_quant import order_mlp_channels
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(8)
+    gate_up, down = rng.standard_normal((2 * 5, 8)), rng.standard_normal((8, 5))
+    silu = lambda v: v / (1 + np.exp(-v))  # noqa: E731
+
+    def mlp(gu, d):
+        h = gu @ x
+        return d @ (silu(h[:5]) * h[5:])
+
+    (_, gu2), (_, d2) = order_mlp_channels([("blk.0.ffn_up.weight", gate_up), ("blk.0.ffn_down.weight", down)])
+    assert not np.array_equal(d2, down) and np.allclose(mlp(gu2, d2), mlp(gate_up, down))
+
+    model = tiny("llama")
+    _, pruned = export_tiny(tmp_path, "llama", [20, 44, 31])
+    lm = make_lm(model, name=EMBEDDED)
+    path = tmp_path / "sorted.gguf"
+    write_gguf(pruned, tokenizer_fields(lm), path, GGUFSettings(sort_channels=True))
+    stored = {t.name: np.asarray(t.data) for t in GGUFReader(path).tensors}
+    for i in range(3):
+        col_max = np.abs(stored[f"blk.{i}.ffn_down.weight"]).max(axis=0)
+        assert (np.diff(col_max) >= 0).all()
+    a, b = cpp_logprobs(open_gguf(path), IDS), hf_logprobs(pruned, IDS)
+    assert np.abs(a - b).max() < 1e-4 and (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_fitted_q8_0_scales_are_never_worse_than_llama_cpp_and_load(tmp_path):
+    """q8_scales="fit": per block, the squared error is at most llama.cpp's own rounding's (lower in most blocks of
+    Gaussian weights); the file is ordinary Q8_0 that llama.cpp runs close to transformers."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize, quantize
+
+    from diet.gguf_export import GGUFSettings, tokenizer_fields, write_gguf
+    from diet.gguf_quant import quantize_q8_0_fit
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((16, 128)).astype(np.float32)
+    w[2, 7] = 30.0
+    err = lambda q: ((w - dequantize(q, Q.Q8_0)) ** 2).reshape(-1, 32).sum(1)  # noqa: E731
+    fit, own = err(quantize_q8_0_fit(w)), err(quantize(w, Q.Q8_0))
+    assert (fit <= own).all() and (fit < own).mean() > 0.9 and fit.sum() < own.sum()
+    exact = np.clip(np.round(w * 8), -127, 127) / 8  # a block llama.cpp's scale already represents exactly stays exact
+    exact[:, ::32] = 127 / 8
+    assert np.array_equal(dequantize(quantize_q8_0_fit(exact), Q.Q8_0), exact)
+
+    _, pruned = export_tiny(tmp_path, "llama", [32, 32, 32])
+    path = tmp_path / "fit.gguf"
+    write_gguf(pruned, tokenizer_fields(make_lm(tiny("llama"), name=EMBEDDED)), path,
+               GGUFSettings(outtype="q8_0", q8_scales="fit", sort_channels=True))
+    a, b = cpp_logprobs(open_gguf(path), IDS), hf_logprobs(pruned, IDS)
+    assert 0 < np.abs(a - b).max() < 0.1
+    with pytest.raises(DietError, match="max or fit"):
+        write_gguf(pruned, [], tmp_path / "bad.gguf", GGUFSettings(outtype="q8_0", q8_scales="best"))
