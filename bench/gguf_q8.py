@@ -3,6 +3,8 @@ rounded to 32), scored on every item of the chosen tasks, paired against the f32
 
     flock /tmp/diet-torch.lock .venv/bin/python bench/gguf_q8.py                       # arithmetic, capitals
     flock /tmp/diet-torch.lock .venv/bin/python bench/gguf_q8.py --tasks facts,sentiment --variants f32,q8_0
+    flock /tmp/diet-torch.lock .venv/bin/python bench/gguf_q8.py --models pruned --samples 20 \
+        --variants q8_0,q8_0-sorted,q8_0-fit-sorted                            # the test's mask, block-friendly
 
 Files: `f32`, `q8_0` (ours: every matrix Q8_0) and `q8_0-f16down` (ours: ffn_down kept in f16) come from
 diet.gguf_export; `lq8*` come from llama.cpp's own quantizer (llama_model_quantize, what `llama-quantize` runs) on the
@@ -12,6 +14,11 @@ share of the loss: llama.cpp's Q8_0 matmul also rounds its input to 8 bits in bl
 First it checks that our Q8_0 bytes equal llama.cpp's for every tensor. Per variant and task: accuracy, items won /
 lost against f32, the standard error of the paired difference, and the mean |Δ log-likelihood| per request (a
 continuous measure of the same damage). About 1 minute per file and 2 tasks on 2 cores.
+
+Block-friendly variants (diet.gguf_quant; off in the export by default, docs/export.md has the figures):
+`q8_0-sorted` sorts each layer's MLP channels by the largest |weight| of their ffn_down column (exact: gate/up rows
+and down columns move together), `q8_0-fit` picks each block's Q8_0 scale by least squared error instead of
+llama.cpp's largest-|value| ÷ 127 (same format, different bytes), `q8_0-fit-sorted` both.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.test_gguf import cpp_scores, open_gguf  # noqa: E402  (the tests' llama.cpp settings: fp32 KV cache, every logit)
 
-OURS = ("f32", "q8_0", "q8_0-f16down", "fakeq8")
+OURS = ("f32", "q8_0", "q8_0-f16down", "fakeq8", "q8_0-sorted", "q8_0-fit", "q8_0-fit-sorted")
+VARIANT_SETTINGS = {"q8_0-sorted": {"sort_channels": True}, "q8_0-fit": {"q8_scales": "fit"},
+                    "q8_0-fit-sorted": {"sort_channels": True, "q8_scales": "fit"}}  # written as q8_0 with these
 LLAMA_CPP = {"lq8": [], "lq8-embf16": [("token_embd", "F16")], "lq8-attnf16": [("attn_", "F16")],
              "lq8-downf16": [("ffn_down", "F16")], "lq8-upgatef16": [("ffn_(up|gate)", "F16")]}
 
@@ -83,9 +92,9 @@ def write_files(lm, model, folder: Path, variants: list[str]) -> dict[str, Path]
 
     fields, files = tokenizer_fields(lm), {}
     for v in ["f32", *[v for v in variants if v in OURS and v != "f32"]]:
-        m, outtype = (fake_q8(model), "f32") if v == "fakeq8" else (model, v)
+        m, outtype = (fake_q8(model), "f32") if v == "fakeq8" else (model, "q8_0" if v in VARIANT_SETTINGS else v)
         files[v] = folder / f"{v}.gguf"
-        write_gguf(m, fields, files[v], GGUFSettings(outtype=outtype))
+        write_gguf(m, fields, files[v], GGUFSettings(outtype=outtype, **VARIANT_SETTINGS.get(v, {})))
     for v in variants:
         if v in LLAMA_CPP:
             files[v] = folder / f"{v}.gguf"
@@ -122,6 +131,8 @@ def main() -> None:
     ap.add_argument("--models", default="pruned,dense")
     ap.add_argument("--variants", default="q8_0,q8_0-f16down,fakeq8,lq8,lq8-embf16,lq8-attnf16,lq8-downf16,"
                                           "lq8-upgatef16")
+    ap.add_argument("--samples", type=int, default=100, help="calibration texts per task behind the mask (the "
+                    "integration test's: 20)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     import torch
@@ -133,7 +144,7 @@ def main() -> None:
     from diet.tasks import get_task
 
     lm = load_model("smollm2-135m", say=lambda m: None)
-    voted, _ = masks(lm, 100)
+    voted, _ = masks(lm, a.samples)
     variants = [v for v in a.variants.split(",") if v != "f32"]
     report: dict = {"kept_per_layer": rounded(voted, 32).summary["kept_per_layer"], "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
