@@ -69,7 +69,10 @@ def _disp_linear(old: nn.Linear, rows, cols, copy_weights: bool) -> nn.Linear:
     w = old.weight
     n_out = w.shape[0] if rows is None else int(rows.numel())
     n_in = w.shape[1] if cols is None else int(cols.numel())
-    new = nn.Linear(n_in, n_out, bias=old.bias is not None, device=w.device, dtype=w.dtype)
+    # copying: no random init that the copy overwrites at once (skip_init); shapes only: transformers' loading
+    # manages the initialisation as for any stock layer
+    make = torch.nn.utils.skip_init if copy_weights else (lambda cls, *a, **k: cls(*a, **k))
+    new = make(nn.Linear, n_in, n_out, bias=old.bias is not None, device=w.device, dtype=w.dtype)
     if copy_weights:
         with torch.no_grad():
             w = w if rows is None else w.index_select(0, rows.to(w.device))
