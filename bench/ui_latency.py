@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import importlib.util
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -303,6 +304,11 @@ def main() -> None:
     for label in per_figure["now"]:
         (bb, bj), (nb, nj) = per_figure[FIGURES_BEFORE][label], per_figure["now"][label]
         print(f"  {label:44s} {bb:8.1f} ms {bj:6.1f} ms   {nb:8.1f} ms {nj:6.1f} ms")
+    held = sum(a.nbytes for st_ in stats.values() for a in (st_.abs_sum, st_.sq_sum, st_.sum))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+    print(f"\npeak memory of this process {peak / 2**20:.0f} MiB = {peak / held:.1f} × the statistics it holds "
+          f"({held / 2**20:.0f} MiB; no model weights are involved), all three implementations and their figures "
+          "included")
 
 if __name__ == "__main__":
     main()
