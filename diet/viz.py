@@ -285,11 +285,9 @@ def pairwise_layer_jaccard(task_masks: np.ndarray) -> tuple[list[tuple[int, int]
     return pairs, J, C
 
 
-def jaccard_layers(task_masks: np.ndarray, names: Sequence[str], split_half_mean: float | None = None,
-                   pairwise: tuple | None = None) -> go.Figure:
-    """Per-layer Jaccard of each pair of tasks, with the chance level and the split-half ceiling as references.
-    `pairwise`: `pairwise_layer_jaccard(task_masks)` when the caller has it already."""
-    pairs, J, C = pairwise if pairwise is not None else pairwise_layer_jaccard(task_masks)
+def jaccard_layers(task_masks: np.ndarray, names: Sequence[str], split_half_mean: float | None = None) -> go.Figure:
+    """Per-layer Jaccard of each pair of tasks, with the chance level and the split-half ceiling as references."""
+    pairs, J, C = pairwise_layer_jaccard(task_masks)
     layers = np.arange(J.shape[1], dtype=np.int32)
     traces = []
     for (a, b), row in zip(pairs, J):
