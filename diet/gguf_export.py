@@ -82,8 +82,10 @@ def tensor_type(name: str, outtype: str) -> str:
 # ------------------------------------------------------------------------------------------------ checks
 
 
-def check_request(family: str, kept_per_layer: Sequence[int], outtype: str, hidden: int | None = None) -> None:
-    """Refuse, before any expensive work, what the GGUF writer cannot write exactly (one line each)."""
+def check_request(family: str, kept_per_layer: Sequence[int], outtype: str, hidden: int | None = None,
+                  config=None) -> None:
+    """Refuse, before any expensive work, what the GGUF writer cannot write exactly (one line each); with the
+    model's `config`, also what llama.cpp's architecture for the family would compute differently."""
     if outtype not in OUTTYPES:
         raise DietError(f"unknown GGUF output type {outtype!r}: use one of {', '.join(OUTTYPES)}")
     kept = [int(k) for k in kept_per_layer]
@@ -98,6 +100,8 @@ def check_request(family: str, kept_per_layer: Sequence[int], outtype: str, hidd
     if min(kept) < 1:
         raise DietError("a layer keeps no MLP channel; llama.cpp's deci architecture then also drops that layer's "
                         "attention: lower the threshold or the sparsity")
+    if config is not None:
+        _check_family(family, kept, config)
     block = QUANT_BLOCK.get(outtype)
     if not block:
         return
@@ -109,6 +113,19 @@ def check_request(family: str, kept_per_layer: Sequence[int], outtype: str, hidd
         raise DietError(f"{outtype} stores rows in blocks of {block}, but layer {odd[0]} keeps {kept[odd[0]]} "
                         f"channels ({len(odd)} layer(s) not a multiple of {block}): add --round-to {block} "
                         "(or 64/128/256), or use q8_0-f16down (any width) or f16/bf16/f32")
+
+
+def _check_family(family: str, kept: list[int], config) -> None:
+    """The family checks of diet/gguf_families.py on the plan the mask will give (the config's head counts)."""
+    from diet.gguf_families import check_config, rope, rope_dims
+
+    heads, kv = int(config.num_attention_heads), int(getattr(config, "num_key_value_heads", None) or 0)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    arch = UNIFORM_ARCH[family] if len(set(kept)) == 1 else PER_LAYER_ARCH
+    plan = GGUFPlan(family, arch, kept, [heads] * len(kept), [kv or heads] * len(kept), head_dim)
+    check_config(config, plan)
+    rope(config, family)
+    rope_dims(config, plan)
 
 
 def plan_for(model) -> GGUFPlan:

@@ -68,6 +68,10 @@ def rope_dims(config, plan) -> int:
 def check_config(config, plan) -> None:
     """Refuse, in one line, a config whose attention llama.cpp's architecture for it computes differently."""
     family, layers = plan.family, len(plan.ffn)
+    if plan.arch == PER_LAYER_ARCH and family not in PER_LAYER_FAMILIES:  # e.g. per-layer attention heads
+        raise DietError(f"{family} cannot run per-layer widths or head counts in llama.cpp (its `deci` architecture "
+                        "has no sandwich norms, soft-capping or embedding scale): export --export-mode uniform or "
+                        "padded instead")
     if family in SWA_EVERY:
         every = SWA_EVERY[family]
         want = ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(layers)]

@@ -392,3 +392,19 @@ def test_family_refusals_are_one_line(tmp_path, llama_spm):
         with pytest.raises(DietError, match=message):
             export_arch(tmp_path, llama_spm, config, kept, name=f"r{i}")
         assert not (tmp_path / f"r{i}").exists()
+    # per-layer attention heads (uniform MLP widths) of a Gemma would need deci too
+    from diet import masks as M
+    from diet.adapters import model_shape
+    from diet.api import MaskResult
+    from diet.settings import MaskSettings
+
+    model = tiny_from(family_config("gemma2"))
+    shape = model_shape(model, "heads")
+    mask = np.array([[True, False], [True, True], [False, True]])
+    result = MaskResult(["a"], MaskSettings(sparsity=0.5), mask[None], mask, M.votes(mask[None]), shape,
+                        {**M.param_summary(mask, shape), "kept_per_layer": [1, 2, 1]})
+    lm = make_lm(model, name="hf-model", path=str(llama_spm[0]))
+    lm.tokenizer = llama_spm[1]
+    with pytest.raises(DietError, match="head counts.*uniform or padded"):
+        export_model(lm, result, tmp_path / "heads", mode="gguf")
+    assert not (tmp_path / "heads").exists()
