@@ -13,10 +13,13 @@ For the evaluation the app's own numbers are also printed: the seconds its score
 `diet eval` records too); the rest of its job is pruning the copy and the page's own runs. The side-by-side
 forward-speed measurement is a separate button on that page (the CLI's `diet eval` times nothing): it is clicked
 after the comparison and its seconds, click to metric, are printed apart — they are not part of the ratio.
+Each side of a round starts once other processes leave the CPU (`--quiet-wait`), and every round prints the cores
+other processes kept busy while each side was timed (the machine's busy time from /proc less this benchmark's own
+process tree), its load average and peak memory ÷ weight bytes (the app server's, the largest CLI process's).
 CLI: a fresh process per command with an equally empty cache; its seconds are the ones the engine records (the
 statistics' `seconds`, the eval JSON's per-task `seconds`), so the model load is excluded there as well.
 
-    .venv/bin/python bench/app_job_speed.py [--rounds 3]   # ~5 min on 2 cores; under the torch lock
+    .venv/bin/python bench/app_job_speed.py [--rounds 3]   # ~2.5 min a round on 2 cores; under the torch lock
 """
 
 from __future__ import annotations
@@ -61,6 +64,64 @@ def cli(cache: Path, *args: str) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_sample() -> tuple[float, int, int, dict]:
+    """(now, the machine's busy CPU ticks, this benchmark's own ticks, those ticks by part: "server" (the app),
+    "browser" (chromium), "driver" (this script, Playwright's driver, the reaped CLI children)) — its process tree,
+    from /proc (a reaped child's ticks are in its parent's cutime)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    busy = sum(v) - v[3] - v[4]  # all but idle and iowait
+    procs = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            f = stat.read_text().rsplit(")", 1)[1].split()  # the fields after the command name
+        except OSError:
+            continue
+        procs[int(stat.parent.name)] = (int(f[1]), sum(int(x) for x in f[11:15]))  # ppid, utime+stime+cutime+cstime
+    tree = {os.getpid()}
+    while True:
+        grown = {pid for pid, (ppid, _) in procs.items() if ppid in tree} - tree
+        if not grown:
+            break
+        tree |= grown
+    parts = {"server": 0, "browser": 0, "driver": 0}
+    for pid in tree & procs.keys():
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            cmd = b""
+        parts["server" if b"streamlit" in cmd else "browser" if b"chromium" in cmd else "driver"] += procs[pid][1]
+    return time.monotonic(), busy, sum(parts.values()), parts
+
+
+def parts_cores(a: tuple, b: tuple) -> str:
+    """Cores each part of this benchmark used on average between two `cpu_sample`s."""
+    return ", ".join(f"{k} {(b[3][k] - a[3][k]) / HZ / max(b[0] - a[0], 1e-6):.2f}" for k in a[3])
+
+
+def others_cores(a: tuple, b: tuple) -> float:
+    """Cores that processes outside this benchmark kept busy on average between two `cpu_sample`s (a shared
+    machine: other people's builds and tests slow one side of a round and not the other)."""
+    return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / HZ / max(b[0] - a[0], 1e-6))
+
+
+def wait_quiet(limit: float, threshold: float = 0.25, window: float = 3.0) -> float:
+    """Wait (at most `limit` seconds) until other processes keep fewer than `threshold` cores busy over `window`
+    seconds; returns the last reading. Why: on a shared machine someone's test run in the middle of one side of a
+    round says nothing about the app; starting each round in a quiet moment makes the two sides comparable (the
+    readings taken while timed are printed anyway)."""
+    deadline = time.monotonic() + limit
+    while True:
+        a = cpu_sample()
+        time.sleep(window)
+        busy = others_cores(a, cpu_sample())
+        if busy < threshold or time.monotonic() > deadline:
+            return busy
+
+
 def stats_seconds(cache: Path) -> float:
     """Seconds the profiler recorded (forward passes, tokenization) for every statistics entry of a cache."""
     return sum(json.loads(p.read_text())["meta"]["seconds"] for p in (cache / "artifacts" / "stats").glob("*.json"))
@@ -76,19 +137,21 @@ def cli_runs(work: Path) -> dict:
     cache = private_cache(work / "cli-cache")
     shutil.rmtree(cache / "artifacts", ignore_errors=True)
     tasks = ",".join(TASKS)
+    c0 = cpu_sample()
     cli(cache, "profile", "--tasks", tasks, "--samples", str(SAMPLES))
-    profile = stats_seconds(cache)
+    profile, others_profile = stats_seconds(cache), others_cores(c0, cpu_sample())
     folder = work / "cli-pruned"
     shutil.rmtree(folder, ignore_errors=True)
     cli(cache, "prune", "--tasks", tasks, "--samples", str(SAMPLES), "--sparsity", "0.2", "--out", str(folder))
     shutil.rmtree(cache / "artifacts" / "eval", ignore_errors=True)
-    evals = 0.0
+    evals, c0 = 0.0, cpu_sample()
     for model, name in ((None, "dense"), (str(folder), "pruned")):
         out = work / f"cli-eval-{name}.json"
         cli(cache, "eval", "--tasks", tasks, "--limit", str(ITEMS), "--json", str(out),
             *(("--model", model) if model else ()))
         evals += sum(r["seconds"] for r in json.loads(out.read_text())["results"])
-    return {"profile": profile, "evaluate": evals}
+    return {"profile": profile, "evaluate": evals, "others_profile": others_profile,
+            "others_evaluate": others_cores(c0, cpu_sample())}
 
 
 def estimate_seconds(label: str) -> float:
@@ -148,18 +211,21 @@ def app_round(browser, url: str, cache: Path) -> dict:
     button = page.get_by_role("button", name=re.compile(r"^Profile 2 task\(s\)"))
     button.wait_for()
     out["estimate"] = estimate_seconds(button.inner_text())
-    t0 = time.perf_counter()
+    c0, t0 = cpu_sample(), time.perf_counter()
     button.click()
     out["threads"] = threads_note(page, "Statistics in this session")
     wait_text(page, "Statistics in this session")
     out["profile"] = time.perf_counter() - t0
+    out["others_profile"] = others_cores(c0, cpu_sample())
     out["profile_engine"] = stats_seconds(cache)
     nav(page, "Prune and evaluate")
     set_number(page, "Items per task", ITEMS)
-    t0 = time.perf_counter()
+    c0, t0 = cpu_sample(), time.perf_counter()
     page.get_by_role("button", name=re.compile(r"^Prune and evaluate, dense vs pruned")).click()
     wait_text(page, "Average accuracy (primary metric)")  # the comparison is on the page
     out["evaluate"] = time.perf_counter() - t0
+    c1 = cpu_sample()
+    out["others_evaluate"], out["parts_evaluate"] = others_cores(c0, c1), parts_cores(c0, c1)
     out["evaluate_engine"] = eval_seconds(cache)
     out["weights_mb"] = weight_mb(page)
     wait_idle(page)
@@ -177,6 +243,8 @@ def main() -> None:
     ap.add_argument("--keep", help="keep the work folder here (logs, caches) instead of a temp folder")
     ap.add_argument("--rounds", type=int, default=3, help="app and CLI alternate this many times (default 3): on a "
                                                            "shared machine the load changes from minute to minute")
+    ap.add_argument("--quiet-wait", type=float, default=60, help="before each side of a round, wait up to this many "
+                    "seconds for other processes to leave the CPU (under 0.25 cores over 3 s; default 60)")
     a = ap.parse_args()
     why = missing()
     if why:
@@ -193,13 +261,19 @@ def main() -> None:
         browser = launch(p, work / "user-data")
         for r in range(a.rounds):
             load = os.getloadavg()[0]
+            quiet = wait_quiet(a.quiet_wait)
             app = app_round(browser, url, cache)
+            wait_quiet(a.quiet_wait)
             ref = cli_runs(work)
             rounds.append((app, ref))
             w = app["weights_mb"]
             print(f"round {r + 1}: load average (1 min) {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; "
+                  f"other processes' cores when it started: {quiet:.2f}; "
                   f"peak memory ÷ weight bytes ({w:.0f} MB): app server {server_peak_mb() / w:.2f}, largest CLI "
-                  f"process {cli_peak_mb() / w:.2f}", flush=True)
+                  f"process {cli_peak_mb() / w:.2f}; cores kept busy by other processes while timed: app profile "
+                  f"{app['others_profile']:.2f}, CLI profile {ref['others_profile']:.2f}, app evaluate "
+                  f"{app['others_evaluate']:.2f}, CLI evaluate {ref['others_evaluate']:.2f}; cores used while the app "
+                  f"evaluated: {app['parts_evaluate']}", flush=True)
             print(f"round {r + 1}: profile in-app {app['profile']:.1f} s (profiler {app['profile_engine']:.1f} s), CLI "
                   f"{ref['profile']:.1f} s; evaluate in-app {app['evaluate']:.1f} s (scorer "
                   f"{app['evaluate_engine']:.1f} s), CLI {ref['evaluate']:.1f} s; forward speed on demand "
