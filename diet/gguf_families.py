@@ -11,9 +11,14 @@ together keeps `diet/gguf_export.py` a plain writer. The module names come from 
 - Rope: llama and deci rotate interleaved pairs (NORM), so q/k rows are permuted as the converter does for Llama;
   qwen2, phi3 and the Gemmas rotate halves (NEOX) like Hugging Face, so their rows keep Hugging Face order.
 - Gemma's RMSNorm multiplies by (1 + weight): the converter stores weight + 1 and llama.cpp multiplies by it.
+- Llama-3.1/3.2's "llama3" rope divides each rotary frequency by its own factor (1 for short wavelengths, `factor` for
+  long ones, a smooth blend between): llama.cpp has no scaling type for it, so, as its converter does, the file keeps
+  rope scaling off and holds the factors as an F32 tensor `rope_freqs.weight` that llama and deci apply per frequency.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -28,6 +33,7 @@ NORM_PLUS_ONE = ("gemma2", "gemma3")  # families whose norms multiply by (1 + we
 SWA_EVERY = {"gemma2": 2, "gemma3": 6}  # llama.cpp's fixed pattern: every n-th layer is global, the rest sliding
 BIG_LAYERS = {"gemma2": 46, "gemma3": 62}  # layer count of the 27B models, which llama.cpp scales by n_embd/n_head
 GEMMA3_LOCAL_THETA = 10000.0  # llama.cpp's fixed rope base of Gemma-3's sliding layers
+FREQ_FACTOR_FAMILIES = ("llama", "mistral")  # families whose llama.cpp architectures (llama, deci) read rope_freqs
 
 
 def _params(config) -> dict:
@@ -44,13 +50,37 @@ def rope(config, family: str) -> tuple[float, float | None]:
                             f"this model's are {local}: export --export-mode uniform or padded instead")
         params = params["full_attention"]
     kind = params.get("rope_type", "default") or "default"
-    if kind not in ("default", "linear"):
-        raise DietError(f"GGUF export does not write {kind!r} rope scaling yet (only plain and linear rope): export "
-                        "--export-mode uniform or padded instead")
+    if kind not in ("default", "linear") and not (kind == "llama3" and family in FREQ_FACTOR_FAMILIES):
+        raise DietError(f"GGUF export does not write {kind!r} rope scaling for {family} yet (plain and linear rope, "
+                        "and llama3 for Llama/Mistral): export --export-mode uniform or padded instead")
     theta = params.get("rope_theta", getattr(config, "rope_theta", None))
     if theta is None:
         raise DietError("the model config names no rope_theta")
     return float(theta), (float(params["factor"]) if kind == "linear" else None)
+
+
+def rope_freq_factors(config, family: str, n_dims: int) -> np.ndarray | None:
+    """llama3 rope's divisor per rotary frequency, as llama.cpp's converter computes rope_freqs.weight (None: the
+    model's rope is not llama3). Wavelengths below original_max_position_embeddings / high_freq_factor keep their
+    frequency, those above original / low_freq_factor are divided by `factor`, and the ones between blend the two."""
+    theta, _ = rope(config, family)
+    params = _params(config)
+    if params.get("rope_type") != "llama3":
+        return None
+    factor = float(params.get("factor", 8.0))
+    low, high = float(params.get("low_freq_factor", 1.0)), float(params.get("high_freq_factor", 4.0))
+    orig = float(params.get("original_max_position_embeddings", 8192))
+    out = []
+    for i in range(0, n_dims, 2):
+        wavelen = 2 * math.pi * theta ** (i / n_dims)  # 2 pi / frequency
+        if wavelen < orig / high:
+            out.append(1.0)
+        elif wavelen > orig / low:
+            out.append(factor)
+        else:
+            smooth = (orig / wavelen - low) / (high - low)
+            out.append(1.0 / ((1.0 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
 
 
 def rope_dims(config, plan) -> int:
@@ -159,6 +189,9 @@ def tensors(model, plan) -> list[tuple[str, np.ndarray]]:
            ("output_norm.weight", _np(top["output_norm"].weight) + shift)]
     if top["output"] is not None and top["output"].weight is not top["token_embd"].weight:
         out.append(("output.weight", _np(top["output"].weight)))
+    factors = rope_freq_factors(model.config, plan.family, rope_dims(model.config, plan))
+    if factors is not None:  # llama3 rope: one divisor per rotary frequency, shared by every layer
+        out.append(("rope_freqs.weight", factors))
     permute = plan.arch not in NEOX_ROPE
     for i, parts in enumerate(layers):
         fused = plan.arch == PER_LAYER_ARCH and "attn_qkv" in parts

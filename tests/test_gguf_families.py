@@ -351,6 +351,42 @@ def test_mistral_window_and_linear_rope(tmp_path, llama_spm, overrides, kept, ar
     assert worst < 1e-4 and top1, worst
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64, "rope_theta": 1e5}
+# head_dim 16 (8 frequencies): wavelengths 6.3 .. 2.9e4 positions against the 16 .. 64 band, so the factors are
+# 1 (short), 1.86 (blended) and 8 (long, six of them)
+
+
+@pytest.mark.parametrize("kept,arch", [([36, 36, 36], "llama"), ([20, 44, 31], "deci")])
+def test_llama3_rope_writes_rope_freqs_like_the_converter(tmp_path, llama_spm, kept, arch):
+    """Llama-3.1/3.2's llama3 rope is written as llama.cpp's converter writes it: no scaling type, and one divisor
+    per rotary frequency in rope_freqs.weight, which llama.cpp's llama and deci both apply. The factors equal
+    transformers' own (default over llama3 frequencies), and llama.cpp's log-probs equal transformers' (by hand:
+    1.2e-7 llama, 1.5e-7 deci, f32); the same files written without rope_freqs were measured 1.2e-3 off (both), and
+    the last check keeps the factors mattering here: transformers with plain rope is as far from the file."""
+    import copy
+
+    from gguf import GGUFReader
+    from transformers import LlamaConfig
+
+    from tests.tiny import COMMON
+
+    config = LlamaConfig(**{**COMMON, "vocab_size": SPM_VOCAB, "head_dim": 16, "rope_parameters": LLAMA3_ROPE})
+    out, pruned = export_arch(tmp_path, llama_spm, config, kept)
+    fields = GGUFReader(out / "model.gguf").fields
+    assert fields["general.architecture"].contents() == arch
+    assert f"{arch}.rope.scaling.type" not in fields
+    factors = gguf_tensors(out)["rope_freqs.weight"]
+    plain = 1.0 / (1e5 ** (torch.arange(0, 16, 2).float() / 16))
+    assert np.allclose(factors, (plain / pruned.model.rotary_emb.inv_freq).numpy(), rtol=1e-6)
+    assert factors[0] == 1.0 and 1.0 < factors[1] < 8.0 and (factors[2:] == 8.0).all()
+    worst, top1 = compare(out, pruned)
+    assert worst < 1e-4 and top1, worst
+    unscaled = copy.deepcopy(pruned)
+    unscaled.model.rotary_emb.inv_freq.copy_(plain)
+    assert compare(out, unscaled)[0] > 5e-4
+
+
 @pytest.mark.parametrize("kind,overrides", [
     ("gemma2", {"num_hidden_layers": 4}),  # sliding / global alternate; attention and final soft-capping
     ("gemma3", {"num_hidden_layers": 7, "rope_parameters": {  # layer 5 global; linear rope scaling on global layers
@@ -381,6 +417,10 @@ def test_gemma_uniform_gguf_runs_in_llama_cpp_like_transformers(tmp_path, llama_
 
 def test_family_refusals_are_one_line(tmp_path, llama_spm):
     """What llama.cpp would compute differently is refused (one line each), and no output is left behind."""
+    from transformers import Qwen2Config
+
+    from tests.tiny import COMMON
+
     cases = [
         (family_config("gemma3"), [20, 44, 31], "uniform.*padded"),  # per-layer widths: deci has no Gemma blocks
         (family_config("gemma2", query_pre_attn_scalar=16), [36] * 3, r"1/sqrt\(8\)"),
@@ -388,6 +428,11 @@ def test_family_refusals_are_one_line(tmp_path, llama_spm):
         (family_config("phi3", rope_parameters={
             "rope_type": "longrope", "rope_theta": 10000.0, "long_factor": [1.0] * 4, "short_factor": [1.0] * 4,
             "original_max_position_embeddings": 64}), [36] * 3, "longrope"),
+        (family_config("mistral", rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                                   "original_max_position_embeddings": 64}), [36] * 3, "yarn"),
+        (family_config("mistral", rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0}),
+         [20, 44, 31], "dynamic"),
+        (Qwen2Config(**{**COMMON, "vocab_size": SPM_VOCAB, "rope_parameters": LLAMA3_ROPE}), [36] * 3, "llama3"),
     ]
     for i, (config, kept, message) in enumerate(cases):
         with pytest.raises(DietError, match=message):
