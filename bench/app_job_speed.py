@@ -8,7 +8,7 @@ Two jobs on the embedded SmolLM2-135M, each timed both ways in one run:
 In-app: `streamlit run app.py` as `make run` starts it (.streamlit/config.toml), on a free localhost port with a
 private, empty DIET_CACHE; headless chromium (Playwright, system chromium) opens the page, waits until the model is
 loaded, clicks, and the clock runs from the click until the page shows the result — everything the user waits for
-(the page is searched for the result's text every 50 ms: `tests/appdriver.wait_text`).
+(a MutationObserver in the page notes the moment the result's text appears: `tests/appdriver.watch`).
 For the evaluation the app's own numbers are also printed: the seconds its scorer recorded per task (what
 `diet eval` records too); the rest of its job is pruning the copy and the page's own runs. The side-by-side
 forward-speed measurement is a separate button on that page (the CLI's `diet eval` times nothing): it is clicked
@@ -47,9 +47,10 @@ from tests.appdriver import (  # noqa: E402
     missing,
     nav,
     private_cache,
+    seen,
     set_number,
     wait_idle,
-    wait_text,
+    watch,
 )
 
 TASKS = ("arithmetic", "capitals")
@@ -166,8 +167,7 @@ def threads_note(page, done: str) -> str:
     """The job panel's "torch threads: N (… cores free)" line (what the job chose when it got its turn); read while
     the clock runs, which costs the server nothing. Stops looking once `done` (the result's text) is on the page, so
     a note never seen cannot hold up the stopwatch."""
-    page.wait_for_function("([a, b]) => document.body.textContent.includes(a) || document.body.textContent"
-                           ".includes(b)", arg=["torch threads: ", done], polling=50, timeout=600_000)
+    seen(page, ["torch threads: ", done])
     note = page.get_by_text(re.compile(r"^torch threads: ")).first
     return note.inner_text() if note.count() else "torch threads: not seen"
 
@@ -211,28 +211,28 @@ def app_round(browser, url: str, cache: Path) -> dict:
     button = page.get_by_role("button", name=re.compile(r"^Profile 2 task\(s\)"))
     button.wait_for()
     out["estimate"] = estimate_seconds(button.inner_text())
-    c0, t0 = cpu_sample(), time.perf_counter()
+    watch(page, ["torch threads: ", "Statistics in this session"])
+    c0, t0 = cpu_sample(), time.time()
     button.click()
     out["threads"] = threads_note(page, "Statistics in this session")
-    wait_text(page, "Statistics in this session")
-    out["profile"] = time.perf_counter() - t0
+    out["profile"] = seen(page, ["Statistics in this session"])[1] - t0
     out["others_profile"] = others_cores(c0, cpu_sample())
     out["profile_engine"] = stats_seconds(cache)
     nav(page, "Prune and evaluate")
     set_number(page, "Items per task", ITEMS)
-    c0, t0 = cpu_sample(), time.perf_counter()
+    watch(page, ["Average accuracy (primary metric)"])  # the comparison is on the page
+    c0, t0 = cpu_sample(), time.time()
     page.get_by_role("button", name=re.compile(r"^Prune and evaluate, dense vs pruned")).click()
-    wait_text(page, "Average accuracy (primary metric)")  # the comparison is on the page
-    out["evaluate"] = time.perf_counter() - t0
+    out["evaluate"] = seen(page, ["Average accuracy (primary metric)"])[1] - t0
     c1 = cpu_sample()
     out["others_evaluate"], out["parts_evaluate"] = others_cores(c0, c1), parts_cores(c0, c1)
     out["evaluate_engine"] = eval_seconds(cache)
     out["weights_mb"] = weight_mb(page)
     wait_idle(page)
-    t0 = time.perf_counter()  # the forward speed, on demand: timed apart, not in the ratio (diet eval has none)
+    watch(page, ["Forward speed (measured)"])
+    t0 = time.time()  # the forward speed, on demand: timed apart, not in the ratio (diet eval has none)
     page.get_by_role("button", name="Measure forward speed").click()
-    wait_text(page, "Forward speed (measured)")
-    out["speed"] = time.perf_counter() - t0
+    out["speed"] = seen(page, ["Forward speed (measured)"])[1] - t0
     wait_idle(page)
     page.close()
     return out

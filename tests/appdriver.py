@@ -105,13 +105,45 @@ def wait_idle(page, timeout: float = 180_000) -> None:
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
 
 
-def wait_text(page, text: str, timeout: float = 600_000, every_ms: int = 50) -> None:
-    """Until `text` is in the page, checked inside the page every `every_ms` (a search of the DOM's text, no layout).
+# Notes in window.__dietSeen the time (ms since the epoch) at which each text is first in the page. A
+# MutationObserver looks at the page's text only when the page changed (once per batch of changes), so watching
+# costs the browser nothing while the page is still.
+_WATCH_JS = """texts => {
+  if (window.__dietObs) window.__dietObs.disconnect();
+  const seen = window.__dietSeen = {};
+  const check = () => {
+    const all = document.body.textContent;
+    for (const t of texts) if (!(t in seen) && all.includes(t)) seen[t] = Date.now();
+    return texts.every(t => t in seen);
+  };
+  if (check()) return;
+  let pending = false;
+  const obs = window.__dietObs = new MutationObserver(() => {
+    if (pending) return;
+    pending = true;
+    setTimeout(() => { pending = false; if (check()) obs.disconnect(); }, 0);
+  });
+  obs.observe(document.body, {childList: true, subtree: true, characterData: true});
+}"""
 
-    Why not `locator.wait_for` for a timed wait: Playwright re-checks a locator every 500 ms once the first second
-    has passed, so a stopwatch stopped by it ran up to half a second late."""
-    page.wait_for_function("t => document.body.textContent.includes(t)", arg=text, polling=every_ms,
-                           timeout=timeout)
+
+def watch(page, texts: list[str]) -> None:
+    """Start noting when each of `texts` first appears (call it before the click that makes them appear).
+
+    Why an observer: a stopwatch needs the moment the result appears. Polling the page's text every 50 ms cost the
+    browser a full text walk of a large page 20 times a second, CPU that the app's job on the same small machine
+    then lacked; Playwright's own waits re-check only every 500 ms after the first second (up to 0.5 s late)."""
+    page.evaluate(_WATCH_JS, list(texts))
+
+
+def seen(page, texts: list[str], timeout: float = 600_000) -> tuple[str, float]:
+    """Wait until one of the watched `texts` has appeared; returns (the first one, when: time.time() seconds, from
+    the browser's clock). Only a dictionary lookup is polled, not the page."""
+    page.wait_for_function("ts => window.__dietSeen && ts.some(t => t in window.__dietSeen)", arg=list(texts),
+                           polling=200, timeout=timeout)
+    first = page.evaluate("ts => ts.filter(t => t in window.__dietSeen)"
+                          ".map(t => [t, window.__dietSeen[t]]).sort((a, b) => a[1] - b[1])[0]", list(texts))
+    return first[0], first[1] / 1000
 
 
 def pick(page, box, option: str, tries: int = 3) -> None:
