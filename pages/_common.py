@@ -27,14 +27,8 @@ CANCELLED_NOTE = {"sweep": "the finished cells are kept in the cache: run the sw
 # torch's threads need on a small machine); at 1 s the job's own compute ran ~1.2x slower than the CLI's.
 POLL_SECONDS = 2.0
 # Each redraw first waits up to this long for the job to end (the thread sleeps; Cancel is answered after it). Why:
-# polled alone, a job's end showed up to POLL_SECONDS late; waiting 3/4 of each interval shows most ends at once,
-# and a click on Cancel is still taken within 1.5 s.
-END_WAIT_SECONDS = 1.5
-# While a job runs, the page draws no CSS animation or transition (the running indicator, progress bars sliding,
-# elements fading while they are redrawn). Why: a headless or GPU-less browser paints them in software; measured
-# with bench/app_job_speed.py on 2 cores, chromium used 0.22 cores while the app evaluated with them and 0.09
-# without — CPU that torch's two threads, synchronised at every operation, need on a small machine.
-STILL_PAGE = "<style>*, *::before, *::after {animation: none !important; transition: none !important;}</style>"
+# polled alone, a job's end showed up to POLL_SECONDS late; waiting half of each interval shows most ends at once.
+END_WAIT_SECONDS = 1.0
 
 
 @contextmanager
@@ -217,7 +211,6 @@ def _progress(key: str) -> None:
     if job is None or job.wait(END_WAIT_SECONDS):  # ended (or ends while we wait): rerun the page to show the result
         st.rerun()
     snap = job.snapshot()
-    st.html(STILL_PAGE)  # style only: Streamlit adds it without taking space on the page
     st.markdown(f"**{snap.title}** · {snap.elapsed:.0f} s")
     if snap.waiting:
         st.info(f"Waiting — {snap.waiting}. This server runs one job at a time and computes each result once: "
