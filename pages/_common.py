@@ -27,8 +27,14 @@ CANCELLED_NOTE = {"sweep": "the finished cells are kept in the cache: run the sw
 # torch's threads need on a small machine); at 1 s the job's own compute ran ~1.2x slower than the CLI's.
 POLL_SECONDS = 2.0
 # Each redraw first waits up to this long for the job to end (the thread sleeps; Cancel is answered after it). Why:
-# polled alone, a job's end showed up to POLL_SECONDS late; waiting half of each interval shows most ends at once.
-END_WAIT_SECONDS = 1.0
+# polled alone, a job's end showed up to POLL_SECONDS late; waiting 3/4 of each interval shows most ends at once,
+# and a click on Cancel is still taken within 1.5 s.
+END_WAIT_SECONDS = 1.5
+# While a job runs, the page draws no CSS animation or transition (the running indicator, progress bars sliding,
+# elements fading while they are redrawn). Why: a headless or GPU-less browser paints them in software; measured
+# with bench/app_job_speed.py on 2 cores, chromium used 0.22 cores while the app evaluated with them and 0.09
+# without — CPU that torch's two threads, synchronised at every operation, need on a small machine.
+STILL_PAGE = "<style>*, *::before, *::after {animation: none !important; transition: none !important;}</style>"
 
 
 @contextmanager
@@ -191,6 +197,7 @@ def job_panel(kinds: tuple[str, ...], key: str) -> None:
     if job is not None and job.kind in kinds:
         _progress(key)
         return
+    rerun_if_ended(kinds)
     for kind in kinds:
         outcome = st.session_state.get("job_outcomes", {}).get(kind)
         if outcome is None:
@@ -205,12 +212,24 @@ def job_panel(kinds: tuple[str, ...], key: str) -> None:
             st.error(f"{title}: {message}")
 
 
+def rerun_if_ended(kinds: tuple[str, ...] | None = None) -> None:
+    """Rerun the page when a job (of these kinds; None: any) ended after this run's `collect_jobs`.
+
+    Why: a short job (loading cached statistics takes milliseconds) can end between the top of the page, where
+    results are collected, and the job panel further down. The panel then sees no running job and no outcome, no
+    poll is left to notice, and the page stayed without its result until the next click (the four-viewer browser
+    test caught it)."""
+    if any(kinds is None or j.kind in kinds for j in runner().finished()):
+        st.rerun()
+
+
 @st.fragment(run_every=POLL_SECONDS)
 def _progress(key: str) -> None:
     job = runner().active()
     if job is None or job.wait(END_WAIT_SECONDS):  # ended (or ends while we wait): rerun the page to show the result
         st.rerun()
     snap = job.snapshot()
+    st.markdown(STILL_PAGE, unsafe_allow_html=True)  # inside the panel: it goes when the panel goes
     st.markdown(f"**{snap.title}** · {snap.elapsed:.0f} s")
     if snap.waiting:
         st.info(f"Waiting — {snap.waiting}. This server runs one job at a time and computes each result once: "
@@ -259,6 +278,8 @@ def prologue(own_kinds: tuple[str, ...] = ()):
         job = runner().active()
         if job is not None and job.kind not in own_kinds:
             job_panel((job.kind,), key="sidebar")
+        elif job is None:
+            rerun_if_ended()
     return slot
 
 

@@ -5,6 +5,7 @@ computing the same thing directly. Also: the background-job runner the pages rel
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -862,6 +863,41 @@ def test_gate_sizes_threads_to_the_free_cores():
 
     assert [thread_count(free, cores=2) for free in (0.0, 0.6, 0.9, 1.2, 1.8, 2.0)] == [1, 1, 1, 2, 2, 2]
     assert thread_count(7.9, cores=8) == 8 and thread_count(3.1, cores=8) == 3
+
+
+def test_core_monitor_counts_a_sustained_load_but_not_a_burst_and_answers_without_sampling():
+    """The gate sizes torch's threads from the background monitor: a process busy for the whole history lowers the
+    figure; one that was busy only for a moment (the browser redrawing after a click) does not; reading the figure
+    does not wait (free_cores sleeps 0.4 s for its sample)."""
+    import subprocess
+    import sys
+
+    from diet.jobs import CoreMonitor
+
+    cores = os.cpu_count() or 1
+    monitor = CoreMonitor(every=0.05, window=0.3, history=0.9)
+
+    def busy_for(seconds: float) -> None:
+        proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(seconds)
+        proc.kill()
+        proc.wait()
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.6)  # longer than history + window: every window saw it
+        t0 = time.monotonic()
+        loaded = monitor.free()
+        assert time.monotonic() - t0 < 0.1  # no sampling wait
+        assert loaded <= cores - 0.7, loaded  # the busy loop holds about one core
+    finally:
+        busy.kill()
+        busy.wait()
+    time.sleep(1.6)
+    quiet = monitor.free()
+    assert quiet >= loaded + 0.5, (quiet, loaded)
+    busy_for(0.4)  # a burst that fills the newest window; the windows before it were quiet
+    assert monitor.free() >= loaded + 0.5
 
 
 def test_shared_models_load_once_never_drop_a_busy_one_and_say_what_they_replace():

@@ -206,7 +206,10 @@ def test_four_viewers_compute_each_result_once(tmp_path):
         for page in pages:
             page.get_by_text("is loaded").wait_for()
             choose_offline_tasks(page, TASKS)
-            set_number(page, "Calibration samples", 24)
+            # 64 texts: the first job computes for a few seconds, longer than one progress poll (2 s), so the
+            # sessions queued behind it show that they wait (24 took ~1.5 s: a job started without delay was
+            # sometimes done before the last session's page had said so)
+            set_number(page, "Calibration samples", 64)
         buttons = [page.get_by_role("button", name=re.compile(r"^Profile 2 task\(s\)")) for page in pages]
         for b in buttons:
             b.wait_for()
