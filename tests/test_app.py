@@ -192,6 +192,39 @@ def test_a_job_ending_during_the_progress_redraw_shows_its_result_at_once(cache_
     finish_jobs(at)
 
 
+@pytest.mark.parametrize("rerun", [True, False])
+def test_a_job_ending_between_collect_and_panel_still_shows_its_result(cache_dir, tiny_lm, monkeypatch, rerun):
+    """A short job can end after the page collected finished jobs (top of the page) and before its job panel: the
+    panel then finds neither a running job nor an outcome. `rerun_if_ended` reruns the page so it takes the result;
+    without it (rerun=False: the check disabled) the page stays without its statistics — the race the four-viewer
+    browser test hit once jobs started without a 0.4 s pause."""
+    import pages._common as C
+    import pages._work as W
+
+    release = threading.Event()
+    real, real_collect = W.profile_tasks, C.collect_jobs
+    monkeypatch.setattr(W, "profile_tasks", lambda *a, **k: release.wait(30) and real(*a, **k))
+
+    def collect_then_let_the_job_end() -> None:
+        real_collect()
+        job = C.runner().active()
+        if job is not None:  # the job ends right after this run collected: the gap the panel must cover
+            release.set()
+            assert job.wait(30)
+
+    monkeypatch.setattr(C, "collect_jobs", collect_then_let_the_job_end)
+    monkeypatch.setattr(C, "END_WAIT_SECONDS", 0.0)  # the progress redraw must not be what notices the end
+    if not rerun:
+        monkeypatch.setattr(C, "rerun_if_ended", lambda kinds=None: None)
+    at = open_page(MODEL, tiny_lm)
+    at.multiselect(key="p_offline").set_value(["arithmetic"]).run()
+    at.number_input(key="p_samples").set_value(4).run()
+    at.button(key="btn_profile").click().run()
+    ok(at)
+    assert ("stats" in at.session_state) == rerun
+    assert any("done" in s.value for s in at.success) == rerun
+
+
 def test_cancel_stops_profiling_and_writes_nothing(cache_dir, tiny_lm, monkeypatch):
     import pages._work as W
 
