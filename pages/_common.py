@@ -31,9 +31,10 @@ POLL_SECONDS = 2.0
 # and a click on Cancel is still taken within 1.5 s.
 END_WAIT_SECONDS = 1.5
 # While a job runs, the page draws no CSS animation or transition (the running indicator, progress bars sliding,
-# elements fading while they are redrawn). Why: a headless or GPU-less browser paints them in software; measured
-# with bench/app_job_speed.py on 2 cores, chromium used 0.22 cores while the app evaluated with them and 0.09
-# without — CPU that torch's two threads, synchronised at every operation, need on a small machine.
+# elements fading while they are redrawn). Why: a headless or GPU-less browser paints them in software; measured on
+# 2 cores, a minimal page polling like this panel cost chromium 0.066 cores with them and 0.041 without, and
+# bench/app_job_speed.py saw 0.20-0.24 cores (click to result) before, 0.09-0.22 after — CPU that torch's two
+# threads, synchronised at every operation, need on a small machine (docs/app.md).
 STILL_PAGE = "<style>*, *::before, *::after {animation: none !important; transition: none !important;}</style>"
 
 
