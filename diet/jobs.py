@@ -245,8 +245,7 @@ class CoreMonitor:
         self.history = history  # how far back figures are taken; the largest (freest) one is the answer
         self._samples: list[tuple[float, tuple[int, int, int]]] = []
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="diet-core-monitor", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._loop, name="diet-core-monitor", daemon=True).start()
 
     def _loop(self) -> None:
         while True:

@@ -904,32 +904,32 @@ def test_core_monitor_counts_a_sustained_load_but_not_a_burst_and_answers_withou
     does not wait (free_cores sleeps 0.4 s for its sample)."""
     import subprocess
     import sys
+    from contextlib import contextmanager
 
     from diet.jobs import CoreMonitor
 
+    @contextmanager
+    def busy_process():  # another process holding about one core until the block ends
+        proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            yield
+        finally:
+            proc.kill()
+            proc.wait()
+
     cores = os.cpu_count() or 1
     monitor = CoreMonitor(every=0.05, window=0.3, history=0.9)
-
-    def busy_for(seconds: float) -> None:
-        proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        time.sleep(seconds)
-        proc.kill()
-        proc.wait()
-
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
+    with busy_process():
         time.sleep(1.6)  # longer than history + window: every window saw it
         t0 = time.monotonic()
         loaded = monitor.free()
         assert time.monotonic() - t0 < 0.1  # no sampling wait
         assert loaded <= cores - 0.7, loaded  # the busy loop holds about one core
-    finally:
-        busy.kill()
-        busy.wait()
     time.sleep(1.6)
     quiet = monitor.free()
     assert quiet >= loaded + 0.5, (quiet, loaded)
-    busy_for(0.4)  # a burst that fills the newest window; the windows before it were quiet
+    with busy_process():  # a burst that fills the newest window; the windows before it were quiet
+        time.sleep(0.4)
     assert monitor.free() >= loaded + 0.5
 
 
