@@ -24,12 +24,15 @@ LLAMA_CPP_VERSION := 0.3.36
 LLAMA_STAMP := $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION)
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
-WHEELS := $(HOME)/.cache/diet/wheels/$(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-8)
+# The wheel cache is keyed by this CPU's flags AND the build flags above, so a machine holding a wheel built with other
+# flags rebuilds; pip's own wheel cache is bypassed (--no-cache-dir) because it ignores CMAKE_ARGS and would hand back
+# a wheel built with other flags in 0.5 s.
+WHEELS := $(HOME)/.cache/diet/wheels/$(shell (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null; echo '$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)') | md5sum | cut -c1-8)
 
 $(LLAMA_STAMP): $(STAMP)
 	ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-		$(BIN)/python -m pip wheel -q --no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(WHEELS)
+		$(BIN)/python -m pip wheel -q --no-deps --no-cache-dir llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(WHEELS)
 	$(BIN)/python -m pip install -q --no-deps $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl diskcache==5.6.3
 	touch $@
 
