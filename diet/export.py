@@ -470,7 +470,7 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     check_out_dir(out, overwrite)
     if Path(lm.path).exists() and out.resolve() == Path(lm.path).resolve():
         raise DietError(f"{out} is the base model's own folder: export somewhere else")
-    from diet.api import rounded
+    from diet.results import rounded
 
     result = rounded(result, round_to)
     mode = resolve_mode(result, mode)

@@ -14,8 +14,10 @@ from contextlib import contextmanager
 import streamlit as st
 
 from diet.errors import DietError
-from diet.jobs import CANCELLED, DONE, JobRunner, SharedModels, TorchGate
+from diet.gate import TorchGate
+from diet.jobs import CANCELLED, DONE, JobRunner
 from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
+from diet.sharing import SharedModels
 
 TEST_MODEL = "_test_model"  # session-state seed: tests put a LoadedModel (a tiny random model) here
 PERSIST = "p_"  # widget keys starting with this keep their value when the user switches pages (see app.py)
