@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     _export_args(p)
     p.add_argument("--report", default=None, metavar="FILE.html",
                    help="also write the HTML report the app's Export page downloads: headline, settings table and "
-                        "every mask figure (refused if the file exists, unless --overwrite)")
+                        "every mask figure; with --method disp, every position's figures as the DISP page shows "
+                        "them (refused if the file exists, unless --overwrite)")
 
     p = sub.add_parser("export", aliases=["apply-mask"], help="re-apply a saved mask to its base model and export",
                        description="Apply a mask saved earlier (mask.json or mask.safetensors, e.g. from an export "
@@ -359,6 +360,9 @@ def _cmd_prune_disp(a) -> None:
         raise DietError("--export-mode does not apply to DISP: its folder is always the DISP export "
                         "(per-layer index sets; loads with trust_remote_code=True)")
     check_out_dir(Path(a.out), a.overwrite)
+    report_path = _check_report_path(a.report, a.overwrite)
+    if report_path is not None and a.method != "disp":
+        raise DietError("--report with DISP needs --method disp (the training-free index sets the DISP page shows)")
     profile = ProfileSettings(samples=a.samples, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size)
     positions = {"positions": tuple(x.strip() for x in a.positions.split(",") if x.strip())} if a.positions else {}
     disp = DispSettings(sparsity=a.sparsity, score=a.score, merge="threshold" if a.threshold is not None else "budget",
@@ -385,6 +389,15 @@ def _cmd_prune_disp(a) -> None:
         bar.update(step - bar.n)
         bar.set_postfix(lm_loss=f"{rec['lm_loss']:.3f}", p=f"{rec['ratio']:.3f}")
 
+    if report_path is not None:  # the statistics are cached here, so prune_disp reads them without a forward pass
+        from diet.cache import atomic_write_bytes
+        from diet.disp import build_disp_masks, profile_disp
+        from diet.report import disp_report
+
+        result = build_disp_masks(profile_disp(lm, tasks, profile, progress), disp)
+        atomic_write_bytes(report_path, disp_report(lm.spec.name, result, profile_disp(lm, tasks, profile)
+                                                    ).encode("utf-8"))
+        say(f"wrote the report {report_path}")
     folder, s = prune_disp(lm, tasks, a.out, method=a.method, profile=profile, disp=disp, learn=learn,
                            overwrite=a.overwrite, say=say,
                            progress=learn_progress if a.method == "disp-learned" else progress)

@@ -62,17 +62,25 @@ def is_profiled(lm: LoadedModel, task, settings: ProfileSettings, cache: Artifac
 
 
 def estimate_seconds(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings,
-                     cache: ArtifactCache | None = None) -> float:
-    """Seconds to profile the tasks not cached yet, from their token counts and this machine's measured speed."""
+                     cache: ArtifactCache | None = None, measure: bool = False) -> float:
+    """Seconds to profile the tasks not cached yet: their token counts over this machine's profiling speed.
+
+    The speed is the one the last finished profile of this model measured (kept in the cache); without one,
+    `measure` times one batch of the first task's texts now (well under a second on a small model; kept like a
+    profile's), else a rough guess from the parameter count stands in. `measure=False` where a forward pass now
+    would collide with a running job (the app's pages while a job holds the gate)."""
     cache = cache or ArtifactCache()
-    tokens = 0
+    tokens, first = 0, None
     for t in map(resolve_task, tasks):
         texts = choose_texts(t.calibration, settings)
         if cache.has("stats", stats_key(lm, texts, settings)):
             continue
+        first = first or texts
         enc = lm.tokenizer(texts, truncation=True, max_length=settings.max_length)
         tokens += sum(len(ids) for ids in enc["input_ids"])
-    return tokens / _tokens_per_second(lm, cache) if tokens else 0.0
+    if not tokens:
+        return 0.0
+    return tokens / _tokens_per_second(lm, cache, settings, first if measure else None)
 
 
 def _speed_key(lm: LoadedModel) -> str:
@@ -80,12 +88,23 @@ def _speed_key(lm: LoadedModel) -> str:
     return sha256_of({"model": lm.identity, "dtype": lm.spec.dtype, "device": device})[:16]
 
 
-def _tokens_per_second(lm: LoadedModel, cache: ArtifactCache) -> float:
+def _tokens_per_second(lm: LoadedModel, cache: ArtifactCache, settings: ProfileSettings,
+                       texts: list[str] | None) -> float:
+    """The measured profiling speed, else one batch of `texts` timed now (after a one-text warm-up: first-call
+    allocations), else a rough first guess (replaced by the first profile that finishes)."""
     known = cache.load_json("speed", _speed_key(lm))
     if known:
         return float(known["tokens_per_second"])
+    if texts:
+        batch = texts[: settings.batch_size]
+        profile_texts(lm.model, lm.tokenizer, batch[:1], settings)
+        t0 = time.perf_counter()
+        tokens = float(profile_texts(lm.model, lm.tokenizer, batch, settings).count.sum())
+        speed = tokens / max(time.perf_counter() - t0, 1e-6)
+        cache.save_json("speed", _speed_key(lm), {"tokens_per_second": speed})
+        return speed
     on_gpu = next(lm.model.parameters()).is_cuda
-    return (1e13 if on_gpu else 3e11) / count_parameters(lm.model)  # rough first guess, replaced after one run
+    return (1e13 if on_gpu else 3e11) / count_parameters(lm.model)
 
 
 def profile(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = ProfileSettings(), probe: Probe = UNIT_PROBE,

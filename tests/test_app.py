@@ -790,20 +790,6 @@ def test_compensation_next_to_the_method_reaches_pruning_and_the_report(cache_di
     assert at.session_state["mask_result"].compensation is not None
 
 
-def test_profile_estimate_comes_from_a_measured_batch_then_from_finished_profiles(tiny_lm):
-    import pages._work as W
-
-    task, ps = get_task("arithmetic"), ProfileSettings(samples=8)
-    W._PROFILE_SPEED.pop(tiny_lm.identity, None)
-    assert W.estimate_profile_seconds(tiny_lm, [task], ps, measure=False) is None  # no measurement, no forward pass
-    assert W.estimate_profile_seconds(tiny_lm, [task], ps) > 0 and tiny_lm.identity in W._PROFILE_SPEED
-    finished = Stats(np.zeros((2, 1, 1)), np.zeros((2, 1, 1)), np.zeros((2, 1, 1)), np.ones(2),
-                     {"model_identity": tiny_lm.identity, "tokens": 1000.0, "seconds": 4.0})
-    W.record_profile_speed({"arithmetic": finished})  # 250 tokens/s, as a real profile measured it
-    enc = tiny_lm.tokenizer(W.choose_texts(task.calibration, ps), truncation=True, max_length=ps.max_length)
-    assert W.estimate_profile_seconds(tiny_lm, [task], ps) == pytest.approx(sum(map(len, enc["input_ids"])) / 250)
-
-
 def test_a_second_session_loading_another_model_says_it_replaces_the_first(cache_dir, tiny_lm, monkeypatch):
     import pages._common as C
 
@@ -825,9 +811,9 @@ def test_a_second_session_loading_another_model_says_it_replaces_the_first(cache
     ok(other)
     assert loads == ["model-a", "model-b"]
     assert any("Loaded model-b: it replaced model-a in memory" in w.value for w in other.warning)
-    release = models.hold(C.model_key(ModelSpec(name="model-b")))  # a job of that session runs on model-b
+    release = models.hold(ModelSpec(name="model-b"))  # a job of that session runs on model-b
     refused = open_page(MODEL, spec=ModelSpec(name="model-a"))
     assert any("cannot load model-a now" in e.value and "model-b is in use by a running job" in e.value
                for e in refused.error)
     release()
-    assert models.drop_idle() == [C.model_key(ModelSpec(name="model-b"))]
+    assert models.drop_idle() == [ModelSpec(name="model-b")]
