@@ -57,6 +57,7 @@ LAYERS = {
     "diet.gguf_families": DOMAIN,
     "diet.gguf_vocab": DOMAIN,
     "diet.gguf_quant": DOMAIN,
+    "diet.llamacpp": DOMAIN,
     "diet.vllm_export": DOMAIN,
     "diet.configuration_decilm": DOMAIN,
     "diet.modelcard": DOMAIN,
@@ -70,6 +71,7 @@ LAYERS = {
     "diet.models": INFRA,
     "diet.adapters": INFRA,
     "diet.jobs": INFRA,
+    "diet.isolate": INFRA,
     "diet.gate": INFRA,
     "diet.sharing": INFRA,
 }
