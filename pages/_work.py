@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from diet.api import MaskResult, compensation_of, lstsq_texts, model_key, profile_tasks, prune_copy
+from diet.api import MaskResult, model_key, profile_tasks, prune_copy
 from diet.compare import compare_models, pruned_speed
 from diet.errors import Cancelled
 from diet.evaluate import EvalSettings
@@ -177,19 +177,21 @@ def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodS
 
 
 def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bool, optional: dict,
-               stats: dict | None = None):
-    """Job body: export_model with the page's `optional` arguments (GGUF type, rounding, speed, evaluation table)
-    and, for an lstsq mask, the refit's settings and texts. The loaded model is shared: export prunes a copy."""
+               stats: dict | None = None, profile: ProfileSettings | None = None):
+    """Job body: the CLI's pipeline (`diet.pipeline.prune_to_folder`: compensation, prune, export, summary.json)
+    with the page's `optional` arguments (GGUF type, rounding, speed, evaluation table). `profile`: the settings
+    the statistics were profiled with (default: what they record). The loaded model is shared: export prunes a
+    copy."""
 
     def run(ctx: JobContext) -> str:
-        from diet.export import export_model
+        from diet.api import recorded_profile_settings
+        from diet.pipeline import prune_to_folder
 
         ctx.report("export", 0, 1)
         ctx.note(f"writing {out}")
-        comp = compensation_of(result)
-        if comp is not None:
-            optional.update(compensation=comp, texts=lstsq_texts(result, comp, stats))
-        path = export_model(lm, result, out, mode=mode, overwrite=overwrite, say=ctx.note, **optional)
+        ps = profile or recorded_profile_settings(stats or {}, ProfileSettings())
+        path, _ = prune_to_folder(lm, result, out, ps, stats, mode=mode, overwrite=overwrite, say=ctx.note,
+                                  **optional)
         ctx.report("export", 1, 1)
         return str(path)
 

@@ -608,7 +608,6 @@ def test_prune_page_measures_dense_vs_pruned_like_the_engine(cache_dir, tiny_lm)
 def test_export_page_writes_a_loadable_folder_and_explains_failures(cache_dir, tiny_lm, tmp_path):
     from transformers import AutoModelForCausalLM
 
-
     stats = profile_tasks(tiny_lm, [get_task("arithmetic"), get_task("capitals")], ProfileSettings(samples=8))
     at = open_page(EXPORT, tiny_lm, stats=stats)
     ok(at)

@@ -31,6 +31,7 @@ LAYERS = {
     "diet.api": SERVICE,
     "diet.report": SERVICE,
     "diet.sweep": SERVICE,
+    "diet.pipeline": SERVICE,
     # domain: statistics, masks, methods, pruning, measuring, tasks, writing models
     "diet": DOMAIN,  # the package's __init__: the version and the heterogeneous classes' registration
     "diet.statistics": DOMAIN,
