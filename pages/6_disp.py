@@ -76,8 +76,9 @@ def statistics(lm, tasks: list, ps) -> tuple[str, dict | None]:
 
 def controls(n_tasks: int) -> DispSettings:
     ss = st.session_state
-    defaults(p_disp_sparsity=0.3, p_disp_merge="budget", p_disp_threshold=n_tasks // 2 + 1, p_disp_score="mean_abs",
-             p_disp_allocation="layer", p_disp_min_keep=0.05, p_disp_positions=list(POSITIONS))
+    d = DispSettings()  # the widgets start at the settings' own defaults
+    defaults(p_disp_sparsity=d.sparsity, p_disp_merge=d.merge, p_disp_threshold=n_tasks // 2 + 1, p_disp_score=d.score,
+             p_disp_allocation=d.allocation, p_disp_min_keep=d.min_keep, p_disp_positions=list(d.positions))
     with st.container(border=True):
         c1, c2, c3, c4 = st.columns([2.2, 1.5, 1.2, 1.6])
         c1.slider("DISP block sparsity: fraction of block parameters removed", 0.0, 0.7, step=0.01,
