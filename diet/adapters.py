@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from diet.errors import DietError
+from diet.settings import UNITS
 from diet.shape import ModelShape
 
 
@@ -334,13 +335,13 @@ class AttentionHeads:
         _compensate(self._attn(layer), "o_proj", q, means)
 
 
-UNITS = {"mlp": MLPChannels, "heads": AttentionHeads}
+UNIT_CLASSES = {u.name: u for u in (MLPChannels, AttentionHeads)}  # the unit names are diet.settings.UNITS
 
 
 def get_unit(model: nn.Module, unit: str = "mlp") -> MLPChannels | AttentionHeads:
     if unit not in UNITS:
         raise DietError(f"unknown unit {unit!r}: supported units: {', '.join(UNITS)}")
-    return UNITS[unit](get_family(model))
+    return UNIT_CLASSES[unit](get_family(model))
 
 
 def model_shape(model: nn.Module, unit: str = "mlp") -> ModelShape:

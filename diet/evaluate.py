@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from diet.errors import DietError
+from diet.models import input_device
 
 Progress = Callable[[int, int], None]
 
@@ -127,10 +128,6 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 # ------------------------------------------------------------------------------------------------- scoring
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _forward_kwargs(model: torch.nn.Module) -> set[str]:
     """Names `model.forward` accepts (to pass `logits_to_keep` only where it exists)."""
     return set(inspect.signature(model.forward).parameters)
@@ -151,7 +148,7 @@ def _score_one(model: torch.nn.Module, ctx: list[int], cont: list[int], max_leng
     if len(cont) > max_length:
         raise DietError(f"a continuation of {len(cont)} tokens is longer than max_length={max_length}")
     inp = (ctx + cont)[-(max_length + 1):][:-1]
-    ids = torch.tensor([inp], dtype=torch.long, device=_device(model))
+    ids = torch.tensor([inp], dtype=torch.long, device=input_device(model))
     logits = model(input_ids=ids).logits[0, len(inp) - len(cont):]
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     target = torch.tensor(cont, device=logprobs.device)
@@ -184,7 +181,7 @@ def _score_batch(model: torch.nn.Module, batch, conts: list[list[int]], keep_arg
     Left padding puts every context's last token in the same column, so one `logits_to_keep=1` gives each
     context's prediction of its first continuation token, and every continuation starts at the same cache
     position; explicit position ids make the padding invisible (checked against the reference in the tests)."""
-    device = _device(model)
+    device = input_device(model)
     n_ctx = [len(ctx) for ctx, _ in batch]
     width = max(n_ctx)
     ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -407,7 +404,7 @@ def perplexity(model: torch.nn.Module, tokenizer, texts: Sequence[str], max_leng
     seqs = sorted((s for s in seqs if len(s) > 1), key=len, reverse=True)
     if not seqs:
         raise DietError("perplexity needs at least one text with a token to predict")
-    device = _device(model)
+    device = input_device(model)
     nll, count = 0.0, 0
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i: i + batch_size]

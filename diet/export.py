@@ -29,7 +29,7 @@ import numpy as np
 
 from diet.cache import atomic_write_json
 from diet.errors import DietError
-from diet.folders import check_out_dir, staged_folder
+from diet.folders import check_out_dir, save_tokenizer, staged_folder
 from diet.shape import ModelShape
 
 MODES = ("uniform", "padded", "heterogeneous", "gguf", "vllm")
@@ -363,7 +363,7 @@ def _write_model(mode: str, model, lm, folder: Path, outtype: str, name: str, ma
     else:
         model.save_pretrained(folder, max_shard_size=max_shard_size)  # shards + index; written from the tensors
         info = {}
-    lm.tokenizer.save_pretrained(folder)
+    save_tokenizer(lm.tokenizer, folder)
     return {"params_stored": count_parameters(model), **info}
 
 
@@ -446,7 +446,8 @@ def model_dtype(model) -> str:
 def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite: bool = False,
                  extra: dict | None = None, evaluation=None, speed=None, eval_settings=None,
                  say: Say | None = None, outtype: str = "f32", round_to: int = 1, compensation=None,
-                 texts: list[str] | None = None, in_place: bool = False, max_shard_size: str = "2GB") -> Path:
+                 texts: list[str] | None = None, in_place: bool = False, max_shard_size: str = "2GB",
+                 finish: Callable[[Path, dict], None] | None = None) -> Path:
     """Prune `lm.model` per `result` (a copy, or itself with `in_place`) and write the export folder atomically.
 
     mode=None picks `uniform` when every layer keeps the same count, else `padded`. `evaluation`: an optional list
@@ -460,7 +461,9 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     family's stock config can carry it (`diet.compensate.bias_supported`) and refused clearly elsewhere.
     `in_place`: cut the loaded model itself (see `prune_for_export`): the dense side of any comparison is measured
     first, so only `speed.interleaved` keeps a dense twin. `max_shard_size`: weight files are written in shards of
-    at most this size plus an index (the weights are in the dtype the model was loaded in).
+    at most this size plus an index (the weights are in the dtype the model was loaded in). `finish(folder,
+    settings)`: the caller's last files, written into the staged folder before it is renamed into place (the
+    pipeline's summary.json), with the settings diet_settings.json holds.
     """
     from diet import __version__
     from diet.models import count_parameters
@@ -470,7 +473,7 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     check_out_dir(out, overwrite)
     if Path(lm.path).exists() and out.resolve() == Path(lm.path).resolve():
         raise DietError(f"{out} is the base model's own folder: export somewhere else")
-    from diet.api import rounded
+    from diet.results import rounded
 
     result = rounded(result, round_to)
     mode = resolve_mode(result, mode)
@@ -500,6 +503,8 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
         atomic_write_json(tmp / "diet_settings.json", settings)
         _write_card(tmp, out, lm, result, mode, before, int(written["params_stored"]), evaluation, measured, extra,
                     engine, written.get("tensor_words"), engine_error)
+        if finish is not None:
+            finish(tmp, settings)
     return out
 
 

@@ -22,7 +22,7 @@ from pages._common import (
     server,
     start_job,
 )
-from pages._work import estimate_profile_seconds, profile_job, save_upload
+from pages._work import profile_job, save_upload
 
 DTYPES = {"auto (checkpoint's)": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 BNB_NOTE = ("8/4-bit statistics are not the fp ones: on SmolLM2-135M (3 tasks x 32 texts) the 20% masks they give "
@@ -143,12 +143,10 @@ def profile_section(lm, tasks: list, settings: ProfileSettings) -> None:
         missing = [t for t in tasks if not cached[t.name]]
         if missing:
             with server()[0].now() as free:  # no forward pass while a job (of any session) runs one
-                eta = estimate_profile_seconds(lm, missing, settings, measure=free)
-            how = "a batch measured on this machine now"
-            if eta is None:  # a job is running: no forward pass for an estimate now
-                eta, how = estimate_seconds(lm, missing, settings), "this machine's last measured speed"
+                eta = estimate_seconds(lm, missing, settings, measure=free)
             label = f"Profile {len(missing)} task(s) — about {seconds_text(eta)}"
-            st.caption(f"Estimated from the calibration texts' token counts and {how}: about "
+            st.caption("Estimated from the calibration texts' token counts and this machine's profiling speed "
+                       "(the last profile's, or one batch measured now): about "
                        f"{seconds_text(eta)} for {', '.join(t.name for t in missing)}"
                        + (f"; {len(tasks) - len(missing)} cached task(s) load instantly." if len(missing) < len(tasks)
                           else "."))

@@ -10,17 +10,15 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-from diet.api import MaskResult, compensation_of, lstsq_texts, model_key, profile_tasks, prune_copy
+from diet.api import MaskResult, model_key, profile_tasks, prune_copy
 from diet.compare import compare_models, pruned_speed
 from diet.errors import Cancelled
 from diet.evaluate import EvalSettings
 from diet.jobs import JobContext
 from diet.methods import needs_general
-from diet.profile import choose_texts
 from diet.report import settings_summary
 from diet.settings import MaskSettings, MethodSettings, ProfileSettings
 
@@ -39,8 +37,6 @@ def save_upload(name: str, data: bytes, root: Path | None = None) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------------------------- shared cache
-
 # ----------------------------------------------------------------------------------------------- profiling
 
 
@@ -49,39 +45,6 @@ def profile_shared(ctx: JobContext, lm, tasks: list, settings: ProfileSettings, 
     them first (the engine's cache lock); the others say they wait, then read them."""
     return profile_tasks(lm, tasks, settings, progress=progress or ctx.report, should_stop=ctx.should_stop,
                          on_wait=ctx.wait_for)
-
-
-_PROFILE_SPEED: dict = {}  # model identity -> profiling tokens per second measured in this server process
-
-
-def record_profile_speed(stats: dict) -> None:
-    """Learn profiling speed from finished statistics (their tokens and seconds, as the profiler recorded them)."""
-    for st_ in stats.values():
-        meta = st_.meta
-        if meta.get("model_identity") and meta.get("seconds", 0) > 0 and meta.get("tokens", 0) > 0:
-            _PROFILE_SPEED[meta["model_identity"]] = float(meta["tokens"]) / float(meta["seconds"])
-
-
-def estimate_profile_seconds(lm, tasks: list, settings: ProfileSettings, measure: bool = True) -> float | None:
-    """Seconds to profile `tasks` (none cached): their token count over profiling speed on this machine — measured
-    on one batch of their calibration texts the first time (well under a second on a small model), then remembered
-    and refreshed by every profile that finishes. None when there is no measurement and `measure` is False (a job
-    is running: a forward pass now would slow it and be slowed by it)."""
-    from diet.profile import profile_texts
-
-    if lm.identity not in _PROFILE_SPEED:
-        if not measure:
-            return None
-        texts = choose_texts(tasks[0].calibration, settings)[: settings.batch_size]
-        profile_texts(lm.model, lm.tokenizer, texts[:1], settings)  # warm-up: first-call allocations
-        t0 = time.perf_counter()
-        batch = profile_texts(lm.model, lm.tokenizer, texts, settings)
-        _PROFILE_SPEED[lm.identity] = float(batch.count.sum()) / max(time.perf_counter() - t0, 1e-6)
-    tokens = 0
-    for t in tasks:
-        enc = lm.tokenizer(choose_texts(t.calibration, settings), truncation=True, max_length=settings.max_length)
-        tokens += sum(len(ids) for ids in enc["input_ids"])
-    return tokens / _PROFILE_SPEED[lm.identity]
 
 
 def profile_job(lm, tasks: list, settings: ProfileSettings):
@@ -95,20 +58,13 @@ def profile_job(lm, tasks: list, settings: ProfileSettings):
     return run
 
 
-
-
 # ----------------------------------------------------------------------------------------------- methods
-
-
-
 
 
 def general_key(lm, source: str, ps: ProfileSettings) -> str:
     """Session key of general-text statistics: the source as chosen (before a Hub source is resolved, which the
     page never waits for) through the engine's one key function."""
     return model_key(lm, source=source, profile=ps.key_fields())
-
-
 
 
 def general_job(lm, source: str, ps: ProfileSettings):
@@ -127,24 +83,12 @@ def general_job(lm, source: str, ps: ProfileSettings):
     return run
 
 
-
-
 # ----------------------------------------------------------------------------------------------- masks
 
 
 COMPENSATION = {"none": "none (the method's own: FLAP keeps its bias)",
                 "bias": "bias: removed units' mean contribution added back",
                 "lstsq": "lstsq: refit the output projection from the kept units (layer by layer, at pruning)"}
-
-
-
-
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -195,10 +139,6 @@ def speed_job(lm, result: MaskResult, memo: dict, stats: dict | None = None, aga
     return run
 
 
-
-
-
-
 def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodSettings):
     """Job body: diet.sweep.run_sweep (methods × sparsities × tasks, each cell cached on disk), with its progress
     per cell and its cancel between cells (finished cells stay cached: run again to resume).
@@ -233,25 +173,25 @@ def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodS
     return run
 
 
-
-
 # ----------------------------------------------------------------------------------------------- export
 
 
 def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bool, optional: dict,
-               stats: dict | None = None):
-    """Job body: export_model with the page's `optional` arguments (GGUF type, rounding, speed, evaluation table)
-    and, for an lstsq mask, the refit's settings and texts. The loaded model is shared: export prunes a copy."""
+               stats: dict | None = None, profile: ProfileSettings | None = None):
+    """Job body: the CLI's pipeline (`diet.pipeline.prune_to_folder`: compensation, prune, export, summary.json)
+    with the page's `optional` arguments (GGUF type, rounding, speed, evaluation table). `profile`: the settings
+    the statistics were profiled with (default: what they record). The loaded model is shared: export prunes a
+    copy."""
 
     def run(ctx: JobContext) -> str:
-        from diet.export import export_model
+        from diet.api import recorded_profile_settings
+        from diet.pipeline import prune_to_folder
 
         ctx.report("export", 0, 1)
         ctx.note(f"writing {out}")
-        comp = compensation_of(result)
-        if comp is not None:
-            optional.update(compensation=comp, texts=lstsq_texts(result, comp, stats))
-        path = export_model(lm, result, out, mode=mode, overwrite=overwrite, say=ctx.note, **optional)
+        ps = profile or recorded_profile_settings(stats or {}, ProfileSettings())
+        path, _ = prune_to_folder(lm, result, out, ps, stats, mode=mode, overwrite=overwrite, say=ctx.note,
+                                  **optional)
         ctx.report("export", 1, 1)
         return str(path)
 
