@@ -134,13 +134,18 @@ def _profile_one(lm: LoadedModel, task, texts: list[str], settings: ProfileSetti
     t0 = time.perf_counter()
     tensors, meta = probe.run(lm.model, lm.tokenizer, texts, settings, cb, should_stop)
     seconds = time.perf_counter() - t0
-    tokens = float(tensors["count"].sum())
-    meta = {**meta, "model": lm.spec.name, "model_identity": lm.identity, "task": task.name,
-            "task_source": task.source, "task_fingerprint": task.fingerprint(), "texts": len(texts),
-            "tokens": tokens, "settings": asdict(settings), "seconds": seconds}
+    meta = _stats_meta(lm, task, texts, settings, tensors, meta, seconds)
     cache.save_tensors(probe.cache_kind, key, tensors, meta)
-    cache.save_json("speed", _speed_key(lm), {"tokens_per_second": tokens / seconds})
+    cache.save_json("speed", _speed_key(lm), {"tokens_per_second": meta["tokens"] / seconds})
     return tensors, meta
+
+
+def _stats_meta(lm: LoadedModel, task, texts: list[str], settings: ProfileSettings, tensors: dict, meta: dict,
+                seconds: float) -> dict:
+    """What a statistics entry records beside its arrays, wherever they were computed (here or on a worker)."""
+    return {**meta, "model": lm.spec.name, "model_identity": lm.identity, "task": task.name,
+            "task_source": task.source, "task_fingerprint": task.fingerprint(), "texts": len(texts),
+            "tokens": float(tensors["count"].sum()), "settings": asdict(settings), "seconds": seconds}
 
 
 def profile_tasks(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = ProfileSettings(),
@@ -335,3 +340,111 @@ def cached_general(lm: LoadedModel, source: str, settings: ProfileSettings) -> S
     if not is_profiled(lm, task, settings):
         return None
     return profile_tasks(lm, [task], settings)["general"]
+
+
+# ---------------------------------------------------------------- on a Ray cluster (diet/cluster/, docs/scale.md)
+
+
+def cluster_pool(settings, spec, say: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+    """Workers on the Ray cluster `settings` names, each holding the model `spec` names (this process loads none):
+    refused in one line before any unit when the cluster cannot take the work. Use it as a context manager and
+    hand it to `profile_on_cluster`, `sweep_on_cluster`, `evaluate_on_cluster`; its `.model` stands in for a
+    LoadedModel in every cache key (identity and concrete dtype as the workers loaded them, no weights)."""
+    from diet.cluster import Pool
+
+    return Pool(settings, spec, say, should_stop)
+
+
+def profile_on_cluster(pool, tasks: Sequence, settings: ProfileSettings = ProfileSettings(), progress=None,
+                       should_stop: Callable[[], bool] | None = None, cache: ArtifactCache | None = None
+                       ) -> dict[str, Stats]:
+    """`profile_tasks` with one unit per task not cached yet on the cluster's workers; each result is stored in
+    this process's cache under `stats_key`, the moment it arrives. `progress(ClusterProgress)`."""
+    from diet.cluster import Unit
+    from diet.cluster.units import profile_unit
+
+    cache = cache or ArtifactCache()
+    lm = pool.model
+    todo = []
+    for task in map(resolve_task, tasks):
+        texts = choose_texts(task.calibration, settings)
+        key = stats_key(lm, texts, settings)
+        if not cache.has("stats", key):
+            todo.append((task, texts, key))
+
+    def store(i: int, result) -> None:
+        task, texts, key = todo[i]
+        tensors, meta, seconds = result
+        cache.save_tensors("stats", key, tensors, _stats_meta(lm, task, texts, settings, tensors, meta, seconds))
+
+    units = [Unit(f"profile {t.name}", profile_unit, (texts, settings)) for t, texts, _ in todo]
+    pool.run(units, store, progress, should_stop)
+    return profile_tasks(lm, tasks, settings, cache=cache)  # every entry is cached now: read, no forward pass
+
+
+def sweep_on_cluster(pool, sweep, profile: ProfileSettings = ProfileSettings(), mask=None, method=None, cache=None,
+                     say: Callable[[str], None] | None = None, lstsq=None, progress=None,
+                     should_stop: Callable[[], bool] | None = None, sweep_progress=None) -> list[dict]:
+    """`diet.sweep.run_sweep` with its statistics profiled and its cells evaluated on the cluster's workers: one
+    unit per pruned model with a row not cached; rows come back in the in-process order and are cached under the
+    in-process keys. `progress(ClusterProgress)`; `sweep_progress(cached, evaluated, all)` as run_sweep's."""
+    from diet.cluster import Unit
+    from diet.cluster.units import sweep_cell_unit
+    from diet.general import general_task
+    from diet.settings import CompensationSettings
+    from diet.sweep import run_sweep
+
+    cache = cache or ArtifactCache()
+    mask = mask or MaskSettings()
+    method = method or MethodSettings()
+    tasks = [resolve_task(t) for t in sweep.tasks]
+    if any(needs_general(m, method) for m in sweep.methods):
+        tasks.append(general_task(sweep.general, say))
+    profile_on_cluster(pool, tasks, profile, progress, should_stop, cache)
+
+    def remote(si, pending, store) -> None:
+        shared = pool.share(si)
+        units = [Unit(_cell_label(p.cell), sweep_cell_unit, (shared, p.cell, mask, p.ms, profile.unit, p.missing))
+                 for p in pending]
+        pool.run(units, lambda i, rows: store(pending[i], rows), progress, should_stop)
+
+    return run_sweep(pool.model, sweep, profile, mask, method, cache, say,
+                     lstsq=lstsq or CompensationSettings(method="lstsq"), progress=sweep_progress, remote=remote)
+
+
+def _cell_label(cell: tuple) -> str:
+    name, variant, sparsity, comp = cell
+    return f"{name}{':' + variant if variant else ''}{'+' + comp if comp != 'none' else ''} @ {sparsity:g}"
+
+
+def evaluate_on_cluster(pool, tasks: Sequence, settings=None, progress=None,
+                        should_stop: Callable[[], bool] | None = None, cache: ArtifactCache | None = None) -> list:
+    """One unit per (model, task) evaluation not cached yet; each TaskResult is stored under the key the dense
+    model's comparison uses (`diet.compare.eval_key`), so the app finds it. Results in task order (fresh ones carry
+    their per-item logliks, cached ones do not)."""
+    from diet.cluster import Unit
+    from diet.cluster.units import eval_unit
+    from diet.compare import eval_key
+    from diet.evaluate import EvalSettings, TaskResult
+
+    cache = cache or ArtifactCache()
+    settings = settings or EvalSettings()
+    tasks = [resolve_task(t) for t in tasks]
+    keys = [eval_key(pool.model, t, settings, "dense") for t in tasks]
+    results: list = []
+    for k in keys:
+        hit = cache.load_json("eval", k)
+        if hit is not None:
+            hit.pop("note", None)
+        results.append(TaskResult(**hit) if hit is not None else None)
+    todo = [i for i, r in enumerate(results) if r is None]
+
+    def store(j: int, result) -> None:
+        i = todo[j]
+        cache.save_json("eval", keys[i], result.to_dict())
+        results[i] = result
+
+    pool.run([Unit(f"evaluate {tasks[i].name}", eval_unit, (tasks[i], settings)) for i in todo], store, progress,
+             should_stop)
+    return results

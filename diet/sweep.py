@@ -125,7 +125,9 @@ def prepare(lm, settings: SweepSettings, profile: ProfileSettings, mask: MaskSet
     base = {"kind": "sweep-cell/1", "model": lm.identity, "dtype": lm.spec.dtype, "stats": keys,
             "profile": profile.key_fields(), "mask": asdict(mask), "limit": settings.limit,
             "max_length": eval_settings.max_length}
-    inputs = MethodInputs(stats, general, weight_stats(lm.model, profile.unit), model_shape(lm.model, profile.unit))
+    held = lm.model is not None  # a cluster's driver holds no model: each worker computes these from its own
+    inputs = MethodInputs(stats, general, weight_stats(lm.model, profile.unit) if held else None,
+                          model_shape(lm.model, profile.unit) if held else None)
     lstsq = replace(lstsq, method="lstsq")
     fit = fit_texts(tasks, lstsq) if "lstsq" in settings.compensations else None
     return SweepInputs(inputs, base, [get_task(t) for t in (settings.eval_tasks or settings.tasks)], eval_settings,
@@ -151,7 +153,8 @@ def evaluate_cell(lm, si: SweepInputs, cell: tuple, mask: MaskSettings, ms: Meth
         if hits[t.name] is None:
             hits[t.name] = _row(name, cell[1], sparsity, summary, unit, evaluate_task(model, lm.tokenizer, t,
                                                                                       si.eval_settings), comp)
-            cache.save_json("sweep", keys[t.name], hits[t.name])
+            if cache is not None:  # None on a cluster worker: the driver stores the rows
+                cache.save_json("sweep", keys[t.name], hits[t.name])
         rows.append(hits[t.name])
     return rows
 
@@ -159,11 +162,30 @@ def evaluate_cell(lm, si: SweepInputs, cell: tuple, mask: MaskSettings, ms: Meth
 SweepProgress = Callable[[int, int, int], None]  # (cells read from the cache, cells evaluated now, cells in all)
 
 
+@dataclass
+class PendingCell:
+    """A pruned model with at least one evaluation task not cached yet: what a `remote` runner computes."""
+
+    slot: int  # its place among the sweep's models (rows come back in the in-process order)
+    cell: tuple  # (method, variant, sparsity, compensation)
+    ms: MethodSettings  # the method settings of this cell
+    keys: dict  # evaluation task name -> cache key of its row
+    hits: dict  # evaluation task name -> cached row, or None while missing
+
+    @property
+    def missing(self) -> list[str]:
+        return [n for n, h in self.hits.items() if h is None]
+
+
+Remote = Callable[[SweepInputs, list[PendingCell], Callable[[PendingCell, list[dict]], None]], None]
+
+
 def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSettings(),
               mask: MaskSettings = MaskSettings(), method: MethodSettings = MethodSettings(), cache=None,
               say: Say | None = None, lock: Callable | None = None,
               lstsq: CompensationSettings = CompensationSettings(method="lstsq"),
-              progress: SweepProgress | None = None, should_stop: Callable[[], bool] | None = None) -> list[dict]:
+              progress: SweepProgress | None = None, should_stop: Callable[[], bool] | None = None,
+              remote: Remote | None = None) -> list[dict]:
     """Every cell's rows (cached cells are read, not recomputed), plus the dense model's rows (sparsity 0).
 
     A cell here is one (model, evaluation task) number. `progress` is told after every cell; `should_stop` is polled
@@ -171,6 +193,9 @@ def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSet
     `lock`: an optional context-manager factory held around each model evaluation (the heavy part), so a long
     sweep lets other torch jobs on a shared machine take turns between cells. `lstsq`: the knobs of the lstsq
     cells (ridge, texts per task...); it fits on the sweep's calibration tasks' texts.
+    `remote(si, pending, store)`: computes every model with a cell not cached, elsewhere (a Ray cluster,
+    diet/cluster/), calling `store(pending cell, rows)` as each arrives; the rows are cached here, under the same
+    keys, the moment they arrive.
     """
     from contextlib import nullcontext
 
@@ -184,7 +209,8 @@ def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSet
         si = prepare(lm, settings, profile, mask, method, cache, say, lstsq)
     todo = [("dense", "", 0.0, "none")] + cells(settings)
     total, cached, evaluated = len(todo) * len(si.eval_tasks), 0, 0
-    rows: list[dict] = []
+    slots: list[list[dict] | None] = []
+    pending: list[PendingCell] = []
     for i, (name, variant, sparsity, comp) in enumerate(todo):
         ms = replace(method, method=name, single_task=variant or method.single_task)
         knobs = si.lstsq.key_fields() if comp == "lstsq" else {"method": comp}
@@ -192,24 +218,41 @@ def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSet
         hits = {n: cache.load_json("sweep", k) for n, k in keys.items()}
         hit = sum(h is not None for h in hits.values())
         if hit == len(hits):
-            rows += list(hits.values())
+            slots.append(list(hits.values()))
             cached += hit
             if progress:
                 progress(cached, evaluated, total)
+            continue
+        if remote is not None:
+            pending.append(PendingCell(len(slots), (name, variant, sparsity, comp), ms, keys, hits))
+            slots.append(None)
+            cached += hit
             continue
         if should_stop is not None and should_stop():
             raise Cancelled("sweep cancelled: the finished cells are kept in the cache, run it again to resume")
         t0 = time.perf_counter()
         with lock():
             done = evaluate_cell(lm, si, (name, variant, sparsity, comp), mask, ms, profile.unit, hits, keys, cache)
-        rows += done
+        slots.append(done)
         cached, evaluated = cached + hit, evaluated + len(hits) - hit
         if progress:
             progress(cached, evaluated, total)
         label = f"{name}{':' + variant if variant else ''}{'+' + comp if comp != 'none' else ''} @ {sparsity:g}"
         say(f"[{i + 1}/{len(todo)}] {label}: mean {np.mean([r['value'] for r in done]):.4f} "
             f"({time.perf_counter() - t0:.0f} s)")
-    return rows
+    if pending:
+        def store(p: PendingCell, new: list[dict]) -> None:
+            nonlocal evaluated
+            for name, row in zip(p.missing, new, strict=True):
+                cache.save_json("sweep", p.keys[name], row)
+                p.hits[name] = row
+                evaluated += 1
+            slots[p.slot] = [p.hits[t.name] for t in si.eval_tasks]
+            if progress:
+                progress(cached, evaluated, total)
+
+        remote(si, pending, store)
+    return [r for s in slots for r in s]
 
 
 def table(rows: Sequence[dict]):
