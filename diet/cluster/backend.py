@@ -35,6 +35,7 @@ from diet.errors import Cancelled, DietError
 from diet.settings import ClusterSettings, ModelSpec
 
 LOCAL_OBJECT_STORE = 200 * 1024**2  # bytes of shared memory for a local instance: results are small (statistics)
+START_SECONDS = 600  # a worker not holding the model after this long is not coming (its resources are taken)
 MEMORY_PER_WORKER = 3.0  # × weight bytes a worker needs: the model, a pruned copy (sweep cells), activations
 Say = Callable[[str], None]
 
@@ -158,6 +159,8 @@ def connect(settings: ClusterSettings) -> str:
     this process already holds when it is the same one."""
     ray = _ray()
     wanted = settings.address
+    if wanted not in ("local", "auto"):
+        _reachable(wanted)  # before leaving an instance this process holds
     if ray.is_initialized():
         if getattr(connect, "_address", None) == wanted:
             return wanted
@@ -165,11 +168,11 @@ def connect(settings: ClusterSettings) -> str:
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     try:
         if wanted == "local":
+            # Workers at the driver's priority (Ray's default niceness for workers is 15): on this machine they do
+            # the work the in-process path would do in the foreground, and are timed against it (bench/cluster.py).
             ray.init(num_cpus=settings.local_cpus or os.cpu_count(), include_dashboard=False,
-                     object_store_memory=LOCAL_OBJECT_STORE, **quiet)
+                     object_store_memory=LOCAL_OBJECT_STORE, _system_config={"worker_niceness": 0}, **quiet)
         else:
-            if wanted != "auto":
-                _reachable(wanted)
             ray.init(address=wanted, **quiet)
     except ConnectionError as e:
         where = "on this machine (start one with `ray start --head`)" if wanted == "auto" else f"at {wanted}"
@@ -302,7 +305,12 @@ class Pool:
         ray = _ray()
         pending = {w.actor.info.remote(): w for w in self.workers}
         self.say(f"loading the model on {len(self.workers)} worker(s)")
+        deadline = time.time() + START_SECONDS
         while pending:
+            if time.time() > deadline:
+                self.close()
+                raise DietError(f"{len(pending)} worker(s) did not start within {START_SECONDS} s: other jobs may "
+                                "hold the cluster's CPUs or GPUs (`ray status` shows them)")
             if should_stop is not None and should_stop():
                 self.close()
                 raise Cancelled("cancelled while the workers loaded the model; nothing was computed")
@@ -340,7 +348,8 @@ class Pool:
         avoid: dict[int, set[str]] = {i: set() for i in range(len(units))}
         tries = dict.fromkeys(range(len(units)), 0)
         inflight: dict = {}  # ref -> (unit index, worker, submitted)
-        reviving: dict = {}  # ref of a restarted worker's info() -> worker
+        reviving: dict = {}  # ref of a restarting worker's info() -> worker
+        later: dict = {}  # name of a worker still restarting -> when to ask it again
         done = retries = 0
 
         def tell() -> None:
@@ -353,8 +362,13 @@ class Pool:
                 self.close()
                 raise Cancelled(f"cancelled: the cluster's units were stopped; {done} of {len(units)} finished "
                                 "unit(s) are stored, run it again to resume")
+            for name, when in list(later.items()):
+                if time.time() >= when:
+                    del later[name]
+                    w = next(w for w in self.workers if w.name == name)
+                    reviving[w.actor.info.remote()] = w
             self._dispatch(units, queue, avoid, inflight)
-            if not inflight and queue and not reviving:
+            if not inflight and queue and not reviving and not later:
                 raise DietError("every worker of the Ray cluster died; the finished units are stored, run it again "
                                 "to resume")
             ready, _ = ray.wait(list(inflight) + list(reviving), num_returns=1, timeout=0.25)
@@ -364,7 +378,9 @@ class Pool:
                     try:
                         w.info = ray.get(ref)
                         w.status = "idle"
-                    except ray.exceptions.RayError:
+                    except ray.exceptions.ActorUnavailableError:  # still reloading the model: ask again soon
+                        later[w.name] = time.time() + 0.5
+                    except ray.exceptions.RayError:  # its restarts are used up
                         w.alive, w.status = False, "dead"
                     continue
                 i, w, submitted = inflight.pop(ref)
@@ -424,12 +440,15 @@ class Pool:
         return ray.get([w.actor.info.remote() for w in self.workers if w.alive])
 
     def close(self) -> None:
-        """Kill the workers (no restart): their running units stop at once."""
+        """Kill the workers (no restart): their running units stop at once. Every one, including those this loop
+        gave up on: a worker Ray restarted anyway would keep its CPUs (or GPU) from the next pool."""
         ray = _ray()
         for w in self.workers:
-            if w.alive:
+            try:
                 ray.kill(w.actor, no_restart=True)
-                w.alive, w.status = False, "stopped"
+            except ray.exceptions.RayError:
+                pass  # already gone
+            w.alive, w.status = False, "stopped"
 
     def __enter__(self) -> Pool:
         return self
