@@ -34,7 +34,7 @@ from diet.cache import ArtifactCache  # noqa: E402
 from diet.cluster import disconnect  # noqa: E402
 from diet.general import general_task  # noqa: E402
 from diet.settings import ClusterSettings, ModelSpec, ProfileSettings  # noqa: E402
-from diet.sweep import SweepSettings, run_sweep, table  # noqa: E402
+from diet.sweep import SweepSettings, run_sweep, sweep_on_cluster, table  # noqa: E402
 
 
 def fresh_cache(base: Path, name: str) -> ArtifactCache:
@@ -70,7 +70,7 @@ def main() -> None:
                                   say=lambda m: print(m, file=sys.stderr)) as pool:
                 cache = fresh_cache(tmp, f"cluster{r}")
                 t0 = time.perf_counter()
-                rows_c = api.sweep_on_cluster(pool, sweep, ps, cache=cache)
+                rows_c = sweep_on_cluster(pool, sweep, ps, cache=cache)
                 wall_c = time.perf_counter() - t0
                 info = pool.worker_info()
                 timings = list(pool.timings)

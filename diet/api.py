@@ -349,8 +349,8 @@ def cluster_pool(settings, spec, say: Callable[[str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None):
     """Workers on the Ray cluster `settings` names, each holding the model `spec` names (this process loads none):
     refused in one line before any unit when the cluster cannot take the work. Use it as a context manager and
-    hand it to `profile_on_cluster`, `sweep_on_cluster`, `evaluate_on_cluster`; its `.model` stands in for a
-    LoadedModel in every cache key (identity and concrete dtype as the workers loaded them, no weights)."""
+    hand it to `profile_on_cluster`, `evaluate_on_cluster` (and `diet.sweep.sweep_on_cluster`); its `.model` stands
+    in for a LoadedModel in every cache key (identity and concrete dtype as the workers loaded them, no weights)."""
     from diet.cluster import Pool
 
     return Pool(settings, spec, say, should_stop)
@@ -381,41 +381,6 @@ def profile_on_cluster(pool, tasks: Sequence, settings: ProfileSettings = Profil
     units = [Unit(f"profile {t.name}", profile_unit, (texts, settings)) for t, texts, _ in todo]
     pool.run(units, store, progress, should_stop)
     return profile_tasks(lm, tasks, settings, cache=cache)  # every entry is cached now: read, no forward pass
-
-
-def sweep_on_cluster(pool, sweep, profile: ProfileSettings = ProfileSettings(), mask=None, method=None, cache=None,
-                     say: Callable[[str], None] | None = None, lstsq=None, progress=None,
-                     should_stop: Callable[[], bool] | None = None, sweep_progress=None) -> list[dict]:
-    """`diet.sweep.run_sweep` with its statistics profiled and its cells evaluated on the cluster's workers: one
-    unit per pruned model with a row not cached; rows come back in the in-process order and are cached under the
-    in-process keys. `progress(ClusterProgress)`; `sweep_progress(cached, evaluated, all)` as run_sweep's."""
-    from diet.cluster import Unit
-    from diet.cluster.units import sweep_cell_unit
-    from diet.general import general_task
-    from diet.settings import CompensationSettings
-    from diet.sweep import run_sweep
-
-    cache = cache or ArtifactCache()
-    mask = mask or MaskSettings()
-    method = method or MethodSettings()
-    tasks = [resolve_task(t) for t in sweep.tasks]
-    if any(needs_general(m, method) for m in sweep.methods):
-        tasks.append(general_task(sweep.general, say))
-    profile_on_cluster(pool, tasks, profile, progress, should_stop, cache)
-
-    def remote(si, pending, store) -> None:
-        shared = pool.share(si)
-        units = [Unit(_cell_label(p.cell), sweep_cell_unit, (shared, p.cell, mask, p.ms, profile.unit, p.missing))
-                 for p in pending]
-        pool.run(units, lambda i, rows: store(pending[i], rows), progress, should_stop)
-
-    return run_sweep(pool.model, sweep, profile, mask, method, cache, say,
-                     lstsq=lstsq or CompensationSettings(method="lstsq"), progress=sweep_progress, remote=remote)
-
-
-def _cell_label(cell: tuple) -> str:
-    name, variant, sparsity, comp = cell
-    return f"{name}{':' + variant if variant else ''}{'+' + comp if comp != 'none' else ''} @ {sparsity:g}"
 
 
 def evaluate_on_cluster(pool, tasks: Sequence, settings=None, progress=None,

@@ -568,7 +568,8 @@ def cmd_sweep(a) -> None:
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     cluster = _cluster(a)
     if cluster is not None:
-        from diet.api import cluster_pool, sweep_on_cluster
+        from diet.api import cluster_pool
+        from diet.sweep import sweep_on_cluster
 
         bar = _ClusterBar()
         with cluster_pool(cluster, _spec(a), say=say) as pool:

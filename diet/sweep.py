@@ -237,9 +237,8 @@ def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSet
         cached, evaluated = cached + hit, evaluated + len(hits) - hit
         if progress:
             progress(cached, evaluated, total)
-        label = f"{name}{':' + variant if variant else ''}{'+' + comp if comp != 'none' else ''} @ {sparsity:g}"
-        say(f"[{i + 1}/{len(todo)}] {label}: mean {np.mean([r['value'] for r in done]):.4f} "
-            f"({time.perf_counter() - t0:.0f} s)")
+        say(f"[{i + 1}/{len(todo)}] {cell_label((name, variant, sparsity, comp))}: mean "
+            f"{np.mean([r['value'] for r in done]):.4f} ({time.perf_counter() - t0:.0f} s)")
     if pending:
         def store(p: PendingCell, new: list[dict]) -> None:
             nonlocal evaluated
@@ -253,6 +252,62 @@ def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSet
 
         remote(si, pending, store)
     return [r for s in slots for r in s]
+
+
+# ---------------------------------------------------------------- on a Ray cluster (diet/cluster/, docs/scale.md)
+
+
+def sweep_cell_unit(lm, memo: dict, si, cell: tuple, mask, ms, unit: str, missing: list[str]) -> list[dict]:
+    """One sweep cell (one pruned model) evaluated on the evaluation tasks named in `missing`: their rows.
+
+    `si` is the driver's `diet.sweep.SweepInputs` without the model's weight norms and shape (the driver holds no
+    model); they are computed here once per worker, from the same dense weights the in-process path reads."""
+    from diet.adapters import model_shape
+    from diet.methods import weight_stats
+
+    if ("weights", unit) not in memo:
+        memo[("weights", unit)] = (weight_stats(lm.model, unit), model_shape(lm.model, unit))
+    weights, shape = memo[("weights", unit)]
+    si = replace(si, inputs=replace(si.inputs, weights=weights, shape=shape))
+    hits = {t.name: (None if t.name in missing else {}) for t in si.eval_tasks}
+    rows = evaluate_cell(lm, si, cell, mask, ms, unit, hits, {}, None)
+    return [r for r, t in zip(rows, si.eval_tasks, strict=True) if t.name in missing]
+
+
+def sweep_on_cluster(pool, sweep: SweepSettings, profile: ProfileSettings = ProfileSettings(),
+                     mask: MaskSettings = MaskSettings(), method: MethodSettings = MethodSettings(), cache=None,
+                     say: Say | None = None, lstsq: CompensationSettings = CompensationSettings(method="lstsq"),
+                     progress=None, should_stop: Callable[[], bool] | None = None, sweep_progress=None) -> list[dict]:
+    """`run_sweep` with its statistics profiled and its cells evaluated on the workers of `pool`
+    (`diet.api.cluster_pool`): one unit per pruned model with a row not cached; rows come back in the in-process
+    order and are cached under the in-process keys, each the moment it arrives. `progress(ClusterProgress)`;
+    `sweep_progress(cached, evaluated, all)` as run_sweep's."""
+    from diet.api import profile_on_cluster, resolve_task
+    from diet.cache import ArtifactCache
+    from diet.cluster import Unit
+    from diet.general import general_task
+    from diet.methods import needs_general
+
+    cache = cache or ArtifactCache()
+    tasks = [resolve_task(t) for t in sweep.tasks]
+    if any(needs_general(m, method) for m in sweep.methods):
+        tasks.append(general_task(sweep.general, say))
+    profile_on_cluster(pool, tasks, profile, progress, should_stop, cache)
+
+    def remote(si, pending, store) -> None:
+        shared = pool.share(si)
+        units = [Unit(cell_label(p.cell), sweep_cell_unit, (shared, p.cell, mask, p.ms, profile.unit, p.missing))
+                 for p in pending]
+        pool.run(units, lambda i, rows: store(pending[i], rows), progress, should_stop)
+
+    return run_sweep(pool.model, sweep, profile, mask, method, cache, say,
+                     lstsq=lstsq, progress=sweep_progress, remote=remote)
+
+
+def cell_label(cell: tuple) -> str:
+    """A pruned model in words: "diet @ 0.25", "single-task:facts @ 0.5", "pooled+lstsq @ 0.3"."""
+    name, variant, sparsity, comp = cell
+    return f"{name}{':' + variant if variant else ''}{'+' + comp if comp != 'none' else ''} @ {sparsity:g}"
 
 
 def table(rows: Sequence[dict]):

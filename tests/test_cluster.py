@@ -18,16 +18,17 @@ from diet.cache import COUNT_ENV, ArtifactCache
 from diet.errors import Cancelled, DietError
 from diet.evaluate import EvalSettings, evaluate_task
 from diet.models import load_model
-from diet.settings import ClusterSettings, ModelSpec, ProfileSettings
-from diet.sweep import SweepSettings, run_sweep, table
+from diet.settings import ClusterSettings, MaskSettings, MethodSettings, ModelSpec, ProfileSettings
+from diet.sweep import SweepSettings, run_sweep, sweep_on_cluster, table
 from diet.tasks import get_task
 from tests.tiny import tiny_model, tiny_tokenizer
 
 ray = pytest.importorskip("ray")
 
 PROFILE = ProfileSettings(samples=8, max_length=64, batch_size=4)
+# every item of arithmetic (194): accuracies fine enough that a mask off by a few channels shows in some cell
 SWEEP = SweepSettings(methods=("diet", "wanda-sp", "random"), sparsities=(0.25, 0.5), tasks=("arithmetic", "capitals"),
-                      limit=6, general="generated", compensations=("none", "lstsq"))
+                      eval_tasks=("arithmetic",), general="generated", compensations=("none", "lstsq"))
 LOCAL = ClusterSettings(address="local", local_cpus=2)
 
 
@@ -40,17 +41,24 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pool(folder):
-    """Two single-thread workers on a local Ray instance, for the whole module; Ray is stopped at the end."""
+def ray_local():
+    """One local Ray instance (2 CPUs) for the module, stopped at its end: no Ray process outlives the tests."""
     from diet.cluster import disconnect
+    from diet.cluster.backend import connect
 
-    said: list[str] = []
     try:
-        with api.cluster_pool(LOCAL, ModelSpec(name=str(folder), device="cpu"), say=said.append) as p:
-            p.said = said
-            yield p
+        yield connect(LOCAL)
     finally:
         disconnect()
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local, folder):
+    """Two single-thread workers holding the tiny model, shared by the tests that use it."""
+    said: list[str] = []
+    with api.cluster_pool(LOCAL, ModelSpec(name=str(folder), device="cpu"), say=said.append) as p:
+        p.said = said
+        yield p
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +92,9 @@ def test_profile_sweep_eval_identical_to_in_process(pool, local_lm, tmp_path):
     assert sorted(p.name for p in (tmp_path / "remote" / "stats").glob("*.json")) == \
            sorted(p.name for p in (tmp_path / "here" / "stats").glob("*.json"))
 
-    rows = api.sweep_on_cluster(pool, SWEEP, PROFILE, cache=remote)
+    rows = sweep_on_cluster(pool, SWEEP, PROFILE, cache=remote)
     ref = run_sweep(local_lm, SWEEP, PROFILE, cache=here)
-    assert len(rows) == len(ref) == (1 + 12) * 2
+    assert len(rows) == len(ref) == 1 + 12
     assert _frame(rows).equals(_frame(ref))
     assert sorted(p.name for p in (tmp_path / "remote" / "sweep").glob("*.json")) == \
            sorted(p.name for p in (tmp_path / "here" / "sweep").glob("*.json"))
@@ -102,7 +110,7 @@ def test_profile_sweep_eval_identical_to_in_process(pool, local_lm, tmp_path):
 def test_worker_killed_mid_sweep_is_retried_and_table_identical(pool, local_lm, tmp_path):
     cache = ArtifactCache(tmp_path / "c")
     sweep = SweepSettings(methods=("diet", "random"), sparsities=(0.25, 0.5), tasks=("arithmetic", "capitals"),
-                          limit=60, general="generated")
+                          limit=30, general="generated")
     api.profile_on_cluster(pool, list(sweep.tasks), PROFILE, cache=cache)
     pids = {i["name"]: i["pid"] for i in pool.worker_info()}
     killed: list[str] = []
@@ -119,7 +127,7 @@ def test_worker_killed_mid_sweep_is_retried_and_table_identical(pool, local_lm, 
     said: list[str] = []
     pool.say = lambda m: (said.append(m), lines.append(m))
     try:
-        rows = api.sweep_on_cluster(pool, sweep, PROFILE, cache=cache, progress=progress.append,
+        rows = sweep_on_cluster(pool, sweep, PROFILE, cache=cache, progress=progress.append,
                                     should_stop=should_stop)
     finally:
         pool.say = pool.said.append
@@ -142,20 +150,20 @@ def test_interrupted_run_keeps_finished_units(pool, folder, tmp_path, monkeypatc
         stored[:] = range(p.done)
 
     with pytest.raises(Cancelled, match="run it again to resume"):
-        api.sweep_on_cluster(pool, SWEEP, PROFILE, cache=cache, progress=progress, should_stop=stop_after_two)
+        sweep_on_cluster(pool, SWEEP, PROFILE, cache=cache, progress=progress, should_stop=stop_after_two)
     first = {p.stem for p in (tmp_path / "c" / "sweep").glob("*.json")}
-    assert len(first) >= 4  # two pruned models × two evaluation tasks at least, each cached when it arrived
+    assert len(first) >= 2  # two pruned models' rows at least, each cached the moment it arrived
     assert not any(w.alive for w in pool.workers)  # cancel stopped the cluster's units: the workers are gone
     log = tmp_path / "computed.txt"
     monkeypatch.setenv(COUNT_ENV, str(log))
     with api.cluster_pool(LOCAL, ModelSpec(name=str(folder), device="cpu")) as again_pool:  # the driver re-run
-        rows = api.sweep_on_cluster(again_pool, SWEEP, PROFILE, cache=cache)
+        rows = sweep_on_cluster(again_pool, SWEEP, PROFILE, cache=cache)
     again = {line.split()[1] for line in log.read_text().splitlines() if line.startswith("sweep ")}
     assert not again & first  # nothing finished before the interruption was computed again
-    assert len(again) + len(first) == len(rows) == 26
+    assert len(again) + len(first) == len(rows) == 13
 
 
-def test_refusals_are_one_line_before_any_unit(folder, monkeypatch):
+def test_refusals_are_one_line_before_any_unit(ray_local, folder, monkeypatch):
     from diet.cluster.backend import check_nodes
 
     def refused(settings, spec) -> str:
@@ -174,3 +182,33 @@ def test_refusals_are_one_line_before_any_unit(folder, monkeypatch):
     monkeypatch.setattr(check_nodes, "ray_version", "2.59.0")  # this driver expects another Ray than the nodes run
     msg = refused(LOCAL, spec)
     assert msg.startswith("Ray version mismatch: node ") and f"runs Ray {ray.__version__}" in msg
+
+
+def test_app_sweep_job_on_the_cluster_shows_units_and_cancel_stops_them(ray_local, local_lm, cache_dir):
+    """The Sweep page's job with the cluster address of the Model and tasks page: the job panel's lines are the
+    cluster's units and workers; cancel ends the job and kills the workers (their CPUs are free again)."""
+    import time
+
+    from diet.jobs import CANCELLED, Job
+    from pages._work import cluster_settings, sweep_job
+
+    assert cluster_settings("  ") is None  # the page's default: this process
+    sweep = SweepSettings(methods=("diet", "random"), sparsities=(0.25, 0.5), tasks=("arithmetic", "capitals"),
+                          limit=60, general="generated")
+    job = Job.start("sweep", "Sweep", sweep_job(local_lm, sweep, PROFILE, MaskSettings(), MethodSettings(),
+                                                cluster_settings("local")))
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        snap = job.snapshot()
+        units = [p for p in snap.lines if p.label == "cluster units"]
+        if snap.finished or (units and units[-1].total == 5 and units[-1].done >= 1):
+            break
+        time.sleep(0.1)
+    assert "retries 0" in snap.message and "w1: " in snap.message and "w2: " in snap.message
+    job.cancel()
+    assert job.wait(60)
+    assert job.snapshot().status == CANCELLED
+    assert all(api.is_profiled(local_lm, t, PROFILE) for t in ("arithmetic", "capitals"))  # finished units stay
+    while time.time() < deadline and ray.available_resources().get("CPU", 0) < 2:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2  # no worker of the job is left holding a core
