@@ -163,6 +163,14 @@ def test_interrupted_run_keeps_finished_units(pool, folder, tmp_path, monkeypatc
     assert len(again) + len(first) == len(rows) == 13
 
 
+def test_cli_refusal_is_one_error_line_and_exit_2(folder, capsys):
+    from diet.cli import main
+
+    assert main(["eval", "--model", str(folder), "--tasks", "arithmetic", "--ray", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot reach a Ray cluster at 127.0.0.1:1")
+
+
 def test_refusals_are_one_line_before_any_unit(ray_local, folder, monkeypatch):
     from diet.cluster.backend import check_nodes
 
