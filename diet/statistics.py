@@ -139,13 +139,18 @@ def _profile_one(lm: LoadedModel, task, texts: list[str], settings: ProfileSetti
     t0 = time.perf_counter()
     tensors, meta = probe.run(lm.model, lm.tokenizer, texts, settings, cb, should_stop)
     seconds = time.perf_counter() - t0
-    tokens = float(tensors["count"].sum())
-    meta = {**meta, "model": lm.spec.name, "model_identity": lm.identity, "task": task.name,
-            "task_source": task.source, "task_fingerprint": task.fingerprint(), "texts": len(texts),
-            "tokens": tokens, "settings": asdict(settings), "seconds": seconds}
+    meta = stats_meta(lm, task, texts, settings, tensors, meta, seconds)
     cache.save_tensors(probe.cache_kind, key, tensors, meta)
-    cache.save_json("speed", _speed_key(lm), {"tokens_per_second": tokens / seconds})
+    cache.save_json("speed", _speed_key(lm), {"tokens_per_second": meta["tokens"] / seconds})
     return tensors, meta
+
+
+def stats_meta(lm: LoadedModel, task, texts: list[str], settings: ProfileSettings, tensors: dict, meta: dict,
+               seconds: float) -> dict:
+    """What a statistics entry records beside its arrays, wherever they were computed (here or on a worker)."""
+    return {**meta, "model": lm.spec.name, "model_identity": lm.identity, "task": task.name,
+            "task_source": task.source, "task_fingerprint": task.fingerprint(), "texts": len(texts),
+            "tokens": float(tensors["count"].sum()), "settings": asdict(settings), "seconds": seconds}
 
 
 def profile_tasks(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = ProfileSettings(),

@@ -22,7 +22,7 @@ from pages._common import (
     server,
     start_job,
 )
-from pages._work import profile_job, save_upload
+from pages._work import cluster_settings, profile_job, save_upload
 
 DTYPES = {"auto (checkpoint's)": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 BNB_NOTE = ("8/4-bit statistics are not the fp ones: on SmolLM2-135M (3 tasks x 32 texts) the 20% masks they give "
@@ -127,6 +127,19 @@ def settings_section() -> ProfileSettings:
     return settings
 
 
+def cluster_section() -> None:
+    """Where profiling and sweeps run: this process (default) or the Ray cluster at an address (docs/scale.md)."""
+    defaults(p_cluster="")
+    with st.expander("Cluster (Ray): profile and sweep on other workers"):
+        st.text_input("Ray cluster address", key="p_cluster", placeholder="empty = this process",
+                      help="local (a Ray instance on this machine), auto (the cluster `ray start` runs here) or the "
+                           "head's host:port. The profiling job and the Sweep page then run their units on its "
+                           "workers, each holding this model; results land in this app's cache. See docs/scale.md")
+    st.session_state["cluster"] = cluster_settings(st.session_state["p_cluster"])
+    if st.session_state["cluster"] is not None:
+        st.caption(f"Profiling and sweeps run on the Ray cluster **{st.session_state['cluster'].address}**.")
+
+
 def profile_section(lm, tasks: list, settings: ProfileSettings) -> None:
     if not tasks:
         st.info("Pick at least one task above (two or more to see how their masks overlap).")
@@ -154,7 +167,8 @@ def profile_section(lm, tasks: list, settings: ProfileSettings) -> None:
             label = "Load the cached statistics (no forward pass)"
         busy = runner().active() is not None
         if st.button(label, type="primary", disabled=busy, key="btn_profile"):
-            start_job("profile", f"Profiling {len(tasks)} task(s)", profile_job(lm, tasks, settings))
+            start_job("profile", f"Profiling {len(tasks)} task(s)",
+                      profile_job(lm, tasks, settings, st.session_state.get("cluster")))
             st.rerun()
     job_panel(("profile",), key="main")
     stats = st.session_state.get("stats")
@@ -172,4 +186,5 @@ with page_errors():
     st.subheader("Tasks")
     tasks = chosen_tasks()
     settings = settings_section()
+    cluster_section()
     profile_section(lm, tasks, settings)

@@ -169,8 +169,12 @@ def page(stats: dict) -> None:
         lm = current_model()
         ps = recorded_profile_settings(stats, profile_settings())
         start_job("sweep", f"Sweep: {len(methods)} method(s) × {len(sparsities)} sparsities × {len(with_items)} "
-                  "task(s)", sweep_job(lm, settings, ps, mask, ms))
+                  "task(s)", sweep_job(lm, settings, ps, mask, ms, st.session_state.get("cluster")))
         st.rerun()
+    cluster = st.session_state.get("cluster")
+    if cluster is not None:
+        st.caption(f"Runs on the Ray cluster **{cluster.address}** (set on Model and tasks; empty there = this "
+                   "process).")
     job_panel(("sweep",), key="main")
     sweep = st.session_state.get("sweep")
     if sweep and "rows" in sweep:

@@ -13,14 +13,14 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from diet.api import MaskResult, model_key, profile_tasks, prune_copy
+from diet.api import MaskResult, cluster_pool, is_profiled, model_key, profile_on_cluster, profile_tasks, prune_copy
 from diet.compare import compare_models, pruned_speed
-from diet.errors import Cancelled
+from diet.errors import Cancelled, DietError
 from diet.evaluate import EvalSettings
 from diet.jobs import JobContext
 from diet.methods import needs_general
 from diet.report import settings_summary
-from diet.settings import MaskSettings, MethodSettings, ProfileSettings
+from diet.settings import ClusterSettings, MaskSettings, MethodSettings, ProfileSettings
 
 # ----------------------------------------------------------------------------------------------- uploads
 
@@ -47,10 +47,47 @@ def profile_shared(ctx: JobContext, lm, tasks: list, settings: ProfileSettings, 
                          on_wait=ctx.wait_for)
 
 
-def profile_job(lm, tasks: list, settings: ProfileSettings):
-    """Job body: statistics per task (cached ones load without a forward pass); progress per task, per batch."""
+# ----------------------------------------------------------------------------------------------- cluster
+
+
+def cluster_settings(address: str) -> ClusterSettings | None:
+    """The Model and tasks page's cluster address in settings: None (this process) when it is empty."""
+    address = address.strip()
+    return ClusterSettings(address=address) if address else None
+
+
+def cluster_report(ctx: JobContext):
+    """A cluster run in the job panel: one progress line of units, and the retries and every worker's status as
+    the job's note (the CLI's bar shows the same)."""
+
+    def report(p) -> None:
+        ctx.report("cluster units", p.done, p.total)
+        ctx.note(p.line())
+
+    return report
+
+
+def on_cluster(ctx: JobContext, lm, cluster: ClusterSettings):
+    """Workers on `cluster` holding the session's model; refused when they loaded other weights than this
+    session's (their results would land under other cache keys than the pages read)."""
+    pool = cluster_pool(cluster, lm.spec, say=ctx.note, should_stop=ctx.should_stop)
+    if pool.model.identity != lm.identity:
+        pool.close()
+        raise DietError(f"the cluster's workers loaded other weights ({pool.model.identity}) than this app "
+                        f"({lm.identity}): give them the same model path")
+    return pool
+
+
+def profile_job(lm, tasks: list, settings: ProfileSettings, cluster: ClusterSettings | None = None):
+    """Job body: statistics per task (cached ones load without a forward pass); progress per task, per batch.
+    With `cluster`, the tasks not cached yet are profiled there first (one unit per task), then read."""
 
     def run(ctx: JobContext) -> dict:
+        missing = [t for t in tasks if not is_profiled(lm, t, settings)]
+        if cluster is not None and missing:
+            with on_cluster(ctx, lm, cluster) as pool:
+                profile_on_cluster(pool, missing, settings, progress=cluster_report(ctx),
+                                   should_stop=ctx.should_stop)
         for t in tasks:
             ctx.report(t.name, 0, min(settings.samples, len(t.calibration)))
         return profile_shared(ctx, lm, tasks, settings)
@@ -139,12 +176,14 @@ def speed_job(lm, result: MaskResult, memo: dict, stats: dict | None = None, aga
     return run
 
 
-def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodSettings):
+def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodSettings,
+              cluster: ClusterSettings | None = None):
     """Job body: diet.sweep.run_sweep (methods × sparsities × tasks, each cell cached on disk), with its progress
     per cell and its cancel between cells (finished cells stay cached: run again to resume).
 
-    The statistics it needs are loaded (or profiled, with progress) first, so run_sweep then finds them cached."""
-    from diet.sweep import run_sweep, total_cells
+    The statistics it needs are loaded (or profiled, with progress) first, so run_sweep then finds them cached.
+    With `cluster`, statistics and cells not cached yet are computed by the cluster's workers instead."""
+    from diet.sweep import run_sweep, sweep_on_cluster, total_cells
 
     total = total_cells(settings)
 
@@ -152,6 +191,18 @@ def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodS
         from diet.general import general_task
         from diet.tasks import get_task
 
+        counts = {"cached": 0, "evaluated": 0}
+
+        def progress(cached: int, evaluated: int, all_cells: int) -> None:
+            counts.update(cached=cached, evaluated=evaluated)
+            ctx.report("cells", cached + evaluated, all_cells)
+
+        if cluster is not None:
+            with on_cluster(ctx, lm, cluster) as pool:
+                rows = sweep_on_cluster(pool, settings, ps, mask, ms, say=ctx.note, progress=cluster_report(ctx),
+                                        should_stop=ctx.should_stop, sweep_progress=progress)
+            return {"rows": rows, **counts, "total": total, "settings": asdict(settings), "mask": asdict(mask),
+                    "method": asdict(ms), "profile": asdict(ps)}
         tasks = [get_task(t) for t in settings.tasks]
         if any(needs_general(m, ms) for m in settings.methods):
             ctx.note(f"reading the general text ({settings.general})")
@@ -160,12 +211,6 @@ def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodS
             ctx.report(f"statistics: {t.name}", 0, min(ps.samples, len(t.calibration)))
         profile_shared(ctx, lm, tasks, ps, progress=lambda n, d, t: ctx.report(f"statistics: {n}", d, t))
         ctx.report("cells", 0, total)
-        counts = {"cached": 0, "evaluated": 0}
-
-        def progress(cached: int, evaluated: int, all_cells: int) -> None:
-            counts.update(cached=cached, evaluated=evaluated)
-            ctx.report("cells", cached + evaluated, all_cells)
-
         rows = run_sweep(lm, settings, ps, mask, ms, say=ctx.note, progress=progress, should_stop=ctx.should_stop)
         return {"rows": rows, **counts, "total": total, "settings": asdict(settings), "mask": asdict(mask),
                 "method": asdict(ms), "profile": asdict(ps)}

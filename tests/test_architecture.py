@@ -62,6 +62,7 @@ LAYERS = {
     "diet.vllm_export": DOMAIN,
     "diet.configuration_decilm": DOMAIN,
     "diet.modelcard": DOMAIN,
+    "diet.cluster": DOMAIN,  # Ray workers and the units they run (backend: connection, refusals, retries)
     # infrastructure: what everything stands on
     "diet.errors": INFRA,
     "diet.settings": INFRA,
