@@ -208,8 +208,9 @@ def split_half_overlap(stats: Stats, settings: MaskSettings) -> float:
 
 
 def prune_copy(lm: LoadedModel, result: MaskResult, compensation=None, texts: Sequence[str] | None = None,
-               stats: dict | None = None):
-    """A pruned deep copy of the model (the loaded one stays dense, so the app can compare side by side).
+               stats: dict | None = None, in_place: bool = False):
+    """A pruned deep copy of the model (the loaded one stays dense, so the app can compare side by side);
+    `in_place`: the loaded model itself is cut (one model in memory: the CLI's dense-then-pruned generation).
 
     `compensation` (a `diet.settings.CompensationSettings`; default: what the result's summary asks for,
     `compensation_of`): with method "lstsq" the copy's output projections are refitted on `texts` (default:
@@ -222,7 +223,7 @@ def prune_copy(lm: LoadedModel, result: MaskResult, compensation=None, texts: Se
     from diet.prune import prune_units
 
     compensation = compensation or compensation_of(result)
-    model = copy.deepcopy(lm.model)
+    model = lm.model if in_place else copy.deepcopy(lm.model)
     if compensation is not None and compensation.method == "lstsq":
         from diet.compensate import fit_lstsq
 
@@ -335,3 +336,40 @@ def cached_general(lm: LoadedModel, source: str, settings: ProfileSettings) -> S
     if not is_profiled(lm, task, settings):
         return None
     return profile_tasks(lm, [task], settings)["general"]
+
+
+# ------------------------------------------------------------------------------------- what the model says
+
+
+def generate(lm: LoadedModel, prompt: str, settings=None, label: str = "model", model=None, on_update=None,
+             should_stop=None):
+    """`lm`'s answer to `prompt` (a `diet.generate.Generation`), streamed through `on_update`; `model`: a pruned
+    copy sharing `lm`'s tokenizer answers instead. Greedy by default (`diet.generate.GenerateSettings`)."""
+    from diet.generate import GenerateSettings
+    from diet.generate import generate as run
+
+    return run(model if model is not None else lm.model, lm.tokenizer, prompt, settings or GenerateSettings(),
+               label, on_update, should_stop)
+
+
+def generate_gguf(path, prompt: str, settings=None, label: str = "gguf", on_update=None, should_stop=None):
+    """The same answer from an exported GGUF file through llama.cpp, in a child process (a crash keeps the
+    partial answer and says so)."""
+    from diet.generate import GenerateSettings
+    from diet.llama_generate import generate_gguf as run
+
+    return run(path, prompt, settings or GenerateSettings(), label, on_update, should_stop)
+
+
+def changed_items(tasks: Sequence, dense: Sequence, pruned: Sequence):
+    """Per task, the items one model answered right and the other wrong (`diet.changed.TaskChanges`), from the two
+    comparisons' per-item log-likelihoods; `tasks` are names, files or Task objects."""
+    from diet.changed import changed_items as run
+
+    return run([resolve_task(t) for t in tasks], dense, pruned)
+
+
+def sample_prompt(task) -> str:
+    """A prompt from a task's first evaluation item (its question), to prefill a Try-it box."""
+    task = resolve_task(task)
+    return task.evaluation[0].context.strip() if task.evaluation else (task.calibration[0] if task.calibration else "")
