@@ -23,6 +23,7 @@ from pages._common import (
     start_job,
     stats_page,
 )
+from pages._try import changed_items_section, try_it_panel
 from pages._work import compare_job, speed_job
 
 
@@ -121,8 +122,11 @@ def page(lm, stats: dict) -> None:
     comp = st.session_state.get("comparison")
     if comp:
         comparison_section(comp, lm, result, stats)
+        changed_items_section(comp, tasks)
+    try_it_panel(lm, result, stats, chosen)
     st.page_link("pages/5_sweep.py", label="Accuracy vs sparsity, several methods side by side: the Sweep page",
                  icon="➡️")
 
 
-stats_page(("compare", "speed"), "3 · Prune and evaluate", lambda stats, _slot: page(current_model(), stats))
+stats_page(("compare", "speed", "generate"), "3 · Prune and evaluate",
+           lambda stats, _slot: page(current_model(), stats))

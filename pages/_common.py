@@ -19,7 +19,8 @@ from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettin
 
 TEST_MODEL = "_test_model"  # session-state seed: tests put a LoadedModel (a tiny random model) here
 PERSIST = "p_"  # widget keys starting with this keep their value when the user switches pages (see app.py)
-RESULT_KEYS = {"profile": "stats", "compare": "comparison", "sweep": "sweep", "export": "exported"}
+RESULT_KEYS = {"profile": "stats", "compare": "comparison", "sweep": "sweep", "export": "exported",
+               "generate": "try_it"}
 MEMO_KEYS = {"general": "general_stats"}  # jobs whose result ({key: value}) is added to a memo in the session
 CANCELLED_NOTE = {"sweep": "the finished cells are kept in the cache: run the sweep again to resume"}
 # How often a running job's progress is redrawn. Why not faster: each redraw is a script run (Python under the
