@@ -52,6 +52,7 @@ from pages._common import (
     start_job,
     stats_page,
 )
+from pages._common import chart as common_chart
 from pages._work import COMPENSATION, general_job, general_key
 
 MERGE = {"budget": "exact budget (our default)", "threshold": "voting threshold"}
@@ -68,7 +69,7 @@ NEEDS = {"tasks": "the task statistics", "general": "statistics on general text"
 
 
 def chart(fig, key: str, caption: str) -> None:
-    st.plotly_chart(fig, key=key)
+    common_chart(fig, key)
     st.caption(caption)
 
 

@@ -15,6 +15,7 @@ from diet.compare import SPEED_BATCH, SPEED_TOKENS, speed_key
 from diet.evaluate import EvalSettings, average
 from diet.report import comparison_table, counts_notes, mask_stats, settings_summary
 from pages._common import (
+    chart,
     current_mask,
     current_model,
     defaults,
@@ -90,8 +91,8 @@ def comparison_section(comp: dict, lm, result, stats: dict) -> None:
                 delta_color="inverse")
     speed_section(c[3], lm, result, comp, stats)
     tasks = comp["tasks"]
-    st.plotly_chart(viz.accuracy_bars(tasks + ["average"], [r.value for r in comp["dense"]] + [average(comp["dense"])],
-                                      [r.value for r in comp["pruned"]] + [average(comp["pruned"])]), key="accuracy")
+    chart(viz.accuracy_bars(tasks + ["average"], [r.value for r in comp["dense"]] + [average(comp["dense"])],
+                            [r.value for r in comp["pruned"]] + [average(comp["pruned"])]), key="accuracy")
     st.caption(viz.CAPTIONS["accuracy"])
     table = pd.DataFrame(comparison_table(comp))
     st.dataframe(table, hide_index=True, width="stretch",
