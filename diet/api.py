@@ -369,7 +369,16 @@ def changed_items(tasks: Sequence, dense: Sequence, pruned: Sequence):
     return run([resolve_task(t) for t in tasks], dense, pruned)
 
 
-def sample_prompt(task) -> str:
-    """A prompt from a task's first evaluation item (its question), to prefill a Try-it box."""
+def sample_prompt(task, index: int = 0) -> str:
+    """A prompt from a task's evaluation item (its question; the first by default), to prefill a Try-it box."""
     task = resolve_task(task)
-    return task.evaluation[0].context.strip() if task.evaluation else (task.calibration[0] if task.calibration else "")
+    if task.evaluation:
+        return task.evaluation[index % len(task.evaluation)].context.strip()
+    return task.calibration[index % len(task.calibration)] if task.calibration else ""
+
+
+def sample_prompts(tasks: Sequence, n: int = 3) -> list[str]:
+    """`n` prompts for sample generations: the first item of each task in turn, then their second items, ..."""
+    found = [resolve_task(t) for t in tasks]
+    found = [t for t in found if t.evaluation or t.calibration]
+    return [sample_prompt(found[i % len(found)], i // len(found)) for i in range(n)] if found else []

@@ -164,6 +164,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="also evaluate dense and pruned on the mask's tasks (first N items: a preview) for the "
                         "model card: the dense model is scored before it is pruned in place, so it costs no memory "
                         "(default: no evaluation)")
+    g.add_argument("--card-samples", type=int, default=3,
+                   help="sample generations in the model card: the dense and the pruned model's greedy answers to "
+                        "the first items of the mask's tasks (0: none; default: 3)")
 
 
 def _export_options(a) -> dict:
@@ -183,6 +186,15 @@ def _export_options(a) -> dict:
     return {"mode": a.export_mode, "overwrite": a.overwrite, "eval_settings": eval_settings,
             "outtype": a.outtype, "round_to": a.round_to, "speed": speed, "in_place": True,
             "say": lambda m: print(m, file=sys.stderr)}
+
+
+def _sample_prompts(a, tasks) -> list[str]:
+    """--card-samples prompts for the model card, from the tasks' first items."""
+    from diet.api import sample_prompts
+
+    if a.card_samples < 0:
+        raise DietError(f"--card-samples must be 0 or more, got {a.card_samples}")
+    return sample_prompts(tasks, a.card_samples)
 
 
 def _disp_args(p: argparse.ArgumentParser) -> None:
@@ -450,6 +462,7 @@ def cmd_prune(a) -> None:
         from diet.tasks import get_task
 
         options.update(compensation=lstsq, texts=fit_texts([get_task(t) for t in a.tasks], lstsq))
+    options["sample_prompts"] = _sample_prompts(a, a.tasks)
     s = result.summary
     summary = {"model": lm.spec.name, "model_identity": lm.identity, "tasks": result.tasks,
                "unit_sparsity": s["unit_sparsity"], "param_sparsity": s["param_sparsity"],
@@ -698,6 +711,7 @@ def cmd_export(a) -> None:
     check_out_dir(Path(a.out), a.overwrite)  # refuse, and read the mask, before loading a model
     result, _ = read_mask(a.mask)
     options = _export_options(a)
+    options["sample_prompts"] = _sample_prompts(a, result.tasks)
     lm = load_model(_spec(a), say=options["say"])
     folder = apply_mask(lm, a.mask, a.out, **options)
     written = json.loads((folder / "diet_settings.json").read_text())

@@ -203,3 +203,12 @@ def generate(model, tokenizer, prompt: str, settings: GenerateSettings = Generat
     if on_update:
         on_update(result)
     return result
+
+
+CARD_TOKENS = 48  # new tokens of each sample answer in a model card (greedy)
+
+
+def sample_answers(model, tokenizer, prompts, max_new_tokens: int = CARD_TOKENS) -> list[str]:
+    """Greedy answers (chat template where the tokenizer has one) to each prompt: the model card's samples."""
+    settings = GenerateSettings(max_new_tokens=max_new_tokens)
+    return [generate(model, tokenizer, p, settings).text for p in prompts]

@@ -235,3 +235,91 @@ def test_cli_eval_compare_writes_the_changed_items_csv(tmp_path, cache_dir, caps
     assert main(["eval", "--model", str(tiny_folder), "--tasks", "arithmetic", "--items", str(items)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("--items lists what pruning changed: it needs --compare DIR_OR_MASK")
+
+
+# ----------------------------------------------------------------------------------- report, card, figures
+
+
+def test_headline_words_for_a_non_specialist():
+    from diet.modelcard import headline_words
+
+    assert headline_words(0.25, 1.3, 0.59, 0.561, 3, [10, 10, 10]) == [
+        ("25% smaller", "size"), ("1.30× faster forward", "speed"),
+        ("accuracy 0.590 → 0.561 (−2.9 points) on 3 tasks (preview: 10 items each)", "accuracy")]
+    assert headline_words(0.1, 0.9, 0.5, 0.52, 1) == [
+        ("10% smaller", "size"), ("0.90× the dense forward speed", "speed"),
+        ("accuracy 0.500 → 0.520 (+2.0 points) on 1 task", "accuracy")]
+
+
+def test_report_opens_with_the_sentence_linked_to_its_measurements_and_shows_samples_and_changes(cache_dir):
+    import re
+
+    from diet.api import build_mask, profile_tasks, prune_copy
+    from diet.report import report
+    from diet.settings import MaskSettings, ProfileSettings
+    from diet.tasks import get_task
+    from tests.test_export import make_lm
+
+    lm = make_lm(loud_mlp(tiny_model("llama", seed=1)))
+    tasks = [get_task("arithmetic"), get_task("capitals")]
+    stats = profile_tasks(lm, tasks, ProfileSettings(samples=8))
+    result = build_mask(stats, MaskSettings(sparsity=0.25))
+    pruned = prune_copy(lm, result)
+    s = EvalSettings(limit=6)
+    dense_r, pruned_r = evaluate_tasks(lm.model, lm.tokenizer, tasks, s), evaluate_tasks(pruned, lm.tokenizer, tasks, s)
+    comp = {"tasks": [t.name for t in tasks], "dense": dense_r, "pruned": pruned_r,
+            "speed": {"dense": 100.0, "pruned": 130.0}}
+    changes = changed_items(tasks, dense_r, pruned_r)
+    html = report("tiny", result, stats, comp, samples=[{"prompt": "P<1>", "dense": "D", "pruned": "Q"}],
+                  changes=changes)
+    lead = re.search(r"<p class='lead'[^>]*>(.*?)</p>", html).group(1)
+    assert lead.index(f"{result.summary['param_sparsity']:.0%} smaller") < lead.index("1.30× faster forward")
+    for target in re.findall(r"href='#([^']+)'", lead):
+        assert f"<a id='{target}'></a>" in html, target
+    assert len(re.findall(r"href='#", lead)) == 3
+    assert "<td style='text-align:left;white-space:pre-wrap;vertical-align:top'>P&lt;1&gt;</td>" in html
+    for tc in changes:
+        assert f"{tc.task}: {tc.broken} item(s) dense right / pruned wrong, {tc.fixed} the reverse" in html
+
+
+def test_model_card_opens_with_the_sentence_and_shows_three_sample_generations(tmp_path):
+    from diet.api import prune_copy, sample_prompts
+    from diet.export import export_model
+    from tests.test_export import make_lm, make_result
+
+    lm = make_lm(tiny_model("llama"))
+    result = make_result(lm.model, [12, 40, 24])
+    prompts = sample_prompts(["arithmetic", "capitals"], 3)
+    assert len(prompts) == 3 and prompts[2] != prompts[0]  # the third is the first task's second item
+    out = export_model(lm, result, tmp_path / "out", mode="padded", sample_prompts=prompts)
+    card = (out / "README.md").read_text()
+    first = card.split("\n---\n", 1)[1].strip().splitlines()[2]
+    assert first.startswith(f"**[{result.summary['param_sparsity']:.0%} smaller](#what-was-removed)")
+    assert "## What was removed" in card
+    section = card.split("## Sample generations", 1)[1]
+    pruned = prune_copy(lm, result)
+    for p in prompts:
+        dense_text = generate(lm.model, lm.tokenizer, p, GenerateSettings(max_new_tokens=48)).text
+        pruned_text = generate(pruned, lm.tokenizer, p, GenerateSettings(max_new_tokens=48)).text
+        assert f"- dense: `{' '.join(dense_text.split())}`" in section
+        assert f"- pruned: `{' '.join(pruned_text.split())}`" in section
+    assert section.count("**Prompt:**") == 3
+
+
+def test_figures_render_as_png_and_svg_at_their_size_or_say_there_is_no_browser(monkeypatch):
+    import struct
+    import xml.etree.ElementTree as ET
+
+    import plotly.graph_objects as go
+
+    from diet import figures
+
+    fig = go.Figure(go.Bar(y=[1, 2, 3]), layout=dict(title="A bar", width=640, height=360))
+    out = figures.render([("a", fig)])
+    png, svg = out["a.png"], out["a.svg"]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (640, 360)
+    root = ET.fromstring(svg)
+    assert (root.get("width"), root.get("height")) == ("640", "360")
+    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")
+    with pytest.raises(DietError, match="no Chromium/Chrome found"):
+        figures.image(fig, "png")
