@@ -85,11 +85,12 @@ def chart(fig, key: str, **kwargs) -> None:
         st.download_button("HTML", data=lambda: fig.to_html(include_plotlyjs=True), file_name=f"{stem}.html",
                            mime="text/html", on_click="ignore", key=f"dl-html-{key}")
         return
+    size = "x".join(map(str, figures.size_of(fig)))
     cols = st.columns([1, 1, 8])
     for col, fmt in zip(cols, figures.FORMATS):
-        col.download_button(fmt.upper(), data=lambda f=fmt: figures.image(fig, f), file_name=f"{stem}.{fmt}",
+        col.download_button(fmt.upper(), data=lambda f=fmt: figures.image(fig, f), file_name=f"{stem}-{size}.{fmt}",
                             mime=IMAGE_MIME[fmt], on_click="ignore", key=f"dl-{fmt}-{key}",
-                            help=f"this figure as {fmt.upper()}, {'×'.join(map(str, figures.size_of(fig)))} px")
+                            help=f"this figure as {fmt.upper()}, {size} pixels (its size on the page)")
 
 
 # ----------------------------------------------------------------------------------------------- model
