@@ -323,3 +323,32 @@ def test_figures_render_as_png_and_svg_at_their_size_or_say_there_is_no_browser(
     monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")
     with pytest.raises(DietError, match="no Chromium/Chrome found"):
         figures.image(fig, "png")
+
+
+# ---------------------------------------------------------------------------------------- llama.cpp (GGUF)
+
+
+def test_an_exported_gguf_answers_through_llama_cpp_in_a_child_process(tmp_path, capsys):
+    """Streams piece by piece, Stop keeps the partial answer, and a file llama.cpp cannot load is one line."""
+    from diet.api import generate_gguf
+    from diet.cli import main
+    from tests.test_gguf import export_tiny, llama_cpp
+
+    llama_cpp()  # a missing llama-cpp-python fails here, as in tests/test_gguf.py
+    out, _ = export_tiny(tmp_path, "llama", [20, 44, 31])
+    seen = []
+    g = generate_gguf(out, PROMPT, GenerateSettings(max_new_tokens=12, chat=False), on_update=seen.append)
+    assert g.engine == "llama.cpp" and g.finish in ("eos", "length") and 1 <= g.new_tokens <= 12
+    assert [s.new_tokens for s in seen[:-1]] == list(range(1, g.new_tokens + 1)) and seen[-1] == g
+    assert all(b.text.startswith(a.text) for a, b in zip(seen, seen[1:])) and seen[-2].text == g.text
+    seen.clear()
+    stopped = generate_gguf(out, PROMPT, GenerateSettings(max_new_tokens=40, chat=False),
+                            should_stop=lambda: len(seen) >= 4, on_update=seen.append)
+    assert stopped.finish == "stopped" and stopped.text and stopped.new_tokens < 40
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + bytes(64))
+    with pytest.raises(DietError, match="llama.cpp ended with exit code 1 after 0 token"):
+        generate_gguf(bad, PROMPT, GenerateSettings(max_new_tokens=4, chat=False))
+    assert main(["generate", "--model", str(out / "model.gguf"), "--prompt", PROMPT, "--raw",
+                 "--max-new-tokens", "6"]) == 0
+    assert "[llama.cpp: " in capsys.readouterr().out
