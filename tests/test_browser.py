@@ -214,7 +214,14 @@ def _changed_items(page, tmp_path: Path, shots: Path) -> None:
     assert len(rows) == sum(counts)
     assert set(rows[0]) >= {"task", "direction", "question", "dense_answer", "pruned_answer"} if rows else True
     clean(page)
+    heading.evaluate("e => e.scrollIntoView({block: 'start'})")
     _shot(page, "9_changed_items.png", shots)
+
+
+def _answer_columns(page):
+    """The row of the two answer columns (the one holding both the "Dense" and the "Pruned" heading)."""
+    return (page.locator('[data-testid="stHorizontalBlock"]').filter(has=page.get_by_text("Dense", exact=True))
+            .filter(has=page.get_by_text("Pruned", exact=True)).last)
 
 
 def _try_it(page, shots: Path) -> None:
@@ -227,7 +234,7 @@ def _try_it(page, shots: Path) -> None:
     set_number(page, "Max new tokens", 400)
     page.get_by_role("button", name="Generate, dense vs pruned").click()
     page.get_by_text("writing…").first.wait_for(timeout=120_000)
-    columns = page.locator('[data-testid="stColumn"]').filter(has_text="Dense").filter(has_text="Pruned").last
+    columns = _answer_columns(page)
     dense = columns.locator('[data-testid="stColumn"]').first
     partial = dense.locator('[data-testid="stText"]').inner_text()
     assert partial.strip() and partial != "…", "no partial text while the dense answer was being written"
@@ -241,8 +248,7 @@ def _try_it(page, shots: Path) -> None:
     page.get_by_role("button", name="Stop").click()
     page.get_by_text("stopped: the partial answer is kept").wait_for(timeout=60_000)
     wait_idle(page)
-    final = page.locator('[data-testid="stColumn"]').filter(has_text="Dense").filter(has_text="Pruned").last
-    texts = final.locator('[data-testid="stText"]').all_inner_texts()
+    texts = _answer_columns(page).locator('[data-testid="stText"]').all_inner_texts()
     assert len(texts) == 2 and all(t.strip() and t != "…" for t in texts), texts
     assert texts[0].startswith(partial.rstrip("…").strip()[:20])  # the dense answer kept what was streamed
     clean(page)

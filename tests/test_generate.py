@@ -352,3 +352,19 @@ def test_an_exported_gguf_answers_through_llama_cpp_in_a_child_process(tmp_path,
     assert main(["generate", "--model", str(out / "model.gguf"), "--prompt", PROMPT, "--raw",
                  "--max-new-tokens", "6"]) == 0
     assert "[llama.cpp: " in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_smollm2_chat_answer_equals_model_generate_on_its_chat_template():
+    """On the real SmolLM2-135M-Instruct: the chat template is applied, and greedy is model.generate itself."""
+    from diet.models import load_model
+
+    lm = load_model("smollm2-135m", say=lambda m: None)
+    g = generate(lm.model, lm.tokenizer, "What is the capital of France?", GenerateSettings(max_new_tokens=16))
+    text = lm.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                            tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([lm.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    want = lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16)
+    assert g.chat is True and g.note == "" and g.prompt_tokens == ids.shape[1]
+    assert list(g.token_ids) == want[0, ids.shape[1]:].tolist()
+    assert "Paris" in g.text
