@@ -28,9 +28,9 @@ from diet.gguf_export import OUTTYPES  # noqa: E402
 
 
 def measure(path: str, n_prompt: int, n_gen: int, threads: int, queue) -> None:
-    """In a child process: one timed run of `diet.gguf_export.measure_speed` (the model card's figure), and the
+    """In a child process: one timed run of `diet.llamacpp.measure_speed` (the model card's figure), and the
     child's own peak RSS."""
-    from diet.gguf_export import measure_speed
+    from diet.llamacpp import measure_speed
 
     r = measure_speed(path, repeats=1, n_prompt=n_prompt, n_gen=n_gen, threads=threads)
     # VmHWM, not getrusage: Linux hands a spawned child its parent's ru_maxrss (here a process with torch loaded)

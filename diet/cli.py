@@ -480,6 +480,7 @@ def cmd_prune(a) -> None:
     what = "MLP channels" if a.unit == "mlp" else "attention KV groups"
     print(f"{result.method}: pruned {summary['unit_sparsity']:.1%} of {what} = {summary['param_sparsity']:.1%} of all "
           f"params ({s['params_total']:,} -> {_size_words(summary)}); wrote {folder} ({summary['export_mode']})")
+    _print_warnings(summary)
 
 
 def _check_report_path(report: str | None, overwrite: bool) -> Path | None:
@@ -513,10 +514,16 @@ def _written_sizes(written: dict, s: dict) -> dict:
     if "round_to" in written:  # the rounded mask's sparsity, next to the rounding
         out.update(round_to=written["round_to"], param_sparsity=1 - logical / s["params_total"],
                    unit_sparsity=1 - sum(written["kept_per_layer"]) / s["units_total"])
-    for key in ("outtype", "arch"):
+    for key in ("outtype", "arch", "warnings"):  # warnings: optional work that failed, the folder complete (export.py)
         if key in written:
             out[key] = written[key]
     return out
+
+
+def _print_warnings(sizes: dict) -> None:
+    """The export's warnings again under its last line, where a user looks (the run still succeeded: exit 0)."""
+    for line in sizes.get("warnings", []):
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _size_words(summary: dict) -> str:
@@ -719,6 +726,7 @@ def cmd_export(a) -> None:
     sizes = _written_sizes(written, {"params_after": 0, "params_total": 1, "units_total": total})
     print(f"applied {a.mask} ({kept:,} of {total:,} channels kept; tasks: {', '.join(result.tasks)}) "
           f"to {lm.spec.name}: {_size_words(sizes)} parameters; wrote {folder} ({written['mode']})")
+    _print_warnings(sizes)
 
 
 COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "profile": cmd_profile, "prune": cmd_prune,

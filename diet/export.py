@@ -500,13 +500,15 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
         written = _write_model(mode, model, lm, tmp, outtype, f"{lm.spec.name} pruned with DIET", max_shard_size)
         settings["params_stored"] = int(written["params_stored"])
         settings.update({k: v for k, v in written.items() if k in ("arch", "bytes", "tensor_types", "tensor_words")})
-        engine = _engine_speed(mode, tmp, speed, say)
+        engine, engine_error = _engine_speed(mode, tmp, speed, say)
         if engine:
             settings["engine_speed"] = engine
+        if engine_error:
+            settings["warnings"] = [engine_error]
         write_mask_files(tmp, result, {"model": lm.spec.name, "model_identity": lm.identity})
         atomic_write_json(tmp / "diet_settings.json", settings)
         _write_card(tmp, out, lm, result, mode, before, int(written["params_stored"]), evaluation, measured, extra,
-                    engine, written.get("tensor_words"), samples)
+                    engine, written.get("tensor_words"), engine_error, samples)
     return out
 
 
@@ -538,19 +540,38 @@ def _prune_and_measure(lm, result, mode: str, compensation, texts, evaluation, s
     return model, comp_info, evaluation, measured
 
 
-def _engine_speed(mode: str, folder: Path, speed, say: Say) -> dict | None:
-    """llama.cpp tokens/s of the written GGUF for the card, where speed was asked for (None without llama.cpp)."""
-    if mode != "gguf" or speed is None or speed.repeats <= 0:
-        return None
-    from diet.gguf_export import GGUF_NAME, measure_speed
+def _engine_speed(mode: str, folder: Path, speed, say: Say) -> tuple[dict | None, str | None]:
+    """llama.cpp tokens/s of the written GGUF for the card, where speed was asked for: (measurement, None), or
+    (None, one line saying why not) when llama.cpp failed; (None, None) where it was not asked for or is not installed.
 
-    say("measuring the GGUF file's speed in llama.cpp...")
-    return measure_speed(folder / GGUF_NAME, repeats=speed.repeats)
+    The measurement runs in a child process (diet/isolate.py): a crash of llama.cpp's native code (its AMX kernels on
+    some Xeons) costs the measurement, never the export. The file is then read back with the `gguf` reader, so the
+    line can say it is valid."""
+    import importlib.util
+
+    if mode != "gguf" or speed is None or speed.repeats <= 0 or importlib.util.find_spec("llama_cpp") is None:
+        return None, None
+    from diet.gguf_export import GGUF_NAME, check_file
+    from diet.isolate import EngineFailure, run_isolated
+    from diet.llamacpp import measure_speed
+
+    path = folder / GGUF_NAME
+    say("measuring the GGUF file's speed in llama.cpp (in a child process)...")
+    try:
+        return run_isolated(measure_speed, str(path), repeats=speed.repeats,
+                            timeout_s=300 + 120 * path.stat().st_size / 1e9), None
+    except EngineFailure as e:
+        check_file(path)  # raises if the file itself is broken: then the export must not be kept
+        line = (f"llama.cpp {e.reason} while measuring speed; the file is written and valid ({GGUF_NAME} read back "
+                "with the gguf reader); on CPUs with AMX run llama.cpp with --no-repack (the folder's README.md)")
+        say(f"warning: {line}")
+        return None, line
 
 
 def _write_card(folder: Path, out: Path, lm, result, mode: str, before: dict, params_stored: int, evaluation,
                 measured, extra: dict | None, engine_speed: dict | None = None,
-                tensor_words: str | None = None, samples: list[dict] | None = None) -> None:
+                tensor_words: str | None = None, engine_error: str | None = None,
+                samples: list[dict] | None = None) -> None:
     """The folder's README.md (model card) with its plots: sizes, widths, measured accuracy and speed, how to run."""
     from diet.modelcard import CardFacts, render_card, write_plots
 
@@ -566,7 +587,8 @@ def _write_card(folder: Path, out: Path, lm, result, mode: str, before: dict, pa
         disk_before_estimated=estimated, disk_after=sum(p.stat().st_size for p in _weight_files(folder)),
         evaluation=_evaluation_dict(evaluation), speed=measured, plots=plots, unit=unit,
         extra={k: v for k, v in (extra or {}).items() if k != "evaluation"}, dtype=before["dtype"],
-        engine_speed=engine_speed, tensor_types=tensor_words, samples=samples or [])
+        engine_speed=engine_speed, tensor_types=tensor_words, engine_speed_error=engine_error,
+        samples=samples or [])
     (folder / "README.md").write_text(render_card(facts, folder_hint=str(out)))
 
 

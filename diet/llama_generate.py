@@ -5,15 +5,15 @@ would cost the user the whole run (the app's server, the CLI's other answer). Th
 token on stdout; the parent keeps every line it read, so a crash, or Stop (the parent ends the child), keeps the
 partial answer, said in the note. Run as `python -m diet.llama_generate` with the request as JSON on stdin.
 
-Kept small and self-contained on purpose: when the project's llama.cpp isolation helper arrives, `generate_gguf`
-is the one place that starts the child.
+Why not `diet.isolate.run_isolated`: that returns one result at the end, and an answer must stream. The child
+opens the file through `diet.llamacpp.open_llama` (weight repacking off where llama.cpp would reach its crashing
+AMX kernels) and its exit is worded by `diet.isolate.describe_exit`, as for the export's speed measurement.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -38,15 +38,6 @@ def find_gguf(path: str | Path) -> Path:
     if path.suffix != ".gguf" or not path.is_file():
         raise DietError(f"no GGUF file at {path}")
     return path
-
-
-def _signal_words(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"signal {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"signal {-rc}"
-    return f"exit code {rc}"
 
 
 def generate_gguf(path: str | Path, prompt: str, settings: GenerateSettings = GenerateSettings(),
@@ -102,8 +93,10 @@ def generate_gguf(path: str | Path, prompt: str, settings: GenerateSettings = Ge
     if not finish:
         err = (child.stderr.read() or "").strip().splitlines()
         finish = "stopped" if pieces else "crashed"
-        note = (f"llama.cpp ended with {_signal_words(rc)} after {len(pieces)} token(s)"
-                + (f" ({err[-1][:120]})" if err else "") + ("; what it produced is kept" if pieces else ""))
+        from diet.isolate import describe_exit
+
+        why = f"llama.cpp {describe_exit(rc)}" + (f" ({err[-1][:120]})" if err else "")
+        note = f"{why}; the {len(pieces)} token(s) it wrote are kept" if pieces else why
         if not pieces:
             raise DietError(note)
     result = state(finish)
@@ -114,14 +107,16 @@ def generate_gguf(path: str | Path, prompt: str, settings: GenerateSettings = Ge
 
 def _run(request: dict) -> None:
     """The child's side: load the file, answer, one JSON line per token."""
+    from diet.llamacpp import open_llama
+
     try:
-        import llama_cpp
+        import llama_cpp  # noqa: F401
     except ImportError:
         print(json.dumps({"error": LLAMA_MISSING}), flush=True)
         return
     s = GenerateSettings(**request["settings"])
     threads = request.get("threads") or max(1, os.cpu_count() or 1)
-    llm = llama_cpp.Llama(model_path=request["path"], n_ctx=0, n_threads=threads, verbose=False, seed=s.seed)
+    llm = open_llama(request["path"], n_ctx=0, n_threads=threads, verbose=False, seed=s.seed)
     limit = llm.n_ctx()
     template = llm.metadata.get("tokenizer.chat_template")
     chat = bool(s.chat and template)

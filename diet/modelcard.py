@@ -30,7 +30,11 @@ LOAD_SNIPPETS = {
              'ollama create my-pruned-model -f {dir}/Modelfile && ollama run my-pruned-model\n\n'
              '# Python\n'
              'python -c "from llama_cpp import Llama; print(Llama(\'{dir}/model.gguf\')(\'The capital of France is\', '
-             'max_tokens=16))"'),
+             'max_tokens=16))"\n\n'
+             '# CPUs with AMX (llama.cpp\'s system info shows AMX_INT8 = 1, many cloud Xeons): some llama.cpp builds '
+             'crash there\n# (SIGSEGV in ggml_backend_amx_mul_mat) on quantized weights. Turn weight repacking off:\n'
+             'llama-cli -m {dir}/model.gguf --no-repack -p "The capital of France is" -n 32   # or LLAMA_ARG_REPACK=0\n'
+             '# llama-cpp-python: model params use_extra_bufts=False (python -m diet does this itself on such CPUs)'),
     "vllm": ('# vLLM serves the folder as DeciLMForCausalLM (its own modelling; the config file is config only)\n'
              'vllm serve {dir} --trust-remote-code\n\n'
              '# offline, in Python:\n'
@@ -90,6 +94,7 @@ class CardFacts:
     extra: dict = field(default_factory=dict)  # profile settings and the like, shown as JSON
     unit: str = "mlp"  # "mlp" (MLP channels) or "heads" (attention KV groups)
     engine_speed: dict | None = None  # serving-engine measurement (llama.cpp tokens/s), shown next to the torch one
+    engine_speed_error: str | None = None  # why the serving-engine measurement failed (one line), when it did
     tensor_types: str | None = None  # GGUF: the tensor types the written file holds, in words (read back from it)
     samples: list[dict] = field(default_factory=list)  # sample generations: {"prompt", "dense", "pruned"} (greedy)
 
@@ -289,6 +294,8 @@ def _measured_sections(f: CardFacts) -> list[str]:
         out += ["", f"Measured in {e['engine']} ({e['threads']} threads, {e['file']}): prompt processing "
                 f"**{e['prompt_tokens_per_s']:.0f} tokens/s** ({e['n_prompt']} tokens), generation "
                 f"**{e['gen_tokens_per_s']:.0f} tokens/s** ({e['n_gen']} tokens); median of {e['repeats']}."]
+    if f.engine_speed_error:
+        out += ["", f"Serving-engine speed: not measured ({f.engine_speed_error})."]
     out += ["", "## Evaluation", ""]
     if f.evaluation:
         out += ["Zero-shot multiple-choice accuracy (%, lm-eval scoring) of each task's primary metric:", "",

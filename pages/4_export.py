@@ -118,7 +118,10 @@ def model_folder_section(lm, result, stats: dict | None = None) -> None:
     path = st.session_state.get("exported")
     if path:
         written = Path(path) / "diet_settings.json"
-        written_mode = json.loads(written.read_text()).get("mode") if written.is_file() else None
+        facts = json.loads(written.read_text()) if written.is_file() else {}
+        written_mode = facts.get("mode")
+        for line in facts.get("warnings", []):  # optional work that failed; the folder itself is complete
+            st.warning(line)
         if written_mode in SERVING_MODES:  # the model card's own run instructions for that engine
             from diet.modelcard import LOAD_SNIPPETS, SNIPPET_LANGUAGE
 

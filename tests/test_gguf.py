@@ -37,10 +37,13 @@ def llama_cpp():
 
 
 def open_gguf(path, n_ctx: int = 512, vocab_only: bool = False):
-    """llama.cpp with every logit kept and an fp32 KV cache (its default f16 cache alone moves log-probs ~1e-4)."""
+    """llama.cpp with every logit kept and an fp32 KV cache (its default f16 cache alone moves log-probs ~1e-4),
+    opened as the product opens it (diet.llamacpp: no weight repacking where llama.cpp would use its AMX kernels)."""
+    from diet.llamacpp import open_llama
+
     mod = llama_cpp()
-    return mod.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=2, n_batch=n_ctx, verbose=False,
-                     seed=0, vocab_only=vocab_only, type_k=mod.GGML_TYPE_F32, type_v=mod.GGML_TYPE_F32)
+    return open_llama(path, n_ctx=n_ctx, logits_all=True, n_threads=2, n_batch=n_ctx, verbose=False, seed=0,
+                      vocab_only=vocab_only, type_k=mod.GGML_TYPE_F32, type_v=mod.GGML_TYPE_F32)
 
 
 def cpp_logprobs(llm, ids: list[int]) -> np.ndarray:

@@ -1,0 +1,123 @@
+"""llama.cpp, through llama-cpp-python: the one place that opens a GGUF file in it.
+
+Why this module exists: some llama.cpp builds segfault on CPUs with AMX (Sapphire Rapids and later Xeons, many cloud
+machines) when a quantized weight goes through `ggml_backend_amx_mul_mat`. The AMX kernels are reached through
+llama.cpp's "extra buffer types" (weight repacking); loading with `use_extra_bufts = False` (llama.cpp's CLI and
+server: `--no-repack`) avoids them. A build flag cannot: with `GGML_NATIVE=ON` the compiler enables AMX whatever
+`GGML_AMX_*` says, and a user's own llama.cpp is not ours to build. So every load here turns repacking off where the
+library reports AMX (`llama_print_system_info()` shows `AMX_INT8 = 1`), and keeps it everywhere else, where it is
+faster and safe. DIET_LLAMA_REPACK=on|off forces either.
+
+Everything here that runs llama.cpp is also run in a child process by its callers (diet/isolate.py), so that a
+crash of another kind still costs only the measurement. Importing this module is cheap (no torch, no llama_cpp):
+that keeps the child's start short.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPACK_ENV = "DIET_LLAMA_REPACK"  # auto (default): off where llama.cpp reports AMX_INT8 = 1; on; off
+
+# What users of llama.cpp's own tools do on such CPUs (flag checked in llama.cpp's common/arg.cpp, 0.3.36's vendor)
+AMX_WORKAROUND = ("on CPUs whose llama.cpp system info shows AMX_INT8 = 1, some llama.cpp builds crash (SIGSEGV in "
+                  "ggml_backend_amx_mul_mat) on quantized weights: run llama-cli / llama-server with --no-repack "
+                  "(or LLAMA_ARG_REPACK=0), and in llama-cpp-python set use_extra_bufts=False in the model params")
+
+
+def module():
+    """The llama_cpp module; a DietError when llama-cpp-python is not installed (`make llama-cpp`)."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        from diet.errors import DietError
+
+        raise DietError(f"llama-cpp-python is not installed ({e}): run `make llama-cpp`") from None
+    return llama_cpp
+
+
+def system_info() -> str:
+    """llama.cpp's own feature line (e.g. "CPU : SSE3 = 1 | … | AMX_INT8 = 1 | …"): what this build will use."""
+    return module().llama_print_system_info().decode("utf-8", "replace")
+
+
+def amx_active(info: str | None = None) -> bool:
+    """True where this llama.cpp build runs AMX kernels on this CPU (the crash's precondition)."""
+    return "AMX_INT8 = 1" in (system_info() if info is None else info)
+
+
+def repack_enabled(info: str | None = None) -> bool:
+    """Whether loads here use llama.cpp's extra buffer types (weight repacking): DIET_LLAMA_REPACK, else not on AMX."""
+    choice = os.environ.get(REPACK_ENV, "auto").strip().lower()
+    if choice in ("on", "1", "true"):
+        return True
+    if choice in ("off", "0", "false"):
+        return False
+    if choice != "auto":
+        from diet.errors import DietError
+
+        raise DietError(f"{REPACK_ENV}={choice!r}: use auto, on or off")
+    return not amx_active(info)
+
+
+@contextmanager
+def _model_params(use_extra_bufts: bool):
+    """llama_cpp.Llama builds its model params from `llama_model_default_params()` inside its constructor and loads
+    the model there, so the field can only be set by handing it defaults with the field set (for the constructor's
+    duration; llama-cpp-python 0.3.36 has no keyword for it)."""
+    low = module().llama_cpp
+    default = low.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = use_extra_bufts
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = default
+
+
+def open_llama(path: str | Path, **kwargs):
+    """llama_cpp.Llama over a GGUF file, with weight repacking off where it would reach the AMX kernels."""
+    with _model_params(repack_enabled()):
+        return module().Llama(model_path=str(path), **kwargs)
+
+
+def measure_speed(path: str | Path, repeats: int = 3, n_prompt: int = 128, n_gen: int = 32,
+                  threads: int | None = None) -> dict:
+    """llama.cpp tokens/s of a GGUF file (prompt processing in one batch, then greedy generation one token at a
+    time), median of `repeats`. Run it through `diet.isolate.run_isolated`: it loads native code."""
+    threads = threads or min(8, os.cpu_count() or 1)
+    n_ctx = n_prompt + n_gen + 8  # n_batch = n_ctx: the prompt is one batch, and the logits keep a row per position
+    repack = repack_enabled()
+    llm = open_llama(path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False,
+                     seed=0)
+    prompt = list(range(1000, 1000 + n_prompt))  # token ids; the content does not change the cost
+    llm.reset()
+    llm.eval(prompt[:16])  # warm-up: allocations and first kernels
+    runs = []
+    for _ in range(max(1, repeats)):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        t1 = time.perf_counter()
+        for _ in range(n_gen):
+            llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+        runs.append((n_prompt / (t1 - t0), n_gen / (time.perf_counter() - t1)))
+    return {"engine": f"llama.cpp (llama-cpp-python {module().__version__})", "threads": threads,
+            "file": Path(path).name, "n_prompt": n_prompt, "n_gen": n_gen, "repeats": max(1, repeats),
+            "repack": repack, "prompt_tokens_per_s": statistics.median(r[0] for r in runs),
+            "gen_tokens_per_s": statistics.median(r[1] for r in runs)}
+
+
+def greedy(path: str | Path, prompt: str, max_tokens: int = 16, threads: int = 2) -> str:
+    """llama.cpp's greedy continuation of `prompt` (a check that a written file runs and answers)."""
+    llm = open_llama(path, n_ctx=512, n_threads=threads, verbose=False, seed=0)
+    return llm(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1)["choices"][0]["text"]
