@@ -368,3 +368,23 @@ def test_smollm2_chat_answer_equals_model_generate_on_its_chat_template():
     assert g.chat is True and g.note == "" and g.prompt_tokens == ids.shape[1]
     assert list(g.token_ids) == want[0, ids.shape[1]:].tolist()
     assert "Paris" in g.text
+
+
+def test_all_figures_zip_holds_every_report_figure_as_png_and_svg(cache_dir):
+    import io
+    import zipfile
+
+    from diet import figures
+    from diet.api import build_mask, profile_tasks
+    from diet.report import report_figures
+    from diet.settings import MaskSettings, ProfileSettings
+    from tests.test_export import make_lm
+
+    lm = make_lm(tiny_model("llama"))
+    stats = profile_tasks(lm, ["arithmetic", "capitals"], ProfileSettings(samples=8))
+    figs = [(t, f) for t, _, f in report_figures(build_mask(stats, MaskSettings()), stats)]
+    z = zipfile.ZipFile(io.BytesIO(figures.zip_of(figs)))
+    stems = [figures.file_stem(t) for t, _ in figs]
+    assert sorted(z.namelist()) == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "svg"))
+    assert len(set(stems)) == len(stems) > 5
+    assert all(z.read(f"{s}.png")[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in z.read(f"{s}.svg")[:200] for s in stems)
