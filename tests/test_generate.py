@@ -194,6 +194,13 @@ def test_cli_generate_compare_with_a_mask_answers_dense_then_pruned(tiny_folder,
     assert pruned["token_ids"] == reference(prune_copy(lm, result), lm.tokenizer, PROMPT, 12)
     assert "one model after the other" in captured.err
 
+    from diet.export import export_model
+
+    folder = export_model(make_lm(tiny_model("llama")), result, tmp_path / "pruned", mode="heterogeneous")
+    assert main(["generate", "--model", str(tiny_folder), "--prompt", PROMPT, "--max-new-tokens", "12", "--raw",
+                 "--compare", str(folder), "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["answers"][1]["token_ids"] == pruned["token_ids"]
+
 
 @pytest.mark.parametrize("extra, match", [
     (["--prompt", ""], "error: the prompt is empty"),
