@@ -342,14 +342,15 @@ def cached_general(lm: LoadedModel, source: str, settings: ProfileSettings) -> S
 
 
 def generate(lm: LoadedModel, prompt: str, settings=None, label: str = "model", model=None, on_update=None,
-             should_stop=None):
+             should_stop=None, tokenizer=None):
     """`lm`'s answer to `prompt` (a `diet.generate.Generation`), streamed through `on_update`; `model`: a pruned
-    copy sharing `lm`'s tokenizer answers instead. Greedy by default (`diet.generate.GenerateSettings`)."""
+    copy answers instead (with `lm`'s tokenizer unless `tokenizer` is given, e.g. a pruned folder's own). Greedy by
+    default (`diet.generate.GenerateSettings`)."""
     from diet.generate import GenerateSettings
     from diet.generate import generate as run
 
-    return run(model if model is not None else lm.model, lm.tokenizer, prompt, settings or GenerateSettings(),
-               label, on_update, should_stop)
+    return run(model if model is not None else lm.model, tokenizer or lm.tokenizer, prompt,
+               settings or GenerateSettings(), label, on_update, should_stop)
 
 
 def generate_gguf(path, prompt: str, settings=None, label: str = "gguf", on_update=None, should_stop=None):

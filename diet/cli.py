@@ -686,6 +686,8 @@ def cmd_generate(a) -> None:
     if a.model.endswith(".gguf") or (Path(a.model).is_dir() and _compare_kind(a.model) == "gguf"):
         from diet.api import generate_gguf
 
+        if a.compare:
+            raise DietError("--compare needs a transformers --model (the dense side); a GGUF --model answers alone")
         one("gguf", lambda up: generate_gguf(a.model, a.prompt, settings, "gguf", up))
     else:
         from diet.api import generate
@@ -700,10 +702,8 @@ def cmd_generate(a) -> None:
             lm = None  # llama.cpp runs in its own process: free the dense model first
             one("gguf (llama.cpp)", lambda up: generate_gguf(a.compare, a.prompt, settings, "pruned", up))
         elif kind:
-            from diet.generate import generate as run
-
             model, tokenizer = _compare_model(a, kind, lm)
-            one("pruned", lambda up: run(model, tokenizer, a.prompt, settings, "pruned", on_update=up))
+            one("pruned", lambda up: generate(lm, a.prompt, settings, "pruned", model, up, tokenizer=tokenizer))
     if a.compare:
         print("mode: one model after the other (dense, then pruned)", file=sys.stderr)
     if a.json:
