@@ -82,8 +82,9 @@ def split_half_overlap(stats: Stats, settings: MaskSettings) -> float:
 
 
 def prune_copy(lm: LoadedModel, result: MaskResult, compensation=None, texts: Sequence[str] | None = None,
-               stats: dict | None = None):
-    """A pruned deep copy of the model (the loaded one stays dense, so the app can compare side by side).
+               stats: dict | None = None, in_place: bool = False):
+    """A pruned deep copy of the model (the loaded one stays dense, so the app can compare side by side);
+    `in_place`: the loaded model itself is cut (one model in memory: the CLI's dense-then-pruned generation).
 
     `compensation` (a `diet.settings.CompensationSettings`; default: what the result's summary asks for,
     `compensation_of`): with method "lstsq" the copy's output projections are refitted on `texts` (default:
@@ -96,7 +97,7 @@ def prune_copy(lm: LoadedModel, result: MaskResult, compensation=None, texts: Se
     from diet.prune import prune_units
 
     compensation = compensation or compensation_of(result)
-    model = copy.deepcopy(lm.model)
+    model = lm.model if in_place else copy.deepcopy(lm.model)
     if compensation is not None and compensation.method == "lstsq":
         from diet.compensate import fit_lstsq
 
@@ -282,3 +283,50 @@ def evaluate_on_cluster(pool, tasks: Sequence, settings=None, progress=None,
     pool.run([Unit(f"evaluate {tasks[i].name}", eval_unit, (tasks[i], settings)) for i in todo], store, progress,
              should_stop)
     return results
+
+
+# ------------------------------------------------------------------------------------- what the model says
+
+
+def generate(lm: LoadedModel, prompt: str, settings=None, label: str = "model", model=None, on_update=None,
+             should_stop=None, tokenizer=None):
+    """`lm`'s answer to `prompt` (a `diet.generate.Generation`), streamed through `on_update`; `model`: a pruned
+    copy answers instead (with `lm`'s tokenizer unless `tokenizer` is given, e.g. a pruned folder's own). Greedy by
+    default (`diet.generate.GenerateSettings`)."""
+    from diet.generate import GenerateSettings
+    from diet.generate import generate as run
+
+    return run(model if model is not None else lm.model, tokenizer or lm.tokenizer, prompt,
+               settings or GenerateSettings(), label, on_update, should_stop)
+
+
+def generate_gguf(path, prompt: str, settings=None, label: str = "gguf", on_update=None, should_stop=None):
+    """The same answer from an exported GGUF file through llama.cpp, in a child process (a crash keeps the
+    partial answer and says so)."""
+    from diet.generate import GenerateSettings
+    from diet.llama_generate import generate_gguf as run
+
+    return run(path, prompt, settings or GenerateSettings(), label, on_update, should_stop)
+
+
+def changed_items(tasks: Sequence, dense: Sequence, pruned: Sequence):
+    """Per task, the items one model answered right and the other wrong (`diet.changed.TaskChanges`), from the two
+    comparisons' per-item log-likelihoods; `tasks` are names, files or Task objects."""
+    from diet.changed import changed_items as run
+
+    return run([resolve_task(t) for t in tasks], dense, pruned)
+
+
+def sample_prompt(task, index: int = 0) -> str:
+    """A prompt from a task's evaluation item (its question; the first by default), to prefill a Try-it box."""
+    task = resolve_task(task)
+    if task.evaluation:
+        return task.evaluation[index % len(task.evaluation)].context.strip()
+    return task.calibration[index % len(task.calibration)] if task.calibration else ""
+
+
+def sample_prompts(tasks: Sequence, n: int = 3) -> list[str]:
+    """`n` prompts for sample generations: the first item of each task in turn, then their second items, ..."""
+    found = [resolve_task(t) for t in tasks]
+    found = [t for t in found if t.evaluation or t.calibration]
+    return [sample_prompt(found[i % len(found)], i // len(found)) for i in range(n)] if found else []

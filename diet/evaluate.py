@@ -307,6 +307,16 @@ def _norm_lengths(item) -> list[float]:
     return [float(len(t)) for t in texts]
 
 
+def choice_scores(item, logliks: Sequence[float], metric: str) -> np.ndarray:
+    """An item's per-choice scores as `metric` compares them: the logliks ("acc"), or each divided by its
+    choice's length in characters ("acc_norm"); the argmax (first index on ties) is the model's answer."""
+    scores = np.asarray(logliks, dtype=np.float64)
+    if metric == "acc_norm":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return scores / np.array(_norm_lengths(item))
+    return scores
+
+
 def _items(task, settings: EvalSettings) -> tuple:
     if not task.evaluation:
         raise DietError(f"task {task.name!r} has no evaluation items (text-only tasks can only calibrate)")
@@ -334,11 +344,9 @@ def evaluate_task(model: torch.nn.Module, tokenizer, task, settings: EvalSetting
     for k, ll in zip(owner, lls):
         per_item[k].append(ll)
     acc = acc_norm = 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for item, ll in zip(items, per_item):
-            scores = np.array(ll)
-            acc += float(np.argmax(scores) == item.gold)
-            acc_norm += float(np.argmax(scores / np.array(_norm_lengths(item))) == item.gold)
+    for item, ll in zip(items, per_item):
+        acc += float(np.argmax(choice_scores(item, ll, "acc")) == item.gold)
+        acc_norm += float(np.argmax(choice_scores(item, ll, "acc_norm")) == item.gold)
     n = len(items)
     acc, acc_norm = acc / n, acc_norm / n
     if task.metric not in ("acc", "acc_norm"):

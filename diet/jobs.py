@@ -56,6 +56,7 @@ class Snapshot:
     elapsed: float  # seconds since start (frozen at the end)
     stop_requested: bool  # cancel was asked and the worker has not stopped yet
     waiting: str = ""  # what the job waits for before it can start (another session's job), "" once running
+    partial: Any = None  # the latest partial result the worker shared (e.g. text being generated), None if none
 
     @property
     def finished(self) -> bool:
@@ -76,6 +77,10 @@ class JobContext:
 
     def should_stop(self) -> bool:
         return self._job._stop.is_set()
+
+    def share(self, partial: Any) -> None:
+        """Hand the page a partial result to show while the job runs (an immutable value: it is read as it is)."""
+        self._job._set_partial(partial)
 
     def wait_for(self, what: str) -> None:
         """Say what the job is waiting for ('' when it no longer waits): the page shows it instead of progress."""
@@ -101,6 +106,7 @@ class Job:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
     _waiting: str = ""
+    _partial: Any = None
     gate: TorchGate | None = None  # the server's one-job-at-a-time gate, shared by every session (None: no gate)
     collected: bool = False  # set by the UI once it has taken the result (so it is applied exactly once)
 
@@ -140,6 +146,10 @@ class Job:
         with self._lock:
             self._message = message
 
+    def _set_partial(self, partial: Any) -> None:
+        with self._lock:
+            self._partial = partial
+
     def _set_waiting(self, what: str) -> None:
         with self._lock:
             self._waiting = what
@@ -158,7 +168,8 @@ class Job:
         with self._lock:
             end = self._ended if self._ended is not None else time.monotonic()
             return Snapshot(self.kind, self.title, self._status, tuple(self._lines.values()), self._message,
-                            end - self._started, self._stop.is_set() and self._status == RUNNING, self._waiting)
+                            end - self._started, self._stop.is_set() and self._status == RUNNING, self._waiting,
+                            self._partial)
 
 
 class JobRunner:

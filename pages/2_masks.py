@@ -53,6 +53,7 @@ from pages._common import (
     start_job,
     stats_page,
 )
+from pages._common import chart as common_chart
 from pages._work import COMPENSATION, general_job, general_key
 
 MERGE, SCORE, ALLOC = choice_words("merge"), choice_words("score"), choice_words("allocation")
@@ -67,7 +68,7 @@ NEEDS = {"tasks": "the task statistics", "general": "statistics on general text"
 
 
 def chart(fig, key: str, caption: str) -> None:
-    st.plotly_chart(fig, key=key)
+    common_chart(fig, key)
     st.caption(caption)
 
 

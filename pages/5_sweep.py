@@ -18,6 +18,7 @@ from diet.report import SWEEP_CAPTION
 from diet.settings import COMPENSATIONS, MaskSettings, MethodSettings
 from diet.sweep import SweepSettings
 from pages._common import (
+    chart,
     current_model,
     defaults,
     job_panel,
@@ -112,7 +113,7 @@ def results_section(sweep: dict, current: dict | None) -> None:
         st.info("Preview: the first " + (", ".join(f"{n} items of {t}" for t, n in scored.items()) or
                                          f"{lim} evaluation items of each task")
                 + ". Preview numbers are noisy and not comparable with published ones; set items to 0 for all.")
-    st.plotly_chart(S.figure(rows).update_layout(title="Accuracy vs sparsity (measured)"), key="sweep_fig")
+    chart(S.figure(rows).update_layout(title="Accuracy vs sparsity (measured)"), key="sweep_fig")
     st.caption(SWEEP_CAPTION)
     means = pruned_means(rows)
     dense = S.mean_table([r for r in rows if r["method"] == "dense"])

@@ -19,6 +19,7 @@ from diet.evaluate import EvalSettings, average
 from diet.export import check_out_dir
 from diet.report import comparison_table, counts_notes
 from pages._common import (
+    chart,
     choice_words,
     current_model,
     defaults,
@@ -152,7 +153,7 @@ def views(result, dstats: dict) -> None:
             st.markdown(f"**{SHORT[pos]}**: {WHAT[pos]}"
                         + ("" if pos in result.settings.positions else " — not pruned (full width)."))
             for key, caption, fig in figures(result, dstats, pos):
-                st.plotly_chart(fig, key=key)
+                chart(fig, key=key)
                 st.caption(caption)
 
 
@@ -198,9 +199,9 @@ def comparison(comp: dict, digest: str) -> None:
                 f"{speed['pruned'] / speed['dense'] - 1:+.0%} vs dense {speed['dense']:,.0f} tok/s",
                 help="the same batch through both models, timed alternately (median); noisy on a busy CPU")
     tasks = comp["tasks"]
-    st.plotly_chart(viz.accuracy_bars(tasks + ["average"], [r.value for r in comp["dense"]] + [d_avg],
-                                      [r.value for r in comp["pruned"]] + [p_avg], pruned_label="DISP"
-                                      ).update_layout(title_text="Dense vs DISP (measured)"), key="disp-accuracy")
+    chart(viz.accuracy_bars(tasks + ["average"], [r.value for r in comp["dense"]] + [d_avg],
+                            [r.value for r in comp["pruned"]] + [p_avg], pruned_label="DISP"
+                            ).update_layout(title_text="Dense vs DISP (measured)"), key="disp-accuracy")
     table = pd.DataFrame(comparison_table(comp)).rename(columns=lambda c: c.replace("pruned", "DISP"))
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="percent") for c in table.columns

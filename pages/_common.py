@@ -21,7 +21,8 @@ from diet.sharing import SharedModels
 
 TEST_MODEL = "_test_model"  # session-state seed: tests put a LoadedModel (a tiny random model) here
 PERSIST = "p_"  # widget keys starting with this keep their value when the user switches pages (see app.py)
-RESULT_KEYS = {"profile": "stats", "compare": "comparison", "sweep": "sweep", "export": "exported"}
+RESULT_KEYS = {"profile": "stats", "compare": "comparison", "sweep": "sweep", "export": "exported",
+               "generate": "try_it"}
 MEMO_KEYS = {"general": "general_stats"}  # jobs whose result ({key: value}) is added to a memo in the session
 CANCELLED_NOTE = {"sweep": "the finished cells are kept in the cache: run the sweep again to resume"}
 # How often a running job's progress is redrawn. Why not faster: each redraw is a script run (Python under the
@@ -64,6 +65,34 @@ def keep_widget_state() -> None:
     for k in list(st.session_state):
         if isinstance(k, str) and k.startswith(PERSIST):
             st.session_state[k] = st.session_state[k]
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+IMAGE_MIME = {"png": "image/png", "svg": "image/svg+xml"}
+
+
+def chart(fig, key: str, **kwargs) -> None:
+    """`st.plotly_chart` plus PNG and SVG downloads of the same figure, for slides and papers.
+
+    The images are rendered only when a button is clicked (a callable `data`: Streamlit runs it on the click), by
+    `diet.figures` (kaleido driving Chromium), at the figure's own size. Where no browser is found, one line says
+    so and the figure stays interactive HTML (a download of it instead)."""
+    from diet import figures
+
+    st.plotly_chart(fig, key=key, **kwargs)
+    stem = figures.file_stem(fig.layout.title.text or key)
+    if figures.browser_path() is None:
+        st.caption(figures.NO_BROWSER + ".")
+        st.download_button("HTML", data=lambda: fig.to_html(include_plotlyjs=True), file_name=f"{stem}.html",
+                           mime="text/html", on_click="ignore", key=f"dl-html-{key}")
+        return
+    size = "x".join(map(str, figures.size_of(fig)))
+    cols = st.columns([1, 1, 8])
+    for col, fmt in zip(cols, figures.FORMATS):
+        col.download_button(fmt.upper(), data=lambda f=fmt: figures.image(fig, f), file_name=f"{stem}-{size}.{fmt}",
+                            mime=IMAGE_MIME[fmt], on_click="ignore", key=f"dl-{fmt}-{key}",
+                            help=f"this figure as {fmt.upper()}, {size} pixels (its size on the page)")
 
 
 # ----------------------------------------------------------------------------------------------- model

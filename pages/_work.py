@@ -241,3 +241,48 @@ def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bo
         return str(path)
 
     return run
+
+
+# ----------------------------------------------------------------------------------------------- try it
+
+TRY_MODE = "one after the other (dense, then pruned)"  # what the panel says: this machine runs them in turn
+
+
+def pruned_for_try(lm, result: MaskResult, held: dict, stats: dict | None = None):
+    """The pruned copy the Try-it panel answers with, kept in `held` (the session's) for the latest mask only: a
+    second prompt on the same mask costs no pruning, and only one pruned copy is ever held next to the dense."""
+    digest = result.digest()
+    if held.get("digest") != digest:
+        held.clear()
+        held.update(digest=digest, model=prune_copy(lm, result, stats=stats))
+    return held["model"]
+
+
+def generate_job(lm, result: MaskResult, prompt: str, settings, held: dict, stats: dict | None = None):
+    """Job body: the dense answer, then the pruned one (one model at a time computes), each streamed into the
+    job's snapshot as {"dense": Generation, "pruned": Generation} (`JobContext.share`). Stop (the job's cancel)
+    ends the answer being written and keeps it; the other one is then not started."""
+    from diet.api import generate
+
+    def run(ctx: JobContext) -> dict:
+        answers: dict = {}
+
+        def show(label):
+            def update(g) -> None:
+                answers[label] = g
+                ctx.share(dict(answers))  # a new dict each time: the page reads a consistent pair
+                ctx.report(label, g.new_tokens, settings.max_new_tokens)
+            return update
+
+        ctx.note("dense model answering")
+        generate(lm, prompt, settings, "dense", on_update=show("dense"), should_stop=ctx.should_stop)
+        if not ctx.should_stop():
+            ctx.note("pruning a copy for the pruned answer" if held.get("digest") != result.digest() else
+                     "pruned model answering")
+            model = pruned_for_try(lm, result, held, stats)
+            generate(lm, prompt, settings, "pruned", model=model, on_update=show("pruned"),
+                     should_stop=ctx.should_stop)
+        return {"prompt": prompt, "digest": result.digest(), "settings": asdict(settings), "mode": TRY_MODE,
+                "answers": dict(answers)}
+
+    return run

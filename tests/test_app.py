@@ -612,7 +612,8 @@ def test_export_page_writes_a_loadable_folder_and_explains_failures(cache_dir, t
     at = open_page(EXPORT, tiny_lm, stats=stats)
     ok(at)
     assert [b.label for b in at.get("download_button")] == ["Download the mask (JSON)",
-                                                             "Download the report (HTML with every figure)"]
+                                                             "Download the report (HTML with every figure)",
+                                                             "All figures (zip: PNG + SVG)"]
     out = tmp_path / "exported"
     at.text_input(key="out_dir").set_value(str(out)).run()
     at.button(key="btn_export").click().run()

@@ -63,6 +63,10 @@ LAYERS = {
     "diet.configuration_decilm": DOMAIN,
     "diet.modelcard": DOMAIN,
     "diet.cluster": DOMAIN,  # Ray workers and the units they run (backend: connection, refusals, retries)
+    "diet.generate": DOMAIN,
+    "diet.llama_generate": DOMAIN,
+    "diet.changed": DOMAIN,
+    "diet.figures": DOMAIN,  # Ray workers and the units they run (backend: connection, refusals, retries)
     # infrastructure: what everything stands on
     "diet.errors": INFRA,
     "diet.settings": INFRA,
