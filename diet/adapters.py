@@ -343,6 +343,25 @@ def get_unit(model: nn.Module, unit: str = "mlp") -> MLPChannels | AttentionHead
     return UNITS[unit](get_family(model))
 
 
+def check_prunable(model: nn.Module, unit: str = "mlp") -> None:
+    """Refuse a unit with nothing to remove, before any profiling: a model with one key/value head per layer
+    (Gemma-3-270m: 4 query heads share it) has one KV group per layer, and every layer keeps at least one."""
+    u = get_unit(model, unit)
+    layers = u.family.layers(model)
+    if unit == "heads" and all(u.width(layer) == 1 for layer in layers):
+        raise DietError(f"this model has one key/value head per layer ({u.group_size(layers[0])} query heads share "
+                        "it): heads are pruned as whole KV groups and every layer keeps one, so no head can be "
+                        "removed; prune MLP channels (--unit mlp)")
+
+
+def kv_group_words(model: nn.Module, layer: nn.Module) -> str:
+    """How a head mask indexes this model, for the message that refuses one made for query heads."""
+    u = get_unit(model, "heads")
+    return (f"a head mask names KV groups (0..{u.width(layer) - 1}), not query heads: each of the "
+            f"{u.width(layer)} key/value heads is shared by {u.group_size(layer)} query heads and is kept or removed "
+            "with them")
+
+
 def model_shape(model: nn.Module, unit: str = "mlp") -> ModelShape:
     """What mask math needs to know about a model, as plain numbers (so masks never need the model)."""
     from diet.models import count_parameters

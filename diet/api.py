@@ -111,6 +111,10 @@ def profile(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = Profil
     Each entry is computed under its cache lock (`ArtifactCache.computing`): a second job (another app session, a
     CLI run) asking for the same statistics meanwhile waits — told through `on_wait` — and then reads them."""
     cache = cache or ArtifactCache()
+    if probe is UNIT_PROBE:
+        from diet.adapters import check_prunable
+
+        check_prunable(lm.model, settings.unit)
     out: dict = {}
     for task in map(resolve_task, tasks):
         texts = choose_texts(task.calibration, settings)
@@ -335,3 +339,17 @@ def cached_general(lm: LoadedModel, source: str, settings: ProfileSettings) -> S
     if not is_profiled(lm, task, settings):
         return None
     return profile_tasks(lm, [task], settings)["general"]
+
+
+def embedded_models() -> dict:
+    """The offline models (name -> `diet.models.Embedded`: what it is, its licence), for the app's model picker."""
+    from diet.models import EMBEDDED
+
+    return dict(EMBEDDED)
+
+
+def embedded_licence(name: str):
+    """The licence text file an embedded model's package ships (a Path), or None."""
+    from diet.models import embedded_licence as find
+
+    return find(name)
