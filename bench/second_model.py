@@ -22,6 +22,7 @@ METHODS, so a run stopped early has the important rows. Writes cells.csv (tidy, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -183,6 +184,9 @@ def main() -> None:
     ap.add_argument("--subsets-only", action="store_true", help="skip the full-suite table's other methods")
     ap.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
     ap.add_argument("--report-only", action="store_true", help="write the tables from cached cells, run nothing new")
+    ap.add_argument("--lock", action="store_true",
+                    help="take /tmp/diet-torch.lock per cell, kept up to 240 s at a time (bench/claim_check.py's "
+                         "LeaseLock), instead of running the whole script under flock")
     a = ap.parse_args()
 
     import torch
@@ -201,29 +205,40 @@ def main() -> None:
     names = offline_task_names()
     tasks = {n: get_task(n) for n in names}
     profile = ProfileSettings(samples=a.samples, seed=0, max_length=256, batch_size=16)
+    lock = contextlib.nullcontext
+    if a.lock:
+        from claim_check import LeaseLock  # bench/ is on sys.path when this runs as a script
+
+        lock = LeaseLock()
     t0 = time.perf_counter()
-    stats = profile_tasks(lm, list(tasks.values()), profile)
+    with lock():
+        stats = profile_tasks(lm, list(tasks.values()), profile)
     profile_s = time.perf_counter() - t0
     cache = ArtifactCache()
     sparsities = [float(s) for s in a.sparsities.split(",")]
     def runner(taskset, method, comp, s):
-        return run_cell(lm, stats, taskset, method, comp, s, a.limit, a.batch_size, cache, say, a.report_only)
+        with lock():
+            return run_cell(lm, stats, taskset, method, comp, s, a.limit, a.batch_size, cache, say, a.report_only)
 
-    rows: list[dict] = []
     full = [tasks[n] for n in names]
-    rows += runner(full, "dense", "none", 0.0)
-    methods = ("diet",) if a.subsets_only else tuple(a.methods.split(","))
-    for s in sparsities:
-        for m, c in plan(methods, tuple(x for x in a.lstsq.split(",") if x)):
-            if not (a.subsets_only and s != a.subset_sparsity):
-                rows += runner(full, m, c, s)
     picks = subsets(names, a.subsets, a.subset_seed)
-    for pick in picks:
-        sub = [tasks[n] for n in pick]
-        rows += runner(sub, "dense", "none", 0.0)
-        for m, c in plan(SUBSET_METHODS, SUBSET_METHODS):
-            rows += runner(sub, m, c, a.subset_sparsity)
+    lstsq = tuple(x for x in a.lstsq.split(",") if x)
+    full_cells = [] if a.subsets_only else [(full, m, c, s) for s in sparsities
+                                            for m, c in plan(tuple(a.methods.split(",")), lstsq)]
+    sub_cells = [([tasks[n] for n in pick], m, c, a.subset_sparsity) for pick in picks
+                 for m, c in plan(SUBSET_METHODS, tuple(x for x in SUBSET_METHODS if x in lstsq))]
+    # run order: what the findings need first (so a run stopped early has them), then the rest
+    first = {("diet", "none"), ("pooled", "none"), ("diet", "lstsq")}
+    order = ([(full, "dense", "none", 0.0)] + [c for c in full_cells if c[1:3] in first]
+             + [(sub, "dense", "none", 0.0) for sub, *_ in sub_cells[:: len(sub_cells) // max(len(picks), 1)]]
+             + [c for c in sub_cells if c[1:3] in first] + [c for c in full_cells if c[1:3] not in first]
+             + [c for c in sub_cells if c[1:3] not in first])
+    rows: list[dict] = []
+    for taskset, m, c, s in order:
+        rows += runner(taskset, m, c, s)
 
+    if a.lock:
+        lock.release()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     import pandas as pd

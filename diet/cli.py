@@ -439,14 +439,19 @@ def cmd_prune(a) -> None:
                "method_settings": asdict(method_settings), "compensation": comp[0]}
     if report_path is not None:  # before export: the model is pruned in place there, the figures need only statistics
         _write_report(report_path, lm.spec.name, result, stats)
+    from diet.adapters import parameter_shares, shares_words
+
+    shares = parameter_shares(lm.model)  # of the dense model: the export prunes it in place
     folder = export_model(lm, result, out, extra={"profile": asdict(settings)}, **options)
     written = json.loads((folder / "diet_settings.json").read_text())
     summary.update(_written_sizes(written, s))
     summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary["param_shares"] = shares
     atomic_write_json(folder / "summary.json", summary)
     what = "MLP channels" if a.unit == "mlp" else "attention KV groups"
     print(f"{result.method}: pruned {summary['unit_sparsity']:.1%} of {what} = {summary['param_sparsity']:.1%} of all "
-          f"params ({s['params_total']:,} -> {_size_words(summary)}); wrote {folder} ({summary['export_mode']})")
+          f"params ({s['params_total']:,} -> {_size_words(summary)}); wrote {folder} ({summary['export_mode']}); "
+          f"dense {shares_words(shares)}")
 
 
 def _check_report_path(report: str | None, overwrite: bool) -> Path | None:

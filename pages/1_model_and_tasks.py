@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from diet.adapters import model_shape
+from diet.adapters import model_shape, parameter_shares, shares_words
 from diet.api import embedded_licence, embedded_models, estimate_seconds, is_profiled
 from diet.errors import DietError
 from diet.settings import DEFAULT_MODEL, ModelSpec, ProfileSettings
@@ -81,7 +81,8 @@ def model_section():
         st.warning(st.session_state.pop("replaced_note"))
     shape = model_shape(lm.model)
     st.success(f"**{lm.spec.name}** is loaded: {shape.family} family, {shape.layers} layers × "
-               f"{shape.widths[0]} MLP channels, {shape.total_params / 1e6:.0f} M parameters ({lm.spec.dtype}).")
+               f"{shape.widths[0]} MLP channels, {shape.total_params / 1e6:.0f} M parameters ({lm.spec.dtype}); "
+               f"{shares_words(parameter_shares(lm.model))}.")
     licence_note(lm.spec.name)
     if lm.spec.quantization:
         st.info(BNB_NOTE)
