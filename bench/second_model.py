@@ -104,6 +104,13 @@ def run_cell(lm, stats, tasks, method, comp, sparsity, limit, batch_size, cache,
         if comp != "none":
             result = with_compensation(result, comp, sub, ms)
             comp_settings = CompensationSettings(method="lstsq") if comp == "lstsq" else None
+        if comp_settings is not None:  # fit tokens per kept channel: what decides whether the refit can help
+            from diet.api import lstsq_texts
+
+            texts = lstsq_texts(result, comp_settings, sub)
+            fit_tokens = sum(len(ids) for ids in lm.tokenizer(texts, truncation=True,
+                                                              max_length=comp_settings.max_length).input_ids)
+            params["fit_tokens_per_channel"] = fit_tokens / max(len(k) for k in result.keep())
         t1 = time.perf_counter()
         model = prune_copy(lm, result, comp_settings, stats=sub)
         fit_s = time.perf_counter() - t1
@@ -165,6 +172,9 @@ def table(rows: list[dict], taskset: str, sparsities) -> list[str]:
                 cells.append(f"{mean:.3f} ({g:+.3f} ± {se:.3f})")
             prm.append(f"{cell[0]['param_sparsity']:.1%}")
         label = ("vote (diet)" if m == "diet" else m) + ("" if c == "none" else f" + {c}")
+        ftc = [by[(m, c, s)][0].get("fit_tokens_per_channel") for s in sparsities if (m, c, s) in by]
+        if any(ftc):
+            label += " (" + ", ".join(f"{x:.1f} fit tokens per kept channel" for x in ftc if x) + ")"
         lines.append(f"| {label} | {' | '.join(cells)} | {' / '.join(prm)} |")
     return lines + [""]
 

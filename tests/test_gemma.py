@@ -63,6 +63,20 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
+# Sliced == masked on the real weights. In fp32 the two differ by summation order only (a 1536-wide matmul against a
+# 2048-wide one with zeros in it): measured 4.6e-5 (uniform) and 4.3e-5 (per-layer widths) on logits of magnitude
+# ~20, through Gemma's large residual stream. In fp64 the same comparison shows whether the *function* is the same.
+FP32_TOL, FP64_TOL = 1e-4, 1e-9
+
+
+def assert_same_function(model, reference, tokenizer) -> None:
+    """fp32 within summation-order noise, fp64 equal to ~1e-9 (converts both models to fp64 in place)."""
+    fp32 = max_diff(logits(model, tokenizer), logits(reference, tokenizer))
+    fp64 = max_diff(logits(model.double(), tokenizer), logits(reference.double(), tokenizer))
+    print(f"max |logit difference|: fp32 {fp32:.2e}, fp64 {fp64:.2e}")
+    assert fp32 <= FP32_TOL and fp64 <= FP64_TOL, (fp32, fp64)
+
+
 def masked(dense, keep, unit: str = "mlp"):
     """The masked-dense reference: a copy of the dense model with the dropped units zeroed."""
     import copy
@@ -95,10 +109,8 @@ def test_prune_command_reloads_plain_and_equals_the_masked_dense_model(pruned, d
     assert type(reloaded).__name__ == "Gemma3ForCausalLM" and reloaded.config.intermediate_size == 1536
     removed = 18 * 512 * 3 * 640  # 512 channels x (gate row + up row + down column) of width 640
     assert count_parameters(reloaded) == count_parameters(dense.model) - removed == summary["params_after"]
-    ref = logits(masked(dense, mask["keep"]), dense.tokenizer)
-    got = logits(reloaded, dense.tokenizer)
-    assert max_diff(got, ref) <= 1e-5
-    assert max_diff(got, logits(dense.model, dense.tokenizer)) > 1e-2  # the prune really changed the model
+    assert max_diff(logits(reloaded, dense.tokenizer), logits(dense.model, dense.tokenizer)) > 1e-2  # it changed
+    assert_same_function(reloaded, masked(dense, mask["keep"]), dense.tokenizer)
 
 
 # llama.cpp runs in a child process (it can crash on some CPUs; a crash must fail this test, not end the session)
@@ -154,7 +166,7 @@ def test_uniform_gguf_runs_in_llama_cpp_as_gemma3_like_transformers(pruned, dens
 
 def test_per_layer_widths_padded_and_heterogeneous_equal_the_masked_dense_model(dense, tmp_path):
     """Per-layer MLP widths: the padded export reloads with plain transformers, the heterogeneous one after
-    `import diet`; both compute the masked-dense model's logits within 1e-5."""
+    `import diet`; both compute the masked-dense model's function (`assert_same_function`)."""
     from transformers import AutoModelForCausalLM
 
     import diet  # noqa: F401  registers the heterogeneous model class
@@ -163,13 +175,12 @@ def test_per_layer_widths_padded_and_heterogeneous_equal_the_masked_dense_model(
 
     kept = [2048 - 64 * (i % 7) - 3 * i for i in range(18)]  # 18 different widths
     result = make_result(dense.model, kept)
-    ref = logits(masked(dense, result.keep()), dense.tokenizer)
     for mode in ("padded", "heterogeneous"):
         export_model(dense, result, tmp_path / mode, mode=mode)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / mode)
-        assert max_diff(logits(reloaded, dense.tokenizer), ref) <= 1e-5, mode
         widths = [layer.mlp.down_proj.in_features for layer in reloaded.model.layers]
         assert widths == ([max(kept)] * 18 if mode == "padded" else kept), mode
+        assert_same_function(reloaded, masked(dense, result.keep()), dense.tokenizer)
         del reloaded
 
 
@@ -201,3 +212,33 @@ def test_gemma_specific_bad_input_gets_one_line_each(env, pruned, tmp_path):
     r = run_cli("profile", "--model", NAME, "--tasks", "capitals", "--samples", "2", "--unit", "heads", env=env)
     assert one_error_line(r), r.stderr
     assert "one key/value head per layer" in r.stderr, r.stderr
+
+
+def test_vllm_serves_the_uniform_folder_and_refuses_its_deci_mode(pruned, dense, env, tmp_path):
+    """vLLM (its own venv, tests/vllm_driver.py) serves the uniform export as its own Gemma3ForCausalLM with the
+    pruned transformers model's greedy tokens; `--export-mode vllm` (DeciLM, Llama-shaped only) is refused in one
+    line that names the mode that works."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.test_vllm import REPO, VLLM_PY
+
+    if not VLLM_PY.is_file():
+        pytest.fail(f"{VLLM_PY} is missing: run `make vllm-env`")
+    r = run_cli("export", "--model", NAME, "--mask", str(pruned / "mask.json"), "--export-mode", "vllm",
+                "--out", str(tmp_path / "v"), env=env)
+    assert one_error_line(r) and "--export-mode uniform" in r.stderr, r.stderr
+    ids = [dense.tokenizer(p).input_ids for p in PROMPTS]
+    (tmp_path / "prompts.json").write_text(json.dumps(ids))
+    venv = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+    venv.pop("PYTHONPATH", None)
+    r = subprocess.run([str(VLLM_PY), str(REPO / "tests" / "vllm_driver.py"), str(pruned),
+                        str(tmp_path / "prompts.json"), str(tmp_path / "vllm.json"), "8"], cwd=tmp_path, env=venv,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    served = json.loads((tmp_path / "vllm.json").read_text())
+    assert served["architectures"] == ["Gemma3ForCausalLM"]
+    model = AutoModelForCausalLM.from_pretrained(pruned)
+    for seq, row in zip(ids, served["rows"], strict=True):
+        with torch.no_grad():
+            greedy = model.generate(torch.tensor([seq]), max_new_tokens=8, do_sample=False)[0, len(seq):].tolist()
+        assert row["tokens"] == greedy
