@@ -161,6 +161,7 @@ def test_uniform_gguf_runs_in_llama_cpp_as_gemma3_like_transformers(pruned, dens
         assert (c.argmax(-1) == hf.argmax(-1)).all()  # the same top-1 token at every position
         top = np.argsort(hf, -1)[:, -50:]  # each position's 50 likeliest tokens (what sampling reads)
         worst = max(worst, float(np.abs(np.take_along_axis(c, top, -1) - np.take_along_axis(hf, top, -1)).max()))
+    print(f"llama.cpp vs transformers, max |log-prob difference| over each position's top 50: {worst:.2e}")
     assert worst <= GGUF_TOL, worst
 
 
@@ -242,3 +243,29 @@ def test_vllm_serves_the_uniform_folder_and_refuses_its_deci_mode(pruned, dense,
         with torch.no_grad():
             greedy = model.generate(torch.tensor([seq]), max_new_tokens=8, do_sample=False)[0, len(seq):].tolist()
         assert row["tokens"] == greedy
+
+
+def test_disp_and_the_sweep_run_on_gemma(dense, env, tmp_path):
+    """DISP (training-free index sets, sandwich norms on the real weights) exports a folder that computes the
+    zero-masked dense model's function; the sweep evaluates two methods on one task."""
+    import copy
+
+    from diet import disp as D
+    from diet.disp import load_disp
+
+    out = tmp_path / "disp"
+    r = run_cli("prune", "--method", "disp", "--model", NAME, "--tasks", "capitals", "--samples", "4",
+                "--sparsity", "0.2", "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    sets = {pos: [np.array(k) for k in v] for pos, v in json.loads((out / "disp.json").read_text())
+            ["index_sets"].items()}
+    assert_same_function(load_disp(out), D.zero_disp(copy.deepcopy(dense.model), sets), dense.tokenizer)
+
+    r = run_cli("sweep", "--model", NAME, "--tasks", "capitals", "--samples", "4", "--methods", "diet,magnitude",
+                "--sparsities", "0.2", "--limit", "5", "--out", str(tmp_path / "sweep"), env=env)
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "sweep" / "results.csv")
+    assert set(rows["method"]) >= {"diet", "magnitude"} and rows["value"].between(0, 1).all()
+    assert (rows[rows.method != "dense"]["param_sparsity"] - 0.2 * 0.264).abs().max() < 0.005  # 20% of MLP = 5.3%
