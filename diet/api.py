@@ -330,3 +330,17 @@ def sample_prompts(tasks: Sequence, n: int = 3) -> list[str]:
     found = [resolve_task(t) for t in tasks]
     found = [t for t in found if t.evaluation or t.calibration]
     return [sample_prompt(found[i % len(found)], i // len(found)) for i in range(n)] if found else []
+
+
+def embedded_models() -> dict:
+    """The offline models (name -> `diet.models.Embedded`: what it is, its licence), for the app's model picker."""
+    from diet.models import EMBEDDED
+
+    return dict(EMBEDDED)
+
+
+def embedded_licence(name: str):
+    """The licence text file an embedded model's package ships (a Path), or None."""
+    from diet.models import embedded_licence as find
+
+    return find(name)

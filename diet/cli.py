@@ -530,10 +530,12 @@ def cmd_prune(a) -> None:
     result, folder, summary = prune(lm, stats, out, mask_settings, method_settings, settings, general=a.general,
                                     compensation=comp[0], lstsq=_lstsq_settings(a), started=t0,
                                     before_export=report, **options)
+    from diet.adapters import shares_words
+
     what = "MLP channels" if a.unit == "mlp" else "attention KV groups"
     print(f"{result.method}: pruned {summary['unit_sparsity']:.1%} of {what} = {summary['param_sparsity']:.1%} of all "
           f"params ({result.summary['params_total']:,} -> {_size_words(summary)}); wrote {folder} "
-          f"({summary['export_mode']})")
+          f"({summary['export_mode']}); dense {shares_words(summary['param_shares'])}")
     _print_warnings(summary)
 
 

@@ -429,3 +429,18 @@ def perplexity(model: torch.nn.Module, tokenizer, texts: Sequence[str], max_leng
         nll -= float(picked[keep].double().sum())
         count += int(keep.sum())
     return math.exp(nll / count)
+
+
+def item_hits(task, result: TaskResult, settings: EvalSettings = EvalSettings()) -> np.ndarray:
+    """Per scored item, 1.0 when the task's primary metric picks the gold choice, else 0.0 (their mean is
+    `result.value`). Why: two models scored on the same items are compared item by item, so the standard error of
+    their difference is the paired one, much smaller than two independent means' (bench/second_model.py)."""
+    items = _items(task, settings)
+    if len(items) != len(result.logliks):
+        raise DietError(f"{task.name}: {len(result.logliks)} scored items, but these settings give {len(items)}")
+    out = np.zeros(len(items))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k, (item, ll) in enumerate(zip(items, result.logliks, strict=True)):
+            scores = np.array(ll) / (np.array(_norm_lengths(item)) if result.metric == "acc_norm" else 1.0)
+            out[k] = float(np.argmax(scores) == item.gold)
+    return out

@@ -186,6 +186,12 @@ def check_mask(result, source: dict, lm, say: Say = print) -> None:
     if result.shape.layers != shape.layers:
         raise DietError(f"the mask has {result.shape.layers} layers but {lm.spec.name} has "
                         f"{shape.layers}: it was made for another model")
+    if result.unit == "heads" and result.shape.widths != shape.widths:
+        from diet.adapters import get_family, kv_group_words
+
+        first = get_family(lm.model).layers(lm.model)[0]
+        raise DietError(f"the head mask has {_widths_words(result.shape.widths)} units but {lm.spec.name} has "
+                        f"{_widths_words(shape.widths)} KV groups: {kv_group_words(lm.model, first)}")
     if result.shape.widths != shape.widths:
         raise DietError(f"the mask's MLP widths ({_widths_words(result.shape.widths)}) differ from "
                         f"{lm.spec.name}'s ({_widths_words(shape.widths)}): it was made for another model")

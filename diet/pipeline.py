@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from diet.adapters import parameter_shares
 from diet.api import build_mask, compensation_of, lstsq_texts, method_mask
 from diet.cache import atomic_write_json
 from diet.errors import DietError
@@ -89,9 +90,11 @@ def prune_to_folder(lm, result: MaskResult, out: str | Path, profile: ProfileSet
         comp = lstsq or comp
         export_options.update(compensation=comp, texts=lstsq_texts(result, comp, stats))
     box: dict = {}
+    shares = parameter_shares(lm.model)  # of the dense model: the export may prune it in place
 
     def finish(folder: Path, written: dict) -> None:  # inside the staged folder, before it is renamed into place
         box["summary"] = folder_summary(lm, result, profile, written, time.perf_counter() - started)
+        box["summary"]["param_shares"] = shares
         atomic_write_json(folder / "summary.json", box["summary"])
 
     folder = export_model(lm, result, out, extra={"profile": asdict(profile)}, say=say, finish=finish,

@@ -116,6 +116,10 @@ def profile(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = Profil
     Each entry is computed under its cache lock (`ArtifactCache.computing`): a second job (another app session, a
     CLI run) asking for the same statistics meanwhile waits — told through `on_wait` — and then reads them."""
     cache = cache or ArtifactCache()
+    if probe is UNIT_PROBE:
+        from diet.adapters import check_prunable
+
+        check_prunable(lm.model, settings.unit)
     out: dict = {}
     for task in map(resolve_task, tasks):
         texts = choose_texts(task.calibration, settings)
