@@ -116,7 +116,7 @@ def profile(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = Profil
     Each entry is computed under its cache lock (`ArtifactCache.computing`): a second job (another app session, a
     CLI run) asking for the same statistics meanwhile waits — told through `on_wait` — and then reads them."""
     cache = cache or ArtifactCache()
-    if probe is UNIT_PROBE:
+    if probe is UNIT_PROBE and lm.model is not None:  # a cluster's stand-in holds no weights here
         from diet.adapters import check_prunable
 
         check_prunable(lm.model, settings.unit)

@@ -404,7 +404,8 @@ def test_smollm_uniform_llama_arch_and_q8_rounded(smollm):
 def test_every_export_states_the_parameters_it_stores(tmp_path):
     """Padded folders store every layer at the widest layer's width: diet_settings.json, the card and the CLI line
     give that count next to the logical one; exact-width exports store exactly the logical count."""
-    from diet.cli import _size_words, _written_sizes
+    from diet.cli import _size_words
+    from diet.pipeline import written_sizes
     from diet.models import count_parameters
 
     model = tiny("llama")
@@ -420,7 +421,7 @@ def test_every_export_states_the_parameters_it_stores(tmp_path):
 
             assert stored == count_parameters(AutoModelForCausalLM.from_pretrained(out)) > logical
             assert f"{stored:,} stored ({logical:,} without the zero padding)" in (out / "README.md").read_text()
-            line = _size_words(_written_sizes(written, result.summary))
+            line = _size_words(written_sizes(written, result.summary))
             assert line == f"{logical:,} logical, {stored:,} stored"
         else:
             assert stored == logical
