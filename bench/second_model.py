@@ -101,6 +101,7 @@ def run_cell(lm, stats, tasks, method, comp, sparsity, limit, batch_size, cache,
                              ProfileSettings(**profile) if isinstance(profile, dict) else ProfileSettings(),
                              general="generated")
         comp_settings = None
+        params = {"param_sparsity": float(result.summary.get("param_sparsity", np.nan))}
         if comp != "none":
             result = with_compensation(result, comp, sub, ms)
             comp_settings = CompensationSettings(method="lstsq") if comp == "lstsq" else None
@@ -114,7 +115,6 @@ def run_cell(lm, stats, tasks, method, comp, sparsity, limit, batch_size, cache,
         t1 = time.perf_counter()
         model = prune_copy(lm, result, comp_settings, stats=sub)
         fit_s = time.perf_counter() - t1
-        params = {"param_sparsity": float(result.summary.get("param_sparsity", np.nan))}
     build_s = time.perf_counter() - t0
     out = []
     for task, key, row in zip(tasks, (keys[n] for n in names), rows, strict=True):
