@@ -368,6 +368,9 @@ def _write_model(mode: str, model, lm, folder: Path, outtype: str, name: str, ma
         info = write_vllm_folder(model, folder)
     else:
         model.save_pretrained(folder, max_shard_size=max_shard_size)  # shards + index; written from the tensors
+        from diet.vllm_export import write_index
+
+        write_index(folder)  # so vLLM, which loads every *.safetensors without one, skips mask.safetensors
         info = {}
     save_tokenizer(lm.tokenizer, folder)
     return {"params_stored": count_parameters(model), **info}

