@@ -163,6 +163,25 @@ def test_interrupted_run_keeps_finished_units(pool, folder, tmp_path, monkeypatc
     assert len(again) + len(first) == len(rows) == 13
 
 
+def test_cli_sweep_on_the_cluster_loads_no_model_here(ray_local, folder, tmp_path, monkeypatch, capsys):
+    """`diet sweep --ray local`: the layout is printed, one bar of units, the tables written, and this process never
+    loads the model (the workers, other processes, load their own)."""
+    import diet.models
+    from diet.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver loaded a model")
+
+    monkeypatch.setattr(diet.models, "load_model", refuse)
+    monkeypatch.setenv("DIET_CACHE", str(tmp_path / "cache"))
+    assert main(["sweep", "--model", str(folder), "--tasks", "arithmetic", "--methods", "diet", "--sparsities", "0.5",
+                 "--limit", "5", "--samples", "8", "--max-length", "64", "--out", str(tmp_path / "out"),
+                 "--ray", "local"]) == 0
+    assert len((tmp_path / "out" / "results.csv").read_text().splitlines()) == 1 + 2  # header, dense, diet @ 0.5
+    err = capsys.readouterr().err
+    assert "2 workers x 1 CPU (N = 1" in err and "units: 100%" in err and "retries 0" in err
+
+
 def test_cli_refusal_is_one_error_line_and_exit_2(folder, capsys):
     from diet.cli import main
 
