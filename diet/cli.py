@@ -1,14 +1,16 @@
 """`python -m diet …` — the command-line contract other tools and our own checks call.
 
-Every user mistake ends as one line `error: …` and exit code 2 (never a traceback); Ctrl-C ends with exit 130 and,
-since every write is atomic, leaves no half-written file.
+Every user mistake ends as one line `error: …` and exit code 2 (never a traceback); Ctrl-C or SIGTERM ends with exit
+130 and, since every write is atomic, leaves no half-written file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -208,6 +210,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="also evaluate dense and pruned on the mask's tasks (first N items: a preview) for the "
                         "model card: the dense model is scored before it is pruned in place, so it costs no memory "
                         "(default: no evaluation)")
+    g.add_argument("--card-samples", type=int, default=3,
+                   help="sample generations in the model card: the dense and the pruned model's greedy answers to "
+                        "the first items of the mask's tasks (0: none; default: 3)")
 
 
 def _export_options(a) -> dict:
@@ -227,6 +232,15 @@ def _export_options(a) -> dict:
     return {"mode": a.export_mode, "overwrite": a.overwrite, "eval_settings": eval_settings,
             "outtype": a.outtype, "round_to": a.round_to, "speed": speed, "in_place": True,
             "say": lambda m: print(m, file=sys.stderr)}
+
+
+def _sample_prompts(a, tasks) -> list[str]:
+    """--card-samples prompts for the model card, from the tasks' first items."""
+    from diet.api import sample_prompts
+
+    if a.card_samples < 0:
+        raise DietError(f"--card-samples must be 0 or more, got {a.card_samples}")
+    return sample_prompts(tasks, a.card_samples)
 
 
 def _disp_args(p: argparse.ArgumentParser) -> None:
@@ -290,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     _export_args(p)
     p.add_argument("--report", default=None, metavar="FILE.html",
                    help="also write the HTML report the app's Export page downloads: headline, settings table and "
-                        "every mask figure (refused if the file exists, unless --overwrite)")
+                        "every mask figure; with --method disp, every position's figures as the DISP page shows "
+                        "them (refused if the file exists, unless --overwrite)")
 
     p = sub.add_parser("export", aliases=["apply-mask"], help="re-apply a saved mask to its base model and export",
                        description="Apply a mask saved earlier (mask.json or mask.safetensors, e.g. from an export "
@@ -330,6 +345,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="requests per forward pass (default: 16)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     _ray_args(p)
+    p.add_argument("--compare", default=None, metavar="DIR_OR_MASK",
+                   help="also evaluate a pruned model (a model folder, or a mask applied to --model) and list the "
+                        "items the two answered differently")
+    p.add_argument("--items", default=None, metavar="FILE.csv",
+                   help="with --compare: write the changed items (question, choices, answers, scores) to this CSV")
+
+    p = sub.add_parser("generate", help="what the model says to a prompt (streamed; dense vs pruned with --compare)",
+                       description="Answer a prompt, streaming the text; greedy unless --temperature > 0. "
+                                   "--compare answers again with a pruned model, one model after the other.")
+    _model_args(p)
+    p.add_argument("--prompt", required=True, help="the prompt (wrapped in the model's chat template unless --raw)")
+    p.add_argument("--compare", default=None, metavar="DIR_OR_MASK",
+                   help="a pruned model folder, a mask (mask.json / mask.safetensors) applied to --model, or an "
+                        "exported .gguf (run through llama.cpp)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated at most (default: 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus probability (default: 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="sampling: seed (default: 0)")
+    p.add_argument("--raw", action="store_true", help="continue the prompt as raw text (no chat template)")
+    p.add_argument("--json", action="store_true", help="print the answers as one JSON object, no streaming")
     return ap
 
 
@@ -417,6 +452,9 @@ def _cmd_prune_disp(a) -> None:
         raise DietError("--export-mode does not apply to DISP: its folder is always the DISP export "
                         "(per-layer index sets; loads with trust_remote_code=True)")
     check_out_dir(Path(a.out), a.overwrite)
+    report_path = _check_report_path(a.report, a.overwrite)
+    if report_path is not None and a.method != "disp":
+        raise DietError("--report with DISP needs --method disp (the training-free index sets the DISP page shows)")
     profile = ProfileSettings(samples=a.samples, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size)
     positions = {"positions": tuple(x.strip() for x in a.positions.split(",") if x.strip())} if a.positions else {}
     disp = DispSettings(sparsity=a.sparsity, score=a.score, merge="threshold" if a.threshold is not None else "budget",
@@ -443,6 +481,15 @@ def _cmd_prune_disp(a) -> None:
         bar.update(step - bar.n)
         bar.set_postfix(lm_loss=f"{rec['lm_loss']:.3f}", p=f"{rec['ratio']:.3f}")
 
+    if report_path is not None:  # the statistics are cached here, so prune_disp reads them without a forward pass
+        from diet.cache import atomic_write_bytes
+        from diet.disp import build_disp_masks, profile_disp
+        from diet.report import disp_report
+
+        result = build_disp_masks(profile_disp(lm, tasks, profile, progress), disp)
+        atomic_write_bytes(report_path, disp_report(lm.spec.name, result, profile_disp(lm, tasks, profile)
+                                                    ).encode("utf-8"))
+        say(f"wrote the report {report_path}")
     folder, s = prune_disp(lm, tasks, a.out, method=a.method, profile=profile, disp=disp, learn=learn,
                            overwrite=a.overwrite, say=say,
                            progress=learn_progress if a.method == "disp-learned" else progress)
@@ -456,9 +503,8 @@ def _cmd_prune_disp(a) -> None:
 def cmd_prune(a) -> None:
     if a.method in ("disp", "disp-learned"):
         return _cmd_prune_disp(a)
-    from diet.api import build_mask
-    from diet.cache import atomic_write_json
-    from diet.export import check_out_dir, export_model
+    from diet.export import check_out_dir
+    from diet.pipeline import prune
 
     out = Path(a.out)
     check_out_dir(out, a.overwrite)  # refuse before spending minutes on profiling
@@ -473,38 +519,23 @@ def cmd_prune(a) -> None:
     comp = _compensations(a)
     if len(comp) != 1:
         raise DietError("prune takes one --compensation (none, bias or lstsq); sweep takes a list")
-    lstsq = _lstsq_settings(a) if comp[0] == "lstsq" else None
     t0 = time.perf_counter()
     lm, stats, settings = _profile(a)
-    if a.method == "diet" and a.unit == "mlp" and comp[0] == "none":
-        result = build_mask(stats, mask_settings)
-    else:
-        from diet.api import method_mask
 
-        result = method_mask(lm, stats, mask_settings, method_settings, settings, general=a.general,
-                             say=lambda m: print(m, file=sys.stderr), compensation=comp[0])
-    if lstsq is not None:
-        from diet.compensate import fit_texts
-        from diet.tasks import get_task
+    def report(result) -> None:  # before export: the model is pruned in place there, the figures need only statistics
+        if report_path is not None:
+            _write_report(report_path, lm.spec.name, result, stats)
 
-        options.update(compensation=lstsq, texts=fit_texts([get_task(t) for t in a.tasks], lstsq))
-    s = result.summary
-    summary = {"model": lm.spec.name, "model_identity": lm.identity, "tasks": result.tasks,
-               "unit_sparsity": s["unit_sparsity"], "param_sparsity": s["param_sparsity"],
-               "params_before": s["params_total"], "params_after": s["params_after"],
-               "kept_per_layer": s["kept_per_layer"], "profile_settings": asdict(settings),
-               "mask_settings": asdict(mask_settings), "method": result.method,
-               "method_settings": asdict(method_settings), "compensation": comp[0]}
-    if report_path is not None:  # before export: the model is pruned in place there, the figures need only statistics
-        _write_report(report_path, lm.spec.name, result, stats)
-    folder = export_model(lm, result, out, extra={"profile": asdict(settings)}, **options)
-    written = json.loads((folder / "diet_settings.json").read_text())
-    summary.update(_written_sizes(written, s))
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    atomic_write_json(folder / "summary.json", summary)
+    options["sample_prompts"] = _sample_prompts(a, a.tasks)
+    result, folder, summary = prune(lm, stats, out, mask_settings, method_settings, settings, general=a.general,
+                                    compensation=comp[0], lstsq=_lstsq_settings(a), started=t0,
+                                    before_export=report, **options)
+    from diet.adapters import shares_words
+
     what = "MLP channels" if a.unit == "mlp" else "attention KV groups"
     print(f"{result.method}: pruned {summary['unit_sparsity']:.1%} of {what} = {summary['param_sparsity']:.1%} of all "
-          f"params ({s['params_total']:,} -> {_size_words(summary)}); wrote {folder} ({summary['export_mode']})")
+          f"params ({result.summary['params_total']:,} -> {_size_words(summary)}); wrote {folder} "
+          f"({summary['export_mode']}); dense {shares_words(summary['param_shares'])}")
     _print_warnings(summary)
 
 
@@ -528,21 +559,6 @@ def _write_report(path: Path, model_name: str, result, stats: dict) -> None:
 
     atomic_write_bytes(path, report(model_name, result, stats).encode("utf-8"))
     print(f"wrote the report {path}", file=sys.stderr)
-
-
-def _written_sizes(written: dict, s: dict) -> dict:
-    """summary.json fields from what the export wrote: the logical count (what the mask keeps, after --round-to) and
-    the parameters the file actually stores (more where zero padding fills layers up to the widest)."""
-    logical = int(written.get("params_logical", s["params_after"]))
-    out = {"export_mode": written["mode"], "params_after": logical,
-           "params_stored": int(written.get("params_stored", logical)), "kept_per_layer": written["kept_per_layer"]}
-    if "round_to" in written:  # the rounded mask's sparsity, next to the rounding
-        out.update(round_to=written["round_to"], param_sparsity=1 - logical / s["params_total"],
-                   unit_sparsity=1 - sum(written["kept_per_layer"]) / s["units_total"])
-    for key in ("outtype", "arch", "warnings"):  # warnings: optional work that failed, the folder complete (export.py)
-        if key in written:
-            out[key] = written[key]
-    return out
 
 
 def _print_warnings(sizes: dict) -> None:
@@ -607,6 +623,17 @@ def cmd_eval(a) -> None:
     tasks = [get_task(t) for t in a.tasks]
     if a.limit is not None and a.limit < 1:
         raise DietError(f"--limit must be at least 1, got {a.limit}")
+    if a.items and not a.compare:
+        raise DietError("--items lists what pruning changed: it needs --compare DIR_OR_MASK")
+    if a.items and not a.items.endswith(".csv"):
+        raise DietError(f"--items writes a CSV file: give a name ending in .csv, not {a.items!r}")
+    kind = _compare_kind(a.compare) if a.compare else None
+    if kind == "gguf":
+        raise DietError("eval --compare takes a model folder or a mask; a GGUF file is scored by "
+                        "bench/gguf_exactness.py")
+    if a.ray is not None and a.compare:
+        raise DietError("--compare evaluates the pruned model in this process: drop --ray, or run eval --ray "
+                        "without --compare")
     settings = EvalSettings(limit=a.limit, batch_size=a.batch_size)
     cluster = _cluster(a)
     if cluster is not None:  # one unit per task; each result is cached under the dense model's comparison key
@@ -623,36 +650,170 @@ def cmd_eval(a) -> None:
         lm = load_model(_spec(a), say=lambda m: print(m, file=sys.stderr), work=_work(a))
         results = evaluate_tasks(lm.model, lm.tokenizer, tasks, settings)
     print(format_table(results))
+    out = {"model": lm.spec.name, "model_identity": lm.identity, "results": [r.to_dict() for r in results]}
+    if a.compare:
+        from diet.api import changed_items
+        from diet.changed import summary_lines, write_csv
+
+        model, tokenizer = _compare_model(a, kind, lm)
+        pruned = evaluate_tasks(model, tokenizer, tasks, settings)
+        print(f"\n{a.compare}:")
+        print(format_table(pruned))
+        changes = changed_items(tasks, results, pruned)
+        print("\nitems the two models answered differently:")
+        print("\n".join(summary_lines(changes)))
+        out.update(compare=a.compare, compare_results=[r.to_dict() for r in pruned],
+                   changed=[{"task": c.task, "dense_only": c.broken, "pruned_only": c.fixed} for c in changes])
+        if a.items:
+            write_csv(Path(a.items), changes)
+            print(f"wrote {a.items}", file=sys.stderr)
     if a.json:
         from diet.cache import atomic_write_json
 
-        atomic_write_json(Path(a.json), {"model": lm.spec.name, "model_identity": lm.identity,
-                                         "results": [r.to_dict() for r in results]})
+        atomic_write_json(Path(a.json), out)
+
+
+def _compare_kind(target: str) -> str:
+    """What --compare names: "gguf" (a .gguf file, or a folder whose model is one), "folder" (a model folder),
+    "mask" (mask.json / mask.safetensors, or a folder holding only a mask)."""
+    p = Path(target)
+    if not p.exists():
+        raise DietError(f"--compare: nothing at {target}")
+    if p.is_file():
+        if p.suffix == ".gguf":
+            return "gguf"
+        if p.suffix in (".json", ".safetensors"):
+            return "mask"
+        raise DietError(f"--compare: {target} is neither a model folder, a mask file nor a .gguf")
+    if (p / "config.json").is_file():
+        return "folder"
+    if any(p.glob("*.gguf")):
+        return "gguf"
+    if (p / "mask.json").is_file() or (p / "mask.safetensors").is_file():
+        return "mask"
+    raise DietError(f"--compare: {target} holds no config.json, .gguf or mask file")
+
+
+def _compare_model(a, kind: str, lm):
+    """(model, tokenizer) of the pruned model --compare names. A mask cuts `lm.model` itself (one model in
+    memory); a folder is loaded after `lm`'s weights are let go."""
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if kind == "mask":
+        from diet.api import prune_copy
+        from diet.export import check_mask, read_mask
+
+        result, source = read_mask(a.compare if not Path(a.compare).is_dir() else Path(a.compare) / "mask.json")
+        check_mask(result, source, lm, say)
+        return prune_copy(lm, result, in_place=True), lm.tokenizer
+    from dataclasses import replace
+
+    from diet.models import load_model
+
+    lm.model.to("meta")  # the dense weights are no longer needed: never hold two models
+    other = load_model(replace(_spec(a), name=a.compare), say=say)
+    return other.model, other.tokenizer
+
+
+def _print_stream(label: str):
+    """An `on_update` that prints each answer's new text as it arrives (a terminal's streaming view)."""
+    shown = [0]
+    print(f"--- {label} ---", flush=True)
+
+    def update(g) -> None:
+        sys.stdout.write(g.text[shown[0]:])
+        sys.stdout.flush()
+        shown[0] = len(g.text)
+
+    return update
+
+
+def _stats_line(g) -> str:
+    return (f"[{g.engine}: {g.new_tokens} tokens, time to first token {g.ttft:.2f} s, "
+            f"{g.tokens_per_second:.1f} tokens/s, finish: {g.finish}]")
+
+
+def cmd_generate(a) -> None:
+    from diet.generate import GenerateSettings
+
+    settings = GenerateSettings(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
+                                seed=a.seed, chat=not a.raw)
+    settings.check()
+    if not a.prompt.strip():
+        raise DietError("the prompt is empty: type something for the model to answer")
+    kind = _compare_kind(a.compare) if a.compare else None
+    answers = []
+
+    def one(label: str, run) -> None:
+        update = None if a.json else _print_stream(label)
+        g = run(update)
+        if not a.json:
+            print("\n" + _stats_line(g) if g.text else _stats_line(g), flush=True)
+        if g.note:
+            print(f"note ({label}): {g.note}", file=sys.stderr)
+        answers.append(g)
+
+    if a.model.endswith(".gguf") or (Path(a.model).is_dir() and _compare_kind(a.model) == "gguf"):
+        from diet.api import generate_gguf
+
+        if a.compare:
+            raise DietError("--compare needs a transformers --model (the dense side); a GGUF --model answers alone")
+        one("gguf", lambda up: generate_gguf(a.model, a.prompt, settings, "gguf", up))
+    else:
+        from diet.api import generate
+        from diet.models import load_model
+
+        lm = load_model(_spec(a), say=lambda m: print(m, file=sys.stderr))
+        dense = "dense" if a.compare else lm.spec.name
+        one(dense, lambda up: generate(lm, a.prompt, settings, dense, on_update=up))
+        if kind == "gguf":
+            from diet.api import generate_gguf
+
+            lm = None  # llama.cpp runs in its own process: free the dense model first
+            one("gguf (llama.cpp)", lambda up: generate_gguf(a.compare, a.prompt, settings, "pruned", up))
+        elif kind:
+            model, tokenizer = _compare_model(a, kind, lm)
+            one("pruned", lambda up: generate(lm, a.prompt, settings, "pruned", model, up, tokenizer=tokenizer))
+    if a.compare:
+        print("mode: one model after the other (dense, then pruned)", file=sys.stderr)
+    if a.json:
+        print(json.dumps({"prompt": a.prompt, "settings": asdict(settings),
+                          "answers": [g.to_dict() for g in answers]}, indent=1))
 
 
 def cmd_export(a) -> None:
     from diet.export import apply_mask, check_out_dir, read_mask
     from diet.models import load_model
+    from diet.pipeline import written_sizes
 
     check_out_dir(Path(a.out), a.overwrite)  # refuse, and read the mask, before loading a model
     result, _ = read_mask(a.mask)
     options = _export_options(a)
+    options["sample_prompts"] = _sample_prompts(a, result.tasks)
     lm = load_model(_spec(a), say=options["say"])
     folder = apply_mask(lm, a.mask, a.out, **options)
     written = json.loads((folder / "diet_settings.json").read_text())
     kept, total = sum(written["kept_per_layer"]), sum(result.shape.widths)
-    sizes = _written_sizes(written, {"params_after": 0, "params_total": 1, "units_total": total})
+    sizes = written_sizes(written, {"params_after": 0, "params_total": 1, "units_total": total})
     print(f"applied {a.mask} ({kept:,} of {total:,} channels kept; tasks: {', '.join(result.tasks)}) "
           f"to {lm.spec.name}: {_size_words(sizes)} parameters; wrote {folder} ({written['mode']})")
     _print_warnings(sizes)
 
 
 COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "profile": cmd_profile, "prune": cmd_prune,
-            "sweep": cmd_sweep, "eval": cmd_eval, "export": cmd_export, "apply-mask": cmd_export}
+            "sweep": cmd_sweep, "eval": cmd_eval, "export": cmd_export, "apply-mask": cmd_export,
+            "generate": cmd_generate}
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. SIGTERM (a scheduler, `kill`, a closed terminal) ends it like Ctrl-C: the staged output
+    folder and every temporary file are removed on the way out, so nothing half-written is left behind."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         COMMANDS[args.command](args)
     except DietError as e:
@@ -661,4 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was left behind", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0

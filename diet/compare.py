@@ -37,11 +37,12 @@ def cached_evaluate(lm, model, task, settings: EvalSettings, digest: str, memo: 
 
     def get() -> TaskResult:
         hit = cache.load_json("eval", key)
-        if hit is not None:
+        if hit is not None and "logliks" in hit:  # entries written before logliks were kept are scored again
             hit.pop("note", None)  # a derived field of to_dict()
+            hit["logliks"] = tuple(tuple(ll) for ll in hit["logliks"])
             return TaskResult(**hit)
         res = evaluate_task(model, lm.tokenizer, task, settings, progress)
-        cache.save_json("eval", key, res.to_dict())
+        cache.save_json("eval", key, {**res.to_dict(), "logliks": res.logliks})  # the changed items read them
         return res
 
     with cache.computing("eval", key, f"the {task.name} score of this model", on_wait, should_stop):

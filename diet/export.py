@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from diet.cache import atomic_write_json
 from diet.errors import DietError
-from diet.folders import check_out_dir, staged_folder
+from diet.folders import check_out_dir, save_tokenizer, staged_folder
 from diet.shape import ModelShape
 
 MODES = ("uniform", "padded", "heterogeneous", "gguf", "vllm")
@@ -186,6 +186,12 @@ def check_mask(result, source: dict, lm, say: Say = print) -> None:
     if result.shape.layers != shape.layers:
         raise DietError(f"the mask has {result.shape.layers} layers but {lm.spec.name} has "
                         f"{shape.layers}: it was made for another model")
+    if result.unit == "heads" and result.shape.widths != shape.widths:
+        from diet.adapters import get_family, kv_group_words
+
+        first = get_family(lm.model).layers(lm.model)[0]
+        raise DietError(f"the head mask has {_widths_words(result.shape.widths)} units but {lm.spec.name} has "
+                        f"{_widths_words(shape.widths)} KV groups: {kv_group_words(lm.model, first)}")
     if result.shape.widths != shape.widths:
         raise DietError(f"the mask's MLP widths ({_widths_words(result.shape.widths)}) differ from "
                         f"{lm.spec.name}'s ({_widths_words(shape.widths)}): it was made for another model")
@@ -363,7 +369,7 @@ def _write_model(mode: str, model, lm, folder: Path, outtype: str, name: str, ma
     else:
         model.save_pretrained(folder, max_shard_size=max_shard_size)  # shards + index; written from the tensors
         info = {}
-    lm.tokenizer.save_pretrained(folder)
+    save_tokenizer(lm.tokenizer, folder)
     return {"params_stored": count_parameters(model), **info}
 
 
@@ -446,7 +452,8 @@ def model_dtype(model) -> str:
 def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite: bool = False,
                  extra: dict | None = None, evaluation=None, speed=None, eval_settings=None,
                  say: Say | None = None, outtype: str = "f32", round_to: int = 1, compensation=None,
-                 texts: list[str] | None = None, in_place: bool = False, max_shard_size: str = "2GB") -> Path:
+                 texts: list[str] | None = None, in_place: bool = False, max_shard_size: str = "2GB",
+                 finish: Callable[[Path, dict], None] | None = None, sample_prompts: Sequence[str] = ()) -> Path:
     """Prune `lm.model` per `result` (a copy, or itself with `in_place`) and write the export folder atomically.
 
     mode=None picks `uniform` when every layer keeps the same count, else `padded`. `evaluation`: an optional list
@@ -460,7 +467,11 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     family's stock config can carry it (`diet.compensate.bias_supported`) and refused clearly elsewhere.
     `in_place`: cut the loaded model itself (see `prune_for_export`): the dense side of any comparison is measured
     first, so only `speed.interleaved` keeps a dense twin. `max_shard_size`: weight files are written in shards of
-    at most this size plus an index (the weights are in the dtype the model was loaded in).
+    at most this size plus an index (the weights are in the dtype the model was loaded in). `finish(folder,
+    settings)`: the caller's last files, written into the staged folder before it is renamed into place (the
+    pipeline's summary.json), with the settings diet_settings.json holds.
+    `sample_prompts`: the
+    card shows the dense and the pruned model's greedy answers to them (dense ones taken before any in-place cut).
     """
     from diet import __version__
     from diet.models import count_parameters
@@ -470,7 +481,7 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     check_out_dir(out, overwrite)
     if Path(lm.path).exists() and out.resolve() == Path(lm.path).resolve():
         raise DietError(f"{out} is the base model's own folder: export somewhere else")
-    from diet.api import rounded
+    from diet.results import rounded
 
     result = rounded(result, round_to)
     mode = resolve_mode(result, mode)
@@ -479,8 +490,15 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
         say("note: every layer keeps the same width, so the ordinary uniform folder (--export-mode uniform) already "
             "serves in vLLM as the stock architecture, and everywhere else")
     before = {"params": count_parameters(lm.model), "disk": _disk_before(lm), "dtype": model_dtype(lm.model)}
+    from diet.generate import sample_answers
+
+    if sample_prompts:
+        say(f"generating {len(sample_prompts)} sample answer(s) with the dense model for the card...")
+    dense_answers = sample_answers(lm.model, lm.tokenizer, sample_prompts)
     model, comp_info, evaluation, measured = _prune_and_measure(lm, result, mode, compensation, texts, evaluation,
                                                                 speed, eval_settings, in_place, say)
+    samples = [{"prompt": p, "dense": d, "pruned": a} for p, d, a in
+               zip(sample_prompts, dense_answers, sample_answers(model, lm.tokenizer, sample_prompts), strict=True)]
     settings = {"format": "diet-export/1", "diet_version": __version__, "mode": mode, "model": lm.spec.name,
                 "model_identity": lm.identity, "tasks": list(result.tasks), "method": getattr(result, "method", "diet"),
                 "mask": asdict(result.settings), "kept_per_layer": [len(k) for k in result.keep()],
@@ -499,7 +517,9 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
         write_mask_files(tmp, result, {"model": lm.spec.name, "model_identity": lm.identity})
         atomic_write_json(tmp / "diet_settings.json", settings)
         _write_card(tmp, out, lm, result, mode, before, int(written["params_stored"]), evaluation, measured, extra,
-                    engine, written.get("tensor_words"), engine_error)
+                    engine, written.get("tensor_words"), engine_error, samples)
+        if finish is not None:
+            finish(tmp, settings)
     return out
 
 
@@ -561,7 +581,8 @@ def _engine_speed(mode: str, folder: Path, speed, say: Say) -> tuple[dict | None
 
 def _write_card(folder: Path, out: Path, lm, result, mode: str, before: dict, params_stored: int, evaluation,
                 measured, extra: dict | None, engine_speed: dict | None = None,
-                tensor_words: str | None = None, engine_error: str | None = None) -> None:
+                tensor_words: str | None = None, engine_error: str | None = None,
+                samples: list[dict] | None = None) -> None:
     """The folder's README.md (model card) with its plots: sizes, widths, measured accuracy and speed, how to run."""
     from diet.modelcard import CardFacts, render_card, write_plots
 
@@ -577,7 +598,8 @@ def _write_card(folder: Path, out: Path, lm, result, mode: str, before: dict, pa
         disk_before_estimated=estimated, disk_after=sum(p.stat().st_size for p in _weight_files(folder)),
         evaluation=_evaluation_dict(evaluation), speed=measured, plots=plots, unit=unit,
         extra={k: v for k, v in (extra or {}).items() if k != "evaluation"}, dtype=before["dtype"],
-        engine_speed=engine_speed, tensor_types=tensor_words, engine_speed_error=engine_error)
+        engine_speed=engine_speed, tensor_types=tensor_words, engine_speed_error=engine_error,
+        samples=samples or [])
     (folder / "README.md").write_text(render_card(facts, folder_hint=str(out)))
 
 
@@ -597,7 +619,7 @@ def _measure_speed(dense, model, dense_times, speed, say: Say) -> dict:
 
 def apply_mask(lm, mask_path: str | Path, out: str | Path, mode: str | None = None, overwrite: bool = False,
                speed=None, eval_settings=None, say: Say = print, outtype: str = "f32", round_to: int = 1,
-               in_place: bool = False) -> Path:
+               in_place: bool = False, sample_prompts: Sequence[str] = ()) -> Path:
     """Re-apply a saved mask (a few KB) to its base model and export: the alternative to sharing a checkpoint."""
     from diet import masks as M
     from diet.adapters import model_shape
@@ -610,5 +632,5 @@ def apply_mask(lm, mask_path: str | Path, out: str | Path, mode: str | None = No
     result.summary = {**result.summary, **M.param_summary(result.mask, shape),
                       "kept_per_layer": M.kept_per_layer(result.mask).tolist()}
     return export_model(lm, result, out, mode=mode, overwrite=overwrite, speed=speed, eval_settings=eval_settings,
-                        say=say, outtype=outtype, round_to=round_to, in_place=in_place,
+                        say=say, outtype=outtype, round_to=round_to, in_place=in_place, sample_prompts=sample_prompts,
                         extra={"mask_source": {"path": str(Path(mask_path).resolve()), **source}})

@@ -96,6 +96,66 @@ class CardFacts:
     engine_speed: dict | None = None  # serving-engine measurement (llama.cpp tokens/s), shown next to the torch one
     engine_speed_error: str | None = None  # why the serving-engine measurement failed (one line), when it did
     tensor_types: str | None = None  # GGUF: the tensor types the written file holds, in words (read back from it)
+    samples: list[dict] = field(default_factory=list)  # sample generations: {"prompt", "dense", "pruned"} (greedy)
+
+
+# ------------------------------------------------------------------------------------------------ headline
+
+
+def headline_words(param_sparsity: float, speedup: float | None = None, dense_acc: float | None = None,
+                   pruned_acc: float | None = None, n_tasks: int = 0, preview_items: list[int] | None = None,
+                   speed_words: str = "") -> list[tuple[str, str]]:
+    """The headline for a non-specialist as (words, what measured them: "size", "speed" or "accuracy") pieces, e.g.
+    "25% smaller", "1.30× faster forward", "accuracy 0.590 → 0.561 (−2.9 points) on 3 tasks (preview: 10 items
+    each)". The report and the model card join them and link each piece to its measurement."""
+    out = [(f"{param_sparsity:.0%} smaller", "size")]
+    if speedup:
+        what = f"{speedup:.2f}× faster forward" if speedup >= 1 else f"{speedup:.2f}× the dense forward speed"
+        out.append((what + (f" ({speed_words})" if speed_words else ""), "speed"))
+    if dense_acc is not None and pruned_acc is not None:
+        note = ""
+        if preview_items:
+            lo, hi = min(preview_items), max(preview_items)
+            note = f" (preview: {lo} items each)" if lo == hi else f" (preview: {lo}–{hi} items per task)"
+        points = (pruned_acc - dense_acc) * 100
+        out.append((f"accuracy {dense_acc:.3f} → {pruned_acc:.3f} ({points:+.1f} points".replace("-", "−")
+                    + f") on {n_tasks} task{'s' if n_tasks != 1 else ''}{note}", "accuracy"))
+    return out
+
+
+def _card_headline(f: CardFacts) -> str:
+    """The card's first sentence, each number linking to the section that measured it."""
+    speedup = words = None
+    if f.speed and f.speed.get("rows"):
+        row = f.speed["rows"][0]
+        speedup, words = row["speedup"], f"batch {row['batch']} × {f.speed['seq_len']} tokens"
+    dense = pruned = None
+    previews: list[int] = []
+    n = 0
+    if f.evaluation and "dense" in f.evaluation and "pruned" in f.evaluation:
+        d, p = f.evaluation["dense"], f.evaluation["pruned"]
+        n = len(d)
+        dense, pruned = sum(r["value"] for r in d) / n, sum(r["value"] for r in p) / len(p)
+        previews = [r["n"] for r in d if r.get("preview")]
+    links = {"size": "#what-was-removed", "speed": "#measured-forward-speed", "accuracy": "#evaluation"}
+    parts = headline_words(f.param_sparsity, speedup, dense, pruned, n, previews, words or "")
+    return "**" + ", ".join(f"[{text}]({links[key]})" for text, key in parts) + ".**"
+
+
+def _samples_section(f: CardFacts) -> list[str]:
+    if not f.samples:
+        return []
+    out = ["## Sample generations", "",
+           "Greedy answers of the dense model and of this pruned one to the same prompts (the first item of a task "
+           "each, with the tokenizer's chat template where it has one):", ""]
+    for s in f.samples:
+        out += [f"**Prompt:** {_quote(s['prompt'])}", "", f"- dense: {_quote(s['dense'])}",
+                f"- pruned: {_quote(s['pruned'])}", ""]
+    return out
+
+
+def _quote(text: str) -> str:
+    return "`" + " ".join(text.split()).replace("`", "'")[:400] + "`" if text.strip() else "*(empty)*"
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -258,6 +318,8 @@ def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
         "",
         f"# {f.base_model}, pruned with DIET ({f.mode}, {_pct(f.unit_sparsity)} of {units} removed)",
         "",
+        _card_headline(f),
+        "",
         "Task-aware, training-free structured pruning: one mask per task from activation statistics, merged by "
         f"DIET's vote, then the pruned {units} are physically removed. No weights were retrained.",
         "",
@@ -266,6 +328,8 @@ def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
         *_removed_section(f),
         "",
         *_measured_sections(f),
+        "",
+        *_samples_section(f),
     ]
     out += ["", "## Plots", ""]
     if f.plots:

@@ -274,30 +274,126 @@ def settings_rows(result: MaskResult, model_name: str, tasks: list[str]) -> list
     return [{"setting": k, "value": v} for k, v in rows]
 
 
-def report(model_name: str, result: MaskResult, stats: dict, comparison: dict | None = None,
-           sweep: dict | None = None) -> str:
-    """The HTML report (the app's download and `python -m diet prune --report`): the headline, the settings as a
-    table, every mask figure with its caption, and measured results when there are any."""
-    tasks = list(mask_stats(result, stats))
-    notes = [*headline(result, comparison),
-             "No mask is claimed to be better than any other: the measured results are what counts."]
-    sections = [("Settings", "", table_html(settings_rows(result, model_name, tasks)))]
+SECTIONS = {"size": "Parameters", "speed": "Forward speed (measured)", "accuracy": "Results table"}
+
+
+def headline_sentence(result: MaskResult, comparison: dict | None = None) -> str:
+    """The report's first line for a non-specialist, as HTML: each number links to the section that measured it
+    (`diet.modelcard.headline_words` words it, the model card says the same)."""
+    from diet.modelcard import headline_words
+
+    speedup = dense = pruned = None
+    previews: list[int] = []
+    if comparison:
+        speed = comparison.get("speed") or {}
+        if speed.get("dense") and speed.get("pruned"):
+            speedup = speed["pruned"] / speed["dense"]
+        dense, pruned = average(comparison["dense"]), average(comparison["pruned"])
+        previews = [r.n for r in comparison["dense"] if r.preview]
+    parts = headline_words(result.summary["param_sparsity"], speedup, dense, pruned,
+                           len(comparison["tasks"]) if comparison else 0, previews)
+    return ", ".join(f"<a href='#{viz.anchor(SECTIONS[key])}'>{html.escape(text)}</a>" for text, key in parts) + "."
+
+
+def speed_table(speed: dict) -> str:
+    return table_html([{"model": k, "tokens/s": round(float(speed[k]), 1)} for k in ("dense", "pruned")]
+                      + [{"model": "pruned ÷ dense", "tokens/s": round(speed["pruned"] / speed["dense"], 3)}])
+
+
+def samples_html(samples: list[dict]) -> str:
+    """The Try-it samples the user kept: prompt, dense answer, pruned answer."""
+    cell = "<td style='text-align:left;white-space:pre-wrap;vertical-align:top'>{}</td>"
+    body = "".join("<tr>" + "".join(cell.format(html.escape(s.get(k, "") or "")) for k in ("prompt", "dense", "pruned"))
+                   + "</tr>" for s in samples)
+    return f"<table><tr><th>prompt</th><th>dense</th><th>pruned</th></tr>{body}</table>"
+
+
+def changed_html(changes: list) -> str:
+    """Per task: how many items each model alone got right, then the largest log-likelihood swings."""
+    from diet.changed import SWINGS_SHOWN, summary_lines
+
+    parts = ["<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(changes)) + "</ul>"]
+    for tc in changes:
+        top = tc.largest_swings()
+        if not top:
+            continue
+        parts.append(f"<p><b>{html.escape(tc.task)}</b>: the {len(top)} largest swings (of at most {SWINGS_SHOWN})</p>")
+        parts.append(table_html([{"item": i.index, "direction": i.direction, "question": i.question[-120:],
+                                  "right answer": i.choices[i.gold] if i.gold < len(i.choices) else i.gold,
+                                  "dense": i.choices[i.dense_choice], "pruned": i.choices[i.pruned_choice],
+                                  "swing": round(i.swing, 3)} for i in top]))
+    return "".join(parts)
+
+
+def report_figures(result: MaskResult, stats: dict, comparison: dict | None = None,
+                   sweep: dict | None = None) -> list[tuple[str, str, object]]:
+    """(title, caption, figure) of every figure the report shows, in its order: what "all figures (zip)" holds."""
+    out = []
     if comparison:
         names = comparison["tasks"]
-        sections.append(("Dense vs pruned (measured)", viz.CAPTIONS["accuracy"],
-                         viz.accuracy_bars(names + ["average"],
-                                           [r.value for r in comparison["dense"]] + [average(comparison["dense"])],
-                                           [r.value for r in comparison["pruned"]] + [average(comparison["pruned"])])))
-        sections.append(("Results table", "", table_html(comparison_table(comparison))))
-    sections += mask_figures(result, stats)
+        out.append(("Dense vs pruned (measured)", viz.CAPTIONS["accuracy"],
+                    viz.accuracy_bars(names + ["average"],
+                                      [r.value for r in comparison["dense"]] + [average(comparison["dense"])],
+                                      [r.value for r in comparison["pruned"]] + [average(comparison["pruned"])])))
+    out += mask_figures(result, stats)
     if sweep:
         from diet import sweep as S
 
         lim = sweep["settings"]["limit"]
-        sections.append(("Sweep: accuracy vs sparsity (measured)", SWEEP_CAPTION
-                         + (f" Preview: first {lim} items per task." if lim else ""), S.figure(sweep["rows"])))
+        out.append(("Sweep: accuracy vs sparsity (measured)", SWEEP_CAPTION
+                    + (f" Preview: first {lim} items per task." if lim else ""), S.figure(sweep["rows"])))
+    return out
+
+
+def report(model_name: str, result: MaskResult, stats: dict, comparison: dict | None = None,
+           sweep: dict | None = None, samples: list[dict] | None = None, changes: list | None = None) -> str:
+    """The HTML report (the app's download and `python -m diet prune --report`): the headline sentence (each number
+    linked to its measurement), the settings as a table, measured results when there are any (the items pruning
+    changed: `changes`, `diet.changed.TaskChanges` per task), the Try-it `samples` the user kept, every mask
+    figure with its caption."""
+    tasks = list(mask_stats(result, stats))
+    notes = [*headline(result, comparison),
+             "No mask is claimed to be better than any other: the measured results are what counts."]
+    sections = [("Settings", "", table_html(settings_rows(result, model_name, tasks)))]
+    figs = report_figures(result, stats, comparison, sweep)
+    if comparison:
+        sections.append(figs.pop(0))
+        sections.append((SECTIONS["accuracy"], "", table_html(comparison_table(comparison))))
+        speed = comparison.get("speed") or {}
+        if speed.get("dense") and speed.get("pruned"):
+            sections.append((SECTIONS["speed"], "the same batch through both models, timed alternately",
+                             speed_table(speed)))
+        if changes:
+            sections.append(("The items pruning changed", "scores normalised as each task's metric is; swing: the "
+                             "right answer's margin over the best other choice, pruned − dense", changed_html(changes)))
+    if samples:
+        sections.append(("Try it: what the models say", "answers kept from the Prune and evaluate page's Try it "
+                         "panel", samples_html(samples)))
+    sections += figs
+    if sweep:
+        from diet import sweep as S
+
         sections.append(("Sweep results (tidy table)", "", table_html(S.table(sweep["rows"]).to_dict("records"))))
-    return viz.report_html(f"DIET Explorer report — {model_name}", sections, notes)
+    return viz.report_html(f"DIET Explorer report — {model_name}", sections, notes,
+                           lead=headline_sentence(result, comparison))
+
+
+def disp_report(model_name: str, result, stats: dict) -> str:
+    """The DISP HTML report (`python -m diet prune --method disp --report`): the parameter headline, the positions'
+    table and every position's figures with the captions the app's DISP page shows (`diet.disp.views`)."""
+    from diet.disp import POSITIONS
+    from diet.disp.views import position_figures, position_rows
+
+    s = result.summary
+    notes = [f"Kept {s['block_kept_fraction']:.1%} of the decoder blocks' parameters (the paper's p): removed "
+             f"{s['param_sparsity']:.1%} of all parameters ({s['params_total']:,} → {s['params_after']:,}).",
+             f"Tasks: {', '.join(result.tasks)}. No mask is claimed to be better than any other: the measured results "
+             "are what counts."]
+    sections = [("Positions", "", table_html(position_rows(result)))]
+    for pos in POSITIONS:
+        sections += [(fig.layout.title.text, caption, fig)
+                     for _key, caption, fig in position_figures(result, stats, pos)]
+    return viz.report_html(f"DIET Explorer DISP report — {model_name}", sections, notes)
 
 
 SWEEP_CAPTION = ("Mean over the evaluation tasks of each task's primary metric, per method and sparsity (fraction of "

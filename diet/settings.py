@@ -73,7 +73,7 @@ class ModelSpec:
             raise DietError(f"unknown quantization {self.quantization!r}: use 8bit or 4bit (or none)")
 
 
-UNITS = ("mlp", "heads")
+UNITS = ("mlp", "heads")  # the prunable units a run may name; diet.adapters.UNIT_CLASSES holds one class per name
 
 
 @dataclass(frozen=True)

@@ -136,16 +136,17 @@ def prepare(lm, settings: SweepSettings, profile: ProfileSettings, mask: MaskSet
 
 def evaluate_cell(lm, si: SweepInputs, cell: tuple, mask: MaskSettings, ms: MethodSettings, unit: str,
                   hits: dict, keys: dict, cache) -> list[dict]:
-    """Prune a copy for one cell (or use the dense model) and evaluate the tasks not cached yet; rows in task order."""
+    """Prune a copy for one cell (or use the dense model) and evaluate the tasks not cached yet; rows in task order.
+    The cell's mask comes from the pipeline's mask step (`diet.pipeline.mask_for`) on the inputs gathered once."""
     from diet.api import prune_copy
     from diet.evaluate import evaluate_task
-    from diet.methods import run_method
+    from diet.pipeline import mask_for
 
     name, _variant, sparsity, comp = cell
     if name == "dense":
         model, summary = lm.model, {"unit_sparsity": 0.0, "param_sparsity": 0.0}
     else:
-        result = run_method(name, si.inputs, replace(mask, sparsity=sparsity), ms, comp)
+        result = mask_for(lm, None, replace(mask, sparsity=sparsity), ms, None, compensation=comp, inputs=si.inputs)
         model = prune_copy(lm, result, si.lstsq if comp == "lstsq" else None, si.fit)
         summary = result.summary
     rows = []

@@ -442,8 +442,15 @@ def who_loses(data: Mapping) -> go.Figure:
 # ----------------------------------------------------------------------------------------------- report
 
 
-def report_html(title: str, sections: Sequence[tuple[str, str, go.Figure | str]], notes: Sequence[str] = ()) -> str:
-    """A self-contained HTML report: a heading, notes, then (title, caption, figure or HTML table) sections.
+def anchor(heading: str) -> str:
+    """The id of a report section: its heading in lower case, words joined by '-' (links point here)."""
+    return "-".join("".join(c if c.isalnum() else " " for c in heading.lower()).split())
+
+
+def report_html(title: str, sections: Sequence[tuple[str, str, go.Figure | str]], notes: Sequence[str] = (),
+                lead: str = "") -> str:
+    """A self-contained HTML report: a heading, `lead` (trusted HTML: the headline sentence with links to its
+    sections), notes, then (title, caption, figure or HTML table) sections, each with an id (`anchor`).
 
     plotly.js is inlined once (about 4.7 MB) so the report opens offline, e.g. on a stakeholder's laptop."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -453,10 +460,12 @@ def report_html(title: str, sections: Sequence[tuple[str, str, go.Figure | str]]
              "</head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p class='cap'>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by DIET Explorer.</p>"]
+    if lead:
+        parts.append(f"<p class='lead' style='font-size:1.3em'>{lead}</p>")
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     first = True
     for heading, caption, body in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(f"<a id='{anchor(heading)}'></a><h2>{html.escape(heading)}</h2>")
         if isinstance(body, go.Figure):
             fig = go.Figure(body).update_layout(template=TEMPLATE)
             parts.append(fig.to_html(full_html=False, include_plotlyjs=first))

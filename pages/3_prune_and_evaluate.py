@@ -15,6 +15,7 @@ from diet.compare import SPEED_BATCH, SPEED_TOKENS, speed_key
 from diet.evaluate import EvalSettings, average
 from diet.report import comparison_table, counts_notes, mask_stats, settings_summary
 from pages._common import (
+    chart,
     current_mask,
     current_model,
     defaults,
@@ -23,6 +24,7 @@ from pages._common import (
     start_job,
     stats_page,
 )
+from pages._try import changed_items_section, try_it_panel
 from pages._work import compare_job, speed_job
 
 
@@ -89,8 +91,8 @@ def comparison_section(comp: dict, lm, result, stats: dict) -> None:
                 delta_color="inverse")
     speed_section(c[3], lm, result, comp, stats)
     tasks = comp["tasks"]
-    st.plotly_chart(viz.accuracy_bars(tasks + ["average"], [r.value for r in comp["dense"]] + [average(comp["dense"])],
-                                      [r.value for r in comp["pruned"]] + [average(comp["pruned"])]), key="accuracy")
+    chart(viz.accuracy_bars(tasks + ["average"], [r.value for r in comp["dense"]] + [average(comp["dense"])],
+                            [r.value for r in comp["pruned"]] + [average(comp["pruned"])]), key="accuracy")
     st.caption(viz.CAPTIONS["accuracy"])
     table = pd.DataFrame(comparison_table(comp))
     st.dataframe(table, hide_index=True, width="stretch",
@@ -121,8 +123,11 @@ def page(lm, stats: dict) -> None:
     comp = st.session_state.get("comparison")
     if comp:
         comparison_section(comp, lm, result, stats)
+        changed_items_section(comp, tasks)
+    try_it_panel(lm, result, stats, chosen)
     st.page_link("pages/5_sweep.py", label="Accuracy vs sparsity, several methods side by side: the Sweep page",
                  icon="➡️")
 
 
-stats_page(("compare", "speed"), "3 · Prune and evaluate", lambda stats, _slot: page(current_model(), stats))
+stats_page(("compare", "speed", "generate"), "3 · Prune and evaluate",
+           lambda stats, _slot: page(current_model(), stats))

@@ -84,6 +84,10 @@ def model_folder_section(lm, result, stats: dict | None = None) -> None:
         optional["outtype"] = st.selectbox("GGUF tensor type", list(OUTTYPE_HELP), key="gguf_outtype",
                                            format_func=OUTTYPE_HELP.get)
     optional["round_to"] = rounding_section(lm, result, stats)
+    from diet.api import sample_prompts, tasks_of
+
+    kept = [s["prompt"] for s in st.session_state.get("try_samples", [])]
+    optional["sample_prompts"] = (kept + sample_prompts([t for t in tasks_of(stats) if t.name in result.tasks]))[:3]
     if st.checkbox("Measure dense vs pruned forward speed for the model card", value=True,
                                          key="export_speed"):
         from diet.timing import SpeedSettings
@@ -130,17 +134,40 @@ def model_folder_section(lm, result, stats: dict | None = None) -> None:
                 f'{arg})', language="python")
 
 
+def all_figures_button(col, result, stats: dict, comp: dict | None) -> None:
+    """Every figure of the report as PNG and SVG in one zip (rendered on the click), or why it cannot be."""
+    from diet import figures
+    from diet.report import report_figures
+
+    if figures.browser_path() is None:
+        col.caption(figures.NO_BROWSER + ".")
+        return
+    sweep = st.session_state.get("sweep")
+    col.download_button("All figures (zip: PNG + SVG)", key="dl_figures", on_click="ignore",
+                        data=lambda: figures.zip_of([(t, f) for t, _, f in report_figures(result, stats, comp, sweep)]),
+                        file_name="diet-figures.zip", mime="application/zip",
+                        help="every figure of the report, each as PNG and SVG at its on-screen size")
+
+
 def downloads_section(lm, stats, result) -> None:
-    c1, c2 = st.columns(2)
+    from diet.api import changed_items, tasks_of
+
+    comp = st.session_state.get("comparison")
+    changes = None
+    if comp and all(len(r.logliks) == r.n for r in comp["dense"] + comp["pruned"]):
+        changes = changed_items([t for t in tasks_of(stats) if t.name in comp["tasks"]], comp["dense"],
+                                comp["pruned"])
+    c1, c2, c3 = st.columns(3)
     c1.download_button("Download the mask (JSON)", data=json.dumps(mask_json(result), indent=1),
                        file_name=f"{result.method}-mask.json", mime="application/json", on_click="ignore",
                        key="dl_mask",
                        help="kept channel indices per layer, tasks, settings and the summary")
     c2.download_button("Download the report (HTML with every figure)",
-                       data=lambda: report(lm.spec.name, result, stats, st.session_state.get("comparison"),
-                                           st.session_state.get("sweep")),
+                       data=lambda: report(lm.spec.name, result, stats, comp, st.session_state.get("sweep"),
+                                           st.session_state.get("try_samples"), changes),
                        file_name="diet-report.html", mime="text/html", on_click="ignore", key="dl_report",
                        help="opens offline in any browser (plotly.js is inside); each chart also has a PNG button")
+    all_figures_button(c3, result, stats, comp)
 
 
 def page(lm, stats) -> None:

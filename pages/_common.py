@@ -14,12 +14,15 @@ from contextlib import contextmanager
 import streamlit as st
 
 from diet.errors import DietError
-from diet.jobs import CANCELLED, DONE, JobRunner, SharedModels, TorchGate
+from diet.gate import TorchGate
+from diet.jobs import CANCELLED, DONE, JobRunner
 from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
+from diet.sharing import SharedModels
 
 TEST_MODEL = "_test_model"  # session-state seed: tests put a LoadedModel (a tiny random model) here
 PERSIST = "p_"  # widget keys starting with this keep their value when the user switches pages (see app.py)
-RESULT_KEYS = {"profile": "stats", "compare": "comparison", "sweep": "sweep", "export": "exported"}
+RESULT_KEYS = {"profile": "stats", "compare": "comparison", "sweep": "sweep", "export": "exported",
+               "generate": "try_it"}
 MEMO_KEYS = {"general": "general_stats"}  # jobs whose result ({key: value}) is added to a memo in the session
 CANCELLED_NOTE = {"sweep": "the finished cells are kept in the cache: run the sweep again to resume"}
 # How often a running job's progress is redrawn. Why not faster: each redraw is a script run (Python under the
@@ -64,6 +67,34 @@ def keep_widget_state() -> None:
             st.session_state[k] = st.session_state[k]
 
 
+# ----------------------------------------------------------------------------------------------- figures
+
+IMAGE_MIME = {"png": "image/png", "svg": "image/svg+xml"}
+
+
+def chart(fig, key: str, **kwargs) -> None:
+    """`st.plotly_chart` plus PNG and SVG downloads of the same figure, for slides and papers.
+
+    The images are rendered only when a button is clicked (a callable `data`: Streamlit runs it on the click), by
+    `diet.figures` (kaleido driving Chromium), at the figure's own size. Where no browser is found, one line says
+    so and the figure stays interactive HTML (a download of it instead)."""
+    from diet import figures
+
+    st.plotly_chart(fig, key=key, **kwargs)
+    stem = figures.file_stem(fig.layout.title.text or key)
+    if figures.browser_path() is None:
+        st.caption(figures.NO_BROWSER + ".")
+        st.download_button("HTML", data=lambda: fig.to_html(include_plotlyjs=True), file_name=f"{stem}.html",
+                           mime="text/html", on_click="ignore", key=f"dl-html-{key}")
+        return
+    size = "x".join(map(str, figures.size_of(fig)))
+    cols = st.columns([1, 1, 8])
+    for col, fmt in zip(cols, figures.FORMATS):
+        col.download_button(fmt.upper(), data=lambda f=fmt: figures.image(fig, f), file_name=f"{stem}-{size}.{fmt}",
+                            mime=IMAGE_MIME[fmt], on_click="ignore", key=f"dl-{fmt}-{key}",
+                            help=f"this figure as {fmt.upper()}, {size} pixels (its size on the page)")
+
+
 # ----------------------------------------------------------------------------------------------- model
 
 
@@ -82,34 +113,29 @@ def _load(spec: ModelSpec):
     return load_model(spec, say=lambda m: print(m, file=sys.stderr))
 
 
-def model_key(s: ModelSpec) -> tuple:
-    """A model is keyed by the strings that define it (never by hashing a module)."""
-    return (s.name, s.revision, s.dtype, s.quantization, s.device)
-
-
 def model_spec() -> ModelSpec:
     return st.session_state.get("spec") or ModelSpec()
 
 
 def replaced_by(s: ModelSpec) -> list[str]:
     """Names of the models other sessions may be using that loading `s` would drop from memory."""
-    return [k[0] for k in server()[1].would_replace(model_key(s))]
+    return [k.name for k in server()[1].would_replace(s)]
 
 
 def current_model():
     """The loaded model of the chosen spec (the embedded default unless the user picked another), shared by every
-    session of the server that chose the same one."""
+    session of the server that chose the same one. The shared models are keyed by the spec itself (a frozen
+    dataclass: the strings that define a model before it is loaded, never a hash of its weights)."""
     if TEST_MODEL in st.session_state:
         return st.session_state[TEST_MODEL]
     s = model_spec()
     models = server()[1]
-    key = model_key(s)
-    if key in models.loaded():
-        return models.get(key, lambda: _load(s))
+    if s in models.loaded():
+        return models.get(s, lambda: _load(s))
     drop = replaced_by(s)
     note = f"; it replaces {', '.join(drop)} in memory, which holds one model at a time" if drop else ""
     with st.spinner(f"Loading {s.name}{note} (the first use of the embedded default converts it once, about 30 s)…"):
-        lm = models.get(key, lambda: _load(s), describe=lambda k: k[0])
+        lm = models.get(s, lambda: _load(s), describe=lambda k: k.name)
     if drop:
         st.session_state["replaced_note"] = (f"Loaded {s.name}: it replaced {', '.join(drop)} in memory (this server "
                                              "holds one model at a time); a session still using it loads it again "
@@ -121,10 +147,23 @@ def profile_settings() -> ProfileSettings:
     return st.session_state.get("profile_settings") or ProfileSettings()
 
 
-# Initial values of the mask and method widgets (Masks page); the Sweep page reads the same ones.
-MASK_DEFAULTS = dict(p_sparsity=0.2, p_merge="budget", p_score="mean_abs", p_allocation="layer", p_min_keep=0.05)
-METHOD_DEFAULTS = dict(p_method="diet", p_calibration="default", p_general="generated", p_tau=0.9, p_alpha=0.5,
-                       p_fusion_norm="rank", p_seed=0, p_flap_bias=True, p_pool_weight="tokens")
+# Initial values of the mask and method widgets (Masks page), read from the settings' own defaults; the Sweep page
+# reads the same ones. The general-text source is the shipped corpus: the page never waits for the Hub.
+MASK_DEFAULTS = {f"p_{k}": getattr(MaskSettings(), k) for k in ("sparsity", "merge", "score", "allocation", "min_keep")}
+METHOD_DEFAULTS = {**{f"p_{k}": getattr(MethodSettings(), k) for k in ("method", "calibration", "tau", "alpha",
+                                                                        "fusion_norm", "seed", "flap_bias",
+                                                                        "pool_weight")},
+                   "p_general": "generated"}
+
+
+def choice_words(field: str) -> dict[str, str]:
+    """The options of a MaskSettings choice (merge, score, allocation) in words, the dataclass default marked as
+    ours: what the Masks and DISP pages offer."""
+    words = {"merge": {"budget": "exact budget", "threshold": "voting threshold"},
+             "score": {"mean_abs": "mean |x|", "rms": "RMS"},
+             "allocation": {"layer": "same count in every layer", "global": "global ranking across layers"}}[field]
+    default = getattr(MaskSettings(), field)
+    return {k: v + (" (our default)" if k == default else "") for k, v in words.items()}
 
 
 def knob_settings() -> tuple[MaskSettings, MethodSettings, str]:
@@ -165,9 +204,6 @@ def collect_jobs() -> None:
         if snap.status == DONE and job.kind in RESULT_KEYS:
             if job.kind == "profile":  # new statistics: masks and results built on the old ones no longer apply
                 forget_results()
-                from pages._work import record_profile_speed  # late: pages._work imports torch
-
-                record_profile_speed(job.result)
             st.session_state[RESULT_KEYS[job.kind]] = job.result
         if snap.status == DONE and job.kind in MEMO_KEYS:
             st.session_state.setdefault(MEMO_KEYS[job.kind], {}).update(job.result)
@@ -176,7 +212,7 @@ def collect_jobs() -> None:
 
 def start_job(kind: str, title: str, fn) -> None:
     """Start a job of this session; the session's model stays in memory (shared, never dropped) until it ends."""
-    release = server()[1].hold(model_key(model_spec())) if TEST_MODEL not in st.session_state else (lambda: None)
+    release = server()[1].hold(model_spec()) if TEST_MODEL not in st.session_state else (lambda: None)
 
     def run(ctx):
         try:

@@ -10,27 +10,15 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-from diet.api import (
-    MaskResult,
-    cluster_pool,
-    compensation_of,
-    is_profiled,
-    lstsq_texts,
-    model_key,
-    profile_on_cluster,
-    profile_tasks,
-    prune_copy,
-)
+from diet.api import MaskResult, cluster_pool, is_profiled, model_key, profile_on_cluster, profile_tasks, prune_copy
 from diet.compare import compare_models, pruned_speed
 from diet.errors import Cancelled, DietError
 from diet.evaluate import EvalSettings
 from diet.jobs import JobContext
 from diet.methods import needs_general
-from diet.profile import choose_texts
 from diet.report import settings_summary
 from diet.settings import ClusterSettings, MaskSettings, MethodSettings, ProfileSettings
 
@@ -49,8 +37,6 @@ def save_upload(name: str, data: bytes, root: Path | None = None) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------------------------- shared cache
-
 # ----------------------------------------------------------------------------------------------- profiling
 
 
@@ -59,39 +45,6 @@ def profile_shared(ctx: JobContext, lm, tasks: list, settings: ProfileSettings, 
     them first (the engine's cache lock); the others say they wait, then read them."""
     return profile_tasks(lm, tasks, settings, progress=progress or ctx.report, should_stop=ctx.should_stop,
                          on_wait=ctx.wait_for)
-
-
-_PROFILE_SPEED: dict = {}  # model identity -> profiling tokens per second measured in this server process
-
-
-def record_profile_speed(stats: dict) -> None:
-    """Learn profiling speed from finished statistics (their tokens and seconds, as the profiler recorded them)."""
-    for st_ in stats.values():
-        meta = st_.meta
-        if meta.get("model_identity") and meta.get("seconds", 0) > 0 and meta.get("tokens", 0) > 0:
-            _PROFILE_SPEED[meta["model_identity"]] = float(meta["tokens"]) / float(meta["seconds"])
-
-
-def estimate_profile_seconds(lm, tasks: list, settings: ProfileSettings, measure: bool = True) -> float | None:
-    """Seconds to profile `tasks` (none cached): their token count over profiling speed on this machine — measured
-    on one batch of their calibration texts the first time (well under a second on a small model), then remembered
-    and refreshed by every profile that finishes. None when there is no measurement and `measure` is False (a job
-    is running: a forward pass now would slow it and be slowed by it)."""
-    from diet.profile import profile_texts
-
-    if lm.identity not in _PROFILE_SPEED:
-        if not measure:
-            return None
-        texts = choose_texts(tasks[0].calibration, settings)[: settings.batch_size]
-        profile_texts(lm.model, lm.tokenizer, texts[:1], settings)  # warm-up: first-call allocations
-        t0 = time.perf_counter()
-        batch = profile_texts(lm.model, lm.tokenizer, texts, settings)
-        _PROFILE_SPEED[lm.identity] = float(batch.count.sum()) / max(time.perf_counter() - t0, 1e-6)
-    tokens = 0
-    for t in tasks:
-        enc = lm.tokenizer(choose_texts(t.calibration, settings), truncation=True, max_length=settings.max_length)
-        tokens += sum(len(ids) for ids in enc["input_ids"])
-    return tokens / _PROFILE_SPEED[lm.identity]
 
 
 # ----------------------------------------------------------------------------------------------- cluster
@@ -142,20 +95,13 @@ def profile_job(lm, tasks: list, settings: ProfileSettings, cluster: ClusterSett
     return run
 
 
-
-
 # ----------------------------------------------------------------------------------------------- methods
-
-
-
 
 
 def general_key(lm, source: str, ps: ProfileSettings) -> str:
     """Session key of general-text statistics: the source as chosen (before a Hub source is resolved, which the
     page never waits for) through the engine's one key function."""
     return model_key(lm, source=source, profile=ps.key_fields())
-
-
 
 
 def general_job(lm, source: str, ps: ProfileSettings):
@@ -174,24 +120,12 @@ def general_job(lm, source: str, ps: ProfileSettings):
     return run
 
 
-
-
 # ----------------------------------------------------------------------------------------------- masks
 
 
 COMPENSATION = {"none": "none (the method's own: FLAP keeps its bias)",
                 "bias": "bias: removed units' mean contribution added back",
                 "lstsq": "lstsq: refit the output projection from the kept units (layer by layer, at pruning)"}
-
-
-
-
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -242,10 +176,6 @@ def speed_job(lm, result: MaskResult, memo: dict, stats: dict | None = None, aga
     return run
 
 
-
-
-
-
 def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodSettings,
               cluster: ClusterSettings | None = None):
     """Job body: diet.sweep.run_sweep (methods × sparsities × tasks, each cell cached on disk), with its progress
@@ -288,26 +218,71 @@ def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodS
     return run
 
 
-
-
 # ----------------------------------------------------------------------------------------------- export
 
 
 def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bool, optional: dict,
-               stats: dict | None = None):
-    """Job body: export_model with the page's `optional` arguments (GGUF type, rounding, speed, evaluation table)
-    and, for an lstsq mask, the refit's settings and texts. The loaded model is shared: export prunes a copy."""
+               stats: dict | None = None, profile: ProfileSettings | None = None):
+    """Job body: the CLI's pipeline (`diet.pipeline.prune_to_folder`: compensation, prune, export, summary.json)
+    with the page's `optional` arguments (GGUF type, rounding, speed, evaluation table). `profile`: the settings
+    the statistics were profiled with (default: what they record). The loaded model is shared: export prunes a
+    copy."""
 
     def run(ctx: JobContext) -> str:
-        from diet.export import export_model
+        from diet.api import recorded_profile_settings
+        from diet.pipeline import prune_to_folder
 
         ctx.report("export", 0, 1)
         ctx.note(f"writing {out}")
-        comp = compensation_of(result)
-        if comp is not None:
-            optional.update(compensation=comp, texts=lstsq_texts(result, comp, stats))
-        path = export_model(lm, result, out, mode=mode, overwrite=overwrite, say=ctx.note, **optional)
+        ps = profile or recorded_profile_settings(stats or {}, ProfileSettings())
+        path, _ = prune_to_folder(lm, result, out, ps, stats, mode=mode, overwrite=overwrite, say=ctx.note,
+                                  **optional)
         ctx.report("export", 1, 1)
         return str(path)
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------- try it
+
+TRY_MODE = "one after the other (dense, then pruned)"  # what the panel says: this machine runs them in turn
+
+
+def pruned_for_try(lm, result: MaskResult, held: dict, stats: dict | None = None):
+    """The pruned copy the Try-it panel answers with, kept in `held` (the session's) for the latest mask only: a
+    second prompt on the same mask costs no pruning, and only one pruned copy is ever held next to the dense."""
+    digest = result.digest()
+    if held.get("digest") != digest:
+        held.clear()
+        held.update(digest=digest, model=prune_copy(lm, result, stats=stats))
+    return held["model"]
+
+
+def generate_job(lm, result: MaskResult, prompt: str, settings, held: dict, stats: dict | None = None):
+    """Job body: the dense answer, then the pruned one (one model at a time computes), each streamed into the
+    job's snapshot as {"dense": Generation, "pruned": Generation} (`JobContext.share`). Stop (the job's cancel)
+    ends the answer being written and keeps it; the other one is then not started."""
+    from diet.api import generate
+
+    def run(ctx: JobContext) -> dict:
+        answers: dict = {}
+
+        def show(label):
+            def update(g) -> None:
+                answers[label] = g
+                ctx.share(dict(answers))  # a new dict each time: the page reads a consistent pair
+                ctx.report(label, g.new_tokens, settings.max_new_tokens)
+            return update
+
+        ctx.note("dense model answering")
+        generate(lm, prompt, settings, "dense", on_update=show("dense"), should_stop=ctx.should_stop)
+        if not ctx.should_stop():
+            ctx.note("pruning a copy for the pruned answer" if held.get("digest") != result.digest() else
+                     "pruned model answering")
+            model = pruned_for_try(lm, result, held, stats)
+            generate(lm, prompt, settings, "pruned", model=model, on_update=show("pruned"),
+                     should_stop=ctx.should_stop)
+        return {"prompt": prompt, "digest": result.digest(), "settings": asdict(settings), "mode": TRY_MODE,
+                "answers": dict(answers)}
 
     return run

@@ -132,6 +132,7 @@ def test_main_flow_in_a_real_browser(server, tmp_path):
         assert page.locator(".js-plotly-plot").count() >= 2
         clean(page)
         _shot(page, "2_masks.png", shots, full=True)
+        _figure_downloads(page, tmp_path)
         page.get_by_role("tab", name="Overlap between tasks").click()
         page.get_by_text("Read against").first.wait_for()
         clean(page)
@@ -150,6 +151,8 @@ def test_main_flow_in_a_real_browser(server, tmp_path):
         assert page.locator(".js-plotly-plot").count() >= 1
         clean(page)
         _shot(page, "4_prune_and_evaluate.png", shots, full=True)
+        _changed_items(page, tmp_path, shots)
+        _try_it(page, shots)
 
         # 4. export, 5. sweep, 6. DISP structure: each page opens cleanly on the session's statistics
         nav(page, "Export")
@@ -169,6 +172,86 @@ def test_main_flow_in_a_real_browser(server, tmp_path):
         browser.close()
     assert list((cache / "artifacts" / "stats").glob("*.json"))  # the statistics were cached on disk
     assert list((cache / "artifacts" / "eval").glob("*.json"))  # and the evaluation results
+
+
+def _figure_downloads(page, tmp_path: Path) -> None:
+    """The first Masks figure's PNG and SVG downloads: a PNG (magic bytes) and an SVG that parses, both at the size
+    the app set (its file name says it: name-WIDTHxHEIGHT.png)."""
+    import struct
+    import xml.etree.ElementTree as ET
+
+    got = {}
+    for fmt in ("PNG", "SVG"):
+        with page.expect_download(timeout=120_000) as info:
+            page.get_by_role("button", name=fmt, exact=True).first.click()
+        path = tmp_path / info.value.suggested_filename
+        info.value.save_as(path)
+        got[fmt] = path
+    width, height = map(int, re.search(r"-(\d+)x(\d+)\.png$", got["PNG"].name).groups())
+    png = got["PNG"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (width, height)
+    svg = ET.parse(got["SVG"]).getroot()
+    assert svg.tag.endswith("svg") and (svg.get("width"), svg.get("height")) == (str(width), str(height))
+    assert got["SVG"].stem == got["PNG"].stem
+
+
+def _changed_items(page, tmp_path: Path, shots: Path) -> None:
+    """The changed-items table shows, and its CSV holds as many rows as the counts above it say."""
+    import csv
+
+    heading = page.get_by_text("The items pruning changed", exact=True)
+    heading.wait_for()
+    heading.scroll_into_view_if_needed()
+    summary = page.get_by_text("item(s) dense right / pruned wrong").first.inner_text()
+    counts = [int(a) + int(b) for a, b in re.findall(r"(\d+) item\(s\) dense right / pruned wrong, (\d+) the reverse",
+                                                        summary)]
+    assert len(counts) == 3, summary  # one per evaluated task
+    with page.expect_download(timeout=60_000) as info:
+        page.get_by_role("button", name="Download the changed items (CSV)").click()
+    path = tmp_path / "changed_items.csv"
+    info.value.save_as(path)
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    assert len(rows) == sum(counts)
+    assert set(rows[0]) >= {"task", "direction", "question", "dense_answer", "pruned_answer"} if rows else True
+    clean(page)
+    heading.evaluate("e => e.scrollIntoView({block: 'start'})")
+    _shot(page, "9_changed_items.png", shots)
+
+
+def _answer_columns(page):
+    """The row of the two answer columns (the one holding both the "Dense" and the "Pruned" heading)."""
+    return (page.locator('[data-testid="stHorizontalBlock"]').filter(has=page.get_by_text("Dense", exact=True))
+            .filter(has=page.get_by_text("Pruned", exact=True)).last)
+
+
+def _try_it(page, shots: Path) -> None:
+    """Try it: dense then pruned answers stream into two columns (partial text visible while 'writing…'), and
+    Stop keeps what both wrote."""
+    panel = page.get_by_text("Try it: what does the pruned model say?")
+    panel.scroll_into_view_if_needed()
+    page.get_by_label("Prompt", exact=True).fill("Write a long story about a brave cat who sails around the world.")
+    page.get_by_text("more", exact=True).click()
+    set_number(page, "Max new tokens", 400)
+    page.get_by_role("button", name="Generate, dense vs pruned").click()
+    page.get_by_text("writing…").first.wait_for(timeout=120_000)
+    columns = _answer_columns(page)
+    dense = columns.locator('[data-testid="stColumn"]').first
+    partial = dense.locator('[data-testid="stText"]').inner_text()
+    assert partial.strip() and partial != "…", "no partial text while the dense answer was being written"
+    page.get_by_text("waits for the dense answer").wait_for()  # side by side: the pruned column waits its turn
+    pruned = columns.locator('[data-testid="stColumn"]').last
+    pruned.get_by_text("writing…").wait_for(timeout=300_000)  # dense done; the pruned answer streams
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stColumn\"] [data-testid=\"stText\"]')]"
+                           ".some(e => e.innerText.split(' ').length > 12 && e.closest('[data-testid=\"stColumn\"]')"
+                           ".innerText.includes('writing'))", timeout=120_000)
+    _shot(page, "8_try_it.png", shots)
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("stopped: the partial answer is kept").wait_for(timeout=60_000)
+    wait_idle(page)
+    texts = _answer_columns(page).locator('[data-testid="stText"]').all_inner_texts()
+    assert len(texts) == 2 and all(t.strip() and t != "…" for t in texts), texts
+    assert texts[0].startswith(partial.rstrip("…").strip()[:20])  # the dense answer kept what was streamed
+    clean(page)
 
 
 VIEWERS = 4
