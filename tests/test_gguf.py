@@ -405,8 +405,8 @@ def test_every_export_states_the_parameters_it_stores(tmp_path):
     """Padded folders store every layer at the widest layer's width: diet_settings.json, the card and the CLI line
     give that count next to the logical one; exact-width exports store exactly the logical count."""
     from diet.cli import _size_words
-    from diet.pipeline import written_sizes
     from diet.models import count_parameters
+    from diet.pipeline import written_sizes
 
     model = tiny("llama")
     result = make_result(model, [20, 44, 31])
