@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ PROFILE = ProfileSettings(samples=8, max_length=64, batch_size=4)
 SWEEP = SweepSettings(methods=("diet", "wanda-sp", "random"), sparsities=(0.25, 0.5), tasks=("arithmetic", "capitals"),
                       eval_tasks=("arithmetic",), general="generated", compensations=("none", "lstsq"))
 LOCAL = ClusterSettings(address="local", local_cpus=2)
+OFFLINE = ("arithmetic", "capitals", "facts", "morphology", "sentiment", "physical", "reading", "python_output")
 
 
 @pytest.fixture(scope="module")
@@ -109,30 +111,31 @@ def test_profile_sweep_eval_identical_to_in_process(pool, local_lm, tmp_path):
 
 def test_worker_killed_mid_sweep_is_retried_and_table_identical(pool, local_lm, tmp_path):
     cache = ArtifactCache(tmp_path / "c")
-    sweep = SweepSettings(methods=("diet", "random"), sparsities=(0.25, 0.5), tasks=("arithmetic", "capitals"),
-                          limit=30, general="generated")
+    # each cell scores every item of the 8 offline tasks, about 2.5 s on one thread: a kill lands inside a cell
+    sweep = SweepSettings(methods=("diet", "random"), sparsities=(0.5,), tasks=("arithmetic", "capitals"),
+                          eval_tasks=OFFLINE, general="generated")
     api.profile_on_cluster(pool, list(sweep.tasks), PROFILE, cache=cache)
     pids = {i["name"]: i["pid"] for i in pool.worker_info()}
     killed: list[str] = []
-    lines: list[str] = []
+    progress = []
 
-    def should_stop() -> bool:  # polled by the driver's loop between waits: kill w1 while a unit runs on it
+    def watch(p) -> None:  # told right after units are handed out: kill w1 0.3 s into its first sweep cell
+        progress.append(p)
         w1 = next(w for w in pool.workers if w.name == "w1")
         if not killed and w1.status not in ("idle", "restarting", "loading the model"):
+            time.sleep(0.3)  # into the cell, well before its end
             os.kill(pids["w1"], signal.SIGKILL)
             killed.append(w1.status)
-        return False
 
-    progress = []
     said: list[str] = []
-    pool.say = lambda m: (said.append(m), lines.append(m))
+    pool.say = said.append
     try:
-        rows = sweep_on_cluster(pool, sweep, PROFILE, cache=cache, progress=progress.append,
-                                    should_stop=should_stop)
+        rows = sweep_on_cluster(pool, sweep, PROFILE, cache=cache, progress=watch)
     finally:
         pool.say = pool.said.append
     assert killed, "w1 never ran a unit"
-    assert any(f"worker w1 died during {killed[0]}" in m and "retrying it on another worker" in m for m in said)
+    assert any(f"worker w1 died during {killed[0]}" in m and "retrying it on another worker" in m for m in said), (
+        killed, said)
     assert progress[-1].retries >= 1 and progress[-1].done == progress[-1].total
     assert _frame(rows).equals(_frame(run_sweep(local_lm, sweep, PROFILE, cache=ArtifactCache(tmp_path / "h"))))
 
@@ -161,6 +164,25 @@ def test_interrupted_run_keeps_finished_units(pool, folder, tmp_path, monkeypatc
     again = {line.split()[1] for line in log.read_text().splitlines() if line.startswith("sweep ")}
     assert not again & first  # nothing finished before the interruption was computed again
     assert len(again) + len(first) == len(rows) == 13
+
+
+def test_cli_sweep_on_the_cluster_loads_no_model_here(ray_local, folder, tmp_path, monkeypatch, capsys):
+    """`diet sweep --ray local`: the layout is printed, one bar of units, the tables written, and this process never
+    loads the model (the workers, other processes, load their own)."""
+    import diet.models
+    from diet.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver loaded a model")
+
+    monkeypatch.setattr(diet.models, "load_model", refuse)
+    monkeypatch.setenv("DIET_CACHE", str(tmp_path / "cache"))
+    assert main(["sweep", "--model", str(folder), "--tasks", "arithmetic", "--methods", "diet", "--sparsities", "0.5",
+                 "--limit", "5", "--samples", "8", "--max-length", "64", "--out", str(tmp_path / "out"),
+                 "--ray", "local"]) == 0
+    assert len((tmp_path / "out" / "results.csv").read_text().splitlines()) == 1 + 2  # header, dense, diet @ 0.5
+    err = capsys.readouterr().err
+    assert "2 workers x 1 CPU (N = 1" in err and "units: 100%" in err and "retries 0" in err
 
 
 def test_cli_refusal_is_one_error_line_and_exit_2(folder, capsys):
@@ -195,7 +217,6 @@ def test_refusals_are_one_line_before_any_unit(ray_local, folder, monkeypatch):
 def test_app_sweep_job_on_the_cluster_shows_units_and_cancel_stops_them(ray_local, local_lm, cache_dir):
     """The Sweep page's job with the cluster address of the Model and tasks page: the job panel's lines are the
     cluster's units and workers; cancel ends the job and kills the workers (their CPUs are free again)."""
-    import time
 
     from diet.jobs import CANCELLED, Job
     from pages._work import cluster_settings, sweep_job

@@ -367,7 +367,8 @@ class Pool:
                     del later[name]
                     w = next(w for w in self.workers if w.name == name)
                     reviving[w.actor.info.remote()] = w
-            self._dispatch(units, queue, avoid, inflight)
+            if self._dispatch(units, queue, avoid, inflight):
+                tell()  # the workers' new units, before waiting on them
             if not inflight and queue and not reviving and not later:
                 raise DietError("every worker of the Ray cluster died; the finished units are stored, run it again "
                                 "to resume")
@@ -413,13 +414,15 @@ class Pool:
                 w.status = "idle"
             tell()
 
-    def _dispatch(self, units: list[Unit], queue: deque, avoid: dict, inflight: dict) -> None:
-        """Give queued units to idle workers; a retried unit avoids the workers it died on while others live."""
+    def _dispatch(self, units: list[Unit], queue: deque, avoid: dict, inflight: dict) -> bool:
+        """Give queued units to idle workers (True when any was given); a retried unit avoids the workers it died
+        on while others live."""
         idle = [w for w in self.workers if w.alive and w.status == "idle"]
         living = {w.name for w in self.workers if w.alive}
+        given = False
         for i in list(queue):
             if not idle:
-                return
+                break
             choice = next((w for w in idle if w.name not in avoid[i]), None)
             if choice is None and not (living - avoid[i]):
                 choice = idle[0]  # it died on every living worker: any will do
@@ -429,6 +432,8 @@ class Pool:
             queue.remove(i)
             choice.status = units[i].label
             inflight[choice.actor.run.remote(units[i].fn, *units[i].args)] = (i, choice, time.time())
+            given = True
+        return given
 
     def share(self, obj):
         """`obj` put once into the object store: units that all read it carry the reference, not a copy each."""
