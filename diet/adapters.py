@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from diet.errors import DietError
+from diet.settings import UNITS
 from diet.shape import ModelShape
 
 
@@ -334,13 +335,56 @@ class AttentionHeads:
         _compensate(self._attn(layer), "o_proj", q, means)
 
 
-UNITS = {"mlp": MLPChannels, "heads": AttentionHeads}
+UNIT_CLASSES = {u.name: u for u in (MLPChannels, AttentionHeads)}  # the unit names are diet.settings.UNITS
 
 
 def get_unit(model: nn.Module, unit: str = "mlp") -> MLPChannels | AttentionHeads:
     if unit not in UNITS:
         raise DietError(f"unknown unit {unit!r}: supported units: {', '.join(UNITS)}")
-    return UNITS[unit](get_family(model))
+    return UNIT_CLASSES[unit](get_family(model))
+
+
+def check_prunable(model: nn.Module, unit: str = "mlp") -> None:
+    """Refuse a unit with nothing to remove, before any profiling: a model with one key/value head per layer
+    (Gemma-3-270m: 4 query heads share it) has one KV group per layer, and every layer keeps at least one."""
+    u = get_unit(model, unit)
+    layers = u.family.layers(model)
+    if unit == "heads" and all(u.width(layer) == 1 for layer in layers):
+        raise DietError(f"this model has one key/value head per layer ({u.group_size(layers[0])} query heads share "
+                        "it): heads are pruned as whole KV groups and every layer keeps one, so no head can be "
+                        "removed; prune MLP channels (--unit mlp)")
+
+
+def kv_group_words(model: nn.Module, layer: nn.Module) -> str:
+    """How a head mask indexes this model, for the message that refuses one made for query heads."""
+    u = get_unit(model, "heads")
+    return (f"a head mask names KV groups (0..{u.width(layer) - 1}), not query heads: each of the "
+            f"{u.width(layer)} key/value heads is shared by {u.group_size(layer)} query heads and is kept or removed "
+            "with them")
+
+
+def parameter_shares(model: nn.Module) -> dict[str, float]:
+    """Shares of all (unique) parameters: the token embedding (with the LM head when tied, else the head separately),
+    the transformer blocks, and the MLPs inside them. Why: "x% of MLP channels" is x·mlp of the model, and that
+    share differs a lot between models (SmolLM2-135M: 47%; Gemma-3-270m, whose 262k vocabulary is most of it: 26%)."""
+    from diet.models import count_parameters
+
+    fam = get_family(model)
+    total = count_parameters(model)
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings()
+    head_n = 0 if head is None or head.weight is emb else head.weight.numel()
+    layers = fam.layers(model)
+    blocks = sum(count_parameters(layer) for layer in layers)
+    mlp = sum(count_parameters(layer.mlp) for layer in layers)
+    return {"embedding": emb.numel() / total, "lm_head": head_n / total, "blocks": blocks / total,
+            "mlp": mlp / total}
+
+
+def shares_words(shares: dict[str, float]) -> str:
+    """One line for every table of results: where the parameters are."""
+    head = f", LM head {shares['lm_head']:.0%}" if shares["lm_head"] else " (tied with the LM head)"
+    return (f"parameters: embedding {shares['embedding']:.0%}{head}, transformer blocks {shares['blocks']:.0%} "
+            f"(MLPs {shares['mlp']:.0%} of all)")
 
 
 def model_shape(model: nn.Module, unit: str = "mlp") -> ModelShape:

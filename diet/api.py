@@ -1,19 +1,20 @@
-"""The high-level Python API: what the CLI and the app call. No UI code here.
+"""The service layer: what the CLI and the app call. No UI code here.
+
+    from diet.api import build_mask, load_model, profile_tasks
+    from diet.settings import MaskSettings, ProfileSettings
 
     lm = load_model("smollm2-135m")
     stats = profile_tasks(lm, ["arithmetic", "capitals"], ProfileSettings(samples=100))
     result = build_mask(stats, MaskSettings(sparsity=0.25))
-    export_model(lm, result, "out/pruned")
 
-Why statistics are keyed by content: the cache key hashes the model's weights fingerprint, the exact calibration
-texts and the settings that change the numbers, so a cached entry is reused exactly when it is still right.
+Profiling and its cache keys live in `diet.statistics` (DISP and ShortGPT profile through them too); they are
+served from here, so a front end needs this one module.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -22,133 +23,23 @@ from diet.cache import ArtifactCache
 from diet.compare import compare_models  # noqa: F401  the cached dense-vs-pruned comparison, served here
 from diet.errors import DietError
 from diet.methods import MethodInputs, get_method, needs_general, run_method, summarize, unit_scores, weight_stats
-from diet.models import LoadedModel, count_parameters
-from diet.profile import Stats, choose_texts, profile_texts, texts_hash
-from diet.results import MaskResult, mask_stats
-from diet.settings import CACHE_FORMAT_VERSION, MaskSettings, MethodSettings, ProfileSettings, sha256_of
-
-TaskProgress = Callable[[str, int, int], None]  # (task name, texts done, texts total)
-
-
-def resolve_task(name_or_task):
-    """A Task from a registered name, a file path, or a Task (returned as it is)."""
-    from diet.tasks import get_task
-
-    return get_task(name_or_task) if isinstance(name_or_task, str) else name_or_task
-
-
-def model_key(lm: LoadedModel, **what) -> str:
-    """The key of anything computed from a model's numbers: its content, dtype and quantization, plus `what` was
-    computed (texts, settings, a probe, a source as the user named it). Statistics and the pages' in-session memos
-    both key through here, so the same inputs always meet under the same key."""
-    return sha256_of({"model": lm.identity, "dtype": lm.spec.dtype, "quantization": lm.spec.quantization, **what})[:24]
-
-
-def stats_key(lm: LoadedModel, texts: list[str], settings: ProfileSettings, probe: str | None = None) -> str:
-    """The one cache key of profiled statistics: format, model content, dtype/quantization, texts, settings, and
-    what was probed (`probe`: None for the prunable unit in `settings.unit`, else e.g. DISP's positions)."""
-    tag = {} if probe is None else {"kind": probe}  # unit statistics carry no tag: their keys predate probes
-    return model_key(lm, format=CACHE_FORMAT_VERSION, texts=texts_hash(texts), settings=settings.key_fields(), **tag)
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What a profiling pass records, and how it is stored: statistics of the unit (`UNIT_PROBE`) or of other
-    hook points (DISP's five positions, `diet.disp.statistics.POSITION_PROBE`). `profile` runs any of them."""
-
-    cache_kind: str  # the cache folder ("stats", "disp_stats")
-    tag: str | None  # added to the cache key; None for unit statistics
-    run: Callable  # (model, tokenizer, texts, settings, progress, should_stop) -> (tensors, meta)
-    load: Callable  # (tensors, meta) -> the statistics object handed to callers
-
-
-def _run_unit(model, tokenizer, texts, settings, progress, should_stop) -> tuple[dict, dict]:
-    stats = profile_texts(model, tokenizer, texts, settings, progress, should_stop)
-    return stats.tensors(), stats.meta
-
-
-UNIT_PROBE = Probe("stats", None, _run_unit, Stats.from_tensors)
-
-
-def is_profiled(lm: LoadedModel, task, settings: ProfileSettings, cache: ArtifactCache | None = None) -> bool:
-    task = resolve_task(task)
-    return (cache or ArtifactCache()).has("stats", stats_key(lm, choose_texts(task.calibration, settings), settings))
-
-
-def estimate_seconds(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings,
-                     cache: ArtifactCache | None = None) -> float:
-    """Seconds to profile the tasks not cached yet, from their token counts and this machine's measured speed."""
-    cache = cache or ArtifactCache()
-    tokens = 0
-    for t in map(resolve_task, tasks):
-        texts = choose_texts(t.calibration, settings)
-        if cache.has("stats", stats_key(lm, texts, settings)):
-            continue
-        enc = lm.tokenizer(texts, truncation=True, max_length=settings.max_length)
-        tokens += sum(len(ids) for ids in enc["input_ids"])
-    return tokens / _tokens_per_second(lm, cache) if tokens else 0.0
-
-
-def _speed_key(lm: LoadedModel) -> str:
-    device = str(next(lm.model.parameters()).device)
-    return sha256_of({"model": lm.identity, "dtype": lm.spec.dtype, "device": device})[:16]
-
-
-def _tokens_per_second(lm: LoadedModel, cache: ArtifactCache) -> float:
-    known = cache.load_json("speed", _speed_key(lm))
-    if known:
-        return float(known["tokens_per_second"])
-    on_gpu = next(lm.model.parameters()).is_cuda
-    return (1e13 if on_gpu else 3e11) / count_parameters(lm.model)  # rough first guess, replaced after one run
-
-
-def profile(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = ProfileSettings(), probe: Probe = UNIT_PROBE,
-            progress: TaskProgress | None = None, should_stop: Callable[[], bool] | None = None,
-            cache: ArtifactCache | None = None, on_wait: Callable[[str], None] | None = None) -> dict:
-    """Statistics per task for any probe: from the cache when present (no forward pass), else profiled and cached
-    atomically. Each task's texts are its seeded calibration choice; the meta records where they came from.
-
-    Each entry is computed under its cache lock (`ArtifactCache.computing`): a second job (another app session, a
-    CLI run) asking for the same statistics meanwhile waits — told through `on_wait` — and then reads them."""
-    cache = cache or ArtifactCache()
-    out: dict = {}
-    for task in map(resolve_task, tasks):
-        texts = choose_texts(task.calibration, settings)
-        key = stats_key(lm, texts, settings, probe.tag)
-        hit = cache.load_tensors(probe.cache_kind, key)
-        if hit is None:
-            with cache.computing(probe.cache_kind, key, f"the statistics of {task.name}", on_wait, should_stop):
-                hit = cache.load_tensors(probe.cache_kind, key)  # whoever held the lock may have written it
-                if hit is None:
-                    hit = _profile_one(lm, task, texts, settings, probe, key, cache, progress, should_stop)
-        if progress:  # also when the entry was read after waiting for another job: this task is done
-            progress(task.name, len(texts), len(texts))
-        out[task.name] = probe.load(*hit)
-    return out
-
-
-def _profile_one(lm: LoadedModel, task, texts: list[str], settings: ProfileSettings, probe: Probe, key: str,
-                 cache: ArtifactCache, progress: TaskProgress | None, should_stop) -> tuple[dict, dict]:
-    """One task's statistics computed and cached (with this machine's measured profiling speed)."""
-    cb = (lambda d, n, name=task.name: progress(name, d, n)) if progress else None
-    t0 = time.perf_counter()
-    tensors, meta = probe.run(lm.model, lm.tokenizer, texts, settings, cb, should_stop)
-    seconds = time.perf_counter() - t0
-    tokens = float(tensors["count"].sum())
-    meta = {**meta, "model": lm.spec.name, "model_identity": lm.identity, "task": task.name,
-            "task_source": task.source, "task_fingerprint": task.fingerprint(), "texts": len(texts),
-            "tokens": tokens, "settings": asdict(settings), "seconds": seconds}
-    cache.save_tensors(probe.cache_kind, key, tensors, meta)
-    cache.save_json("speed", _speed_key(lm), {"tokens_per_second": tokens / seconds})
-    return tensors, meta
-
-
-def profile_tasks(lm: LoadedModel, tasks: Sequence, settings: ProfileSettings = ProfileSettings(),
-                  progress: TaskProgress | None = None, should_stop: Callable[[], bool] | None = None,
-                  cache: ArtifactCache | None = None, on_wait: Callable[[str], None] | None = None
-                  ) -> dict[str, Stats]:
-    """Unit statistics per task (`profile` with the unit probe)."""
-    return profile(lm, tasks, settings, UNIT_PROBE, progress, should_stop, cache, on_wait)
+from diet.models import LoadedModel, load_model  # noqa: F401  served here
+from diet.profile import Stats, choose_texts
+from diet.results import MaskResult, mask_stats, rounded  # noqa: F401  served here
+from diet.settings import MaskSettings, MethodSettings, ProfileSettings
+from diet.statistics import (  # noqa: F401  served here: profiling and the one key function
+    UNIT_PROBE,
+    Probe,
+    TaskProgress,
+    estimate_seconds,
+    is_profiled,
+    model_key,
+    profile,
+    profile_tasks,
+    stats_key,
+    stats_meta,
+)
+from diet.tasks import resolve_task
 
 
 def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings(),
@@ -181,23 +72,6 @@ def build_mask(stats: dict[str, Stats], settings: MaskSettings = MaskSettings(),
 def ranked_scores(stats: dict[str, Stats], score: str) -> M.RankedScores:
     """The tasks' scores with their per-layer ranks and tie scores: computed once per (statistics, score)."""
     return M.RankedScores.of(np.stack([unit_scores(stats[n], score) for n in stats]))
-
-
-def rounded(result: MaskResult, multiple: int) -> MaskResult:
-    """`result` with every layer's kept count rounded to a multiple of `multiple` by the mask's own ranking (the
-    same object when nothing changes); the summary is recomputed so sizes and sparsity describe the rounded mask."""
-    if multiple == 1:
-        return result
-    if result.unit != "mlp":
-        raise DietError("--round-to applies to MLP channels only (attention KV groups are not rounded)")
-    key = result.ranking if result.ranking is not None else result.votes
-    mask = M.round_widths(result.mask, key, multiple, result.shape.widths)
-    if np.array_equal(mask, result.mask):
-        return result
-    summary = {**result.summary, **M.param_summary(mask, result.shape),
-               "kept_per_layer": M.kept_per_layer(mask).tolist(), "round_to": multiple,
-               "kept_per_layer_unrounded": M.kept_per_layer(result.mask).tolist()}
-    return replace(result, mask=mask, summary=summary)
 
 
 def split_half_overlap(stats: Stats, settings: MaskSettings) -> float:
@@ -338,6 +212,79 @@ def cached_general(lm: LoadedModel, source: str, settings: ProfileSettings) -> S
     return profile_tasks(lm, [task], settings)["general"]
 
 
+# ---------------------------------------------------------------- on a Ray cluster (diet/cluster/, docs/scale.md)
+
+
+def cluster_pool(settings, spec, say: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+    """Workers on the Ray cluster `settings` names, each holding the model `spec` names (this process loads none):
+    refused in one line before any unit when the cluster cannot take the work. Use it as a context manager and
+    hand it to `profile_on_cluster`, `evaluate_on_cluster` (and `diet.sweep.sweep_on_cluster`); its `.model` stands
+    in for a LoadedModel in every cache key (identity and concrete dtype as the workers loaded them, no weights)."""
+    from diet.cluster import Pool
+
+    return Pool(settings, spec, say, should_stop)
+
+
+def profile_on_cluster(pool, tasks: Sequence, settings: ProfileSettings = ProfileSettings(), progress=None,
+                       should_stop: Callable[[], bool] | None = None, cache: ArtifactCache | None = None
+                       ) -> dict[str, Stats]:
+    """`profile_tasks` with one unit per task not cached yet on the cluster's workers; each result is stored in
+    this process's cache under `stats_key`, the moment it arrives. `progress(ClusterProgress)`."""
+    from diet.cluster import Unit
+    from diet.cluster.units import profile_unit
+
+    cache = cache or ArtifactCache()
+    lm = pool.model
+    todo = []
+    for task in map(resolve_task, tasks):
+        texts = choose_texts(task.calibration, settings)
+        key = stats_key(lm, texts, settings)
+        if not cache.has("stats", key):
+            todo.append((task, texts, key))
+
+    def store(i: int, result) -> None:
+        task, texts, key = todo[i]
+        tensors, meta, seconds = result
+        cache.save_tensors("stats", key, tensors, stats_meta(lm, task, texts, settings, tensors, meta, seconds))
+
+    units = [Unit(f"profile {t.name}", profile_unit, (texts, settings)) for t, texts, _ in todo]
+    pool.run(units, store, progress, should_stop)
+    return profile_tasks(lm, tasks, settings, cache=cache)  # every entry is cached now: read, no forward pass
+
+
+def evaluate_on_cluster(pool, tasks: Sequence, settings=None, progress=None,
+                        should_stop: Callable[[], bool] | None = None, cache: ArtifactCache | None = None) -> list:
+    """One unit per (model, task) evaluation not cached yet; each TaskResult is stored under the key the dense
+    model's comparison uses (`diet.compare.eval_key`), so the app finds it. Results in task order (fresh ones carry
+    their per-item logliks, cached ones do not)."""
+    from diet.cluster import Unit
+    from diet.cluster.units import eval_unit
+    from diet.compare import eval_key
+    from diet.evaluate import EvalSettings, TaskResult
+
+    cache = cache or ArtifactCache()
+    settings = settings or EvalSettings()
+    tasks = [resolve_task(t) for t in tasks]
+    keys = [eval_key(pool.model, t, settings, "dense") for t in tasks]
+    results: list = []
+    for k in keys:
+        hit = cache.load_json("eval", k)
+        if hit is not None:
+            hit.pop("note", None)
+        results.append(TaskResult(**hit) if hit is not None else None)
+    todo = [i for i, r in enumerate(results) if r is None]
+
+    def store(j: int, result) -> None:
+        i = todo[j]
+        cache.save_json("eval", keys[i], result.to_dict())
+        results[i] = result
+
+    pool.run([Unit(f"evaluate {tasks[i].name}", eval_unit, (tasks[i], settings)) for i in todo], store, progress,
+             should_stop)
+    return results
+
+
 # ------------------------------------------------------------------------------------- what the model says
 
 
@@ -383,3 +330,17 @@ def sample_prompts(tasks: Sequence, n: int = 3) -> list[str]:
     found = [resolve_task(t) for t in tasks]
     found = [t for t in found if t.evaluation or t.calibration]
     return [sample_prompt(found[i % len(found)], i // len(found)) for i in range(n)] if found else []
+
+
+def embedded_models() -> dict:
+    """The offline models (name -> `diet.models.Embedded`: what it is, its licence), for the app's model picker."""
+    from diet.models import EMBEDDED
+
+    return dict(EMBEDDED)
+
+
+def embedded_licence(name: str):
+    """The licence text file an embedded model's package ships (a Path), or None."""
+    from diet.models import embedded_licence as find
+
+    return find(name)

@@ -1,14 +1,16 @@
 """`python -m diet …` — the command-line contract other tools and our own checks call.
 
-Every user mistake ends as one line `error: …` and exit code 2 (never a traceback); Ctrl-C ends with exit 130 and,
-since every write is atomic, leaves no half-written file.
+Every user mistake ends as one line `error: …` and exit code 2 (never a traceback); Ctrl-C or SIGTERM ends with exit
+130 and, since every write is atomic, leaves no half-written file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -80,6 +82,50 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit", default="mlp", choices=["mlp", "heads"],
                    help="prunable unit: mlp = MLP intermediate channels (default); heads = attention heads, whole "
                         "KV groups under GQA")
+
+
+def _ray_args(p: argparse.ArgumentParser) -> None:
+    """--ray: the command's independent units on a Ray cluster (docs/scale.md); absent = this process, as ever."""
+    g = p.add_argument_group("cluster (docs/scale.md)")
+    g.add_argument("--ray", default=None, metavar="local|auto|HOST:PORT",
+                   help="run the units (one task's statistics, one sweep cell, one task's evaluation) on Ray "
+                        "workers, each holding the model once; this process then loads no model. local: start "
+                        "Ray on this machine; auto: join the cluster `ray start` runs here; HOST:PORT: join that "
+                        "head. Results land in this machine's cache under the usual keys (default: no Ray)")
+    g.add_argument("--ray-cpus-per-worker", type=int, default=None, metavar="N",
+                   help="CPU-only clusters: cores (torch threads) per worker (default: chosen from the cluster's "
+                        "cores and memory, and printed); with GPUs: one worker per GPU")
+    g.add_argument("--ray-workers", type=int, default=None, metavar="N", help="at most N workers (default: all)")
+
+
+def _cluster(a):
+    """ClusterSettings from --ray (None without it)."""
+    if a.ray is None:
+        return None
+    from diet.settings import ClusterSettings
+
+    return ClusterSettings(address=a.ray, cpus_per_worker=a.ray_cpus_per_worker, max_workers=a.ray_workers)
+
+
+class _ClusterBar:
+    """One bar for a cluster run: units done / total, retries and what each worker does."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.total != p.total:
+            self.close()
+            self.bar = tqdm(total=p.total, desc="units", unit="unit", file=sys.stderr)
+        self.bar.update(p.done - self.bar.n)
+        self.bar.set_postfix_str(f"retries {p.retries} · " + ", ".join(f"{n}: {st}" for n, st in p.workers))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _method_args(p: argparse.ArgumentParser) -> None:
@@ -229,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and cache them on disk.")
     _model_args(p)
     _profile_args(p)
+    _ray_args(p)
 
     p = sub.add_parser("prune", help="profile (cached), vote, prune and write a model folder",
                        description="Build one mask per task at the target sparsity, merge them by DIET's vote, "
@@ -257,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     _export_args(p)
     p.add_argument("--report", default=None, metavar="FILE.html",
                    help="also write the HTML report the app's Export page downloads: headline, settings table and "
-                        "every mask figure (refused if the file exists, unless --overwrite)")
+                        "every mask figure; with --method disp, every position's figures as the DISP page shows "
+                        "them (refused if the file exists, unless --overwrite)")
 
     p = sub.add_parser("export", aliases=["apply-mask"], help="re-apply a saved mask to its base model and export",
                        description="Apply a mask saved earlier (mask.json or mask.safetensors, e.g. from an export "
@@ -286,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="diet", help=argparse.SUPPRESS)  # method knobs below read a.method
     _method_args(p)
     p.add_argument("--out", required=True, help="folder for results.csv, means.csv, plot.html, plot.png")
+    _ray_args(p)
 
     p = sub.add_parser("eval", help="zero-shot multiple-choice accuracy (lm-eval scoring)",
                        description="Evaluate a model (embedded default, hub id or folder) on tasks; prints a table "
@@ -295,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N evaluation items per task only (a PREVIEW)")
     p.add_argument("--batch-size", type=int, default=16, help="requests per forward pass (default: 16)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    _ray_args(p)
     p.add_argument("--compare", default=None, metavar="DIR_OR_MASK",
                    help="also evaluate a pruned model (a model folder, or a mask applied to --model) and list the "
                         "items the two answered differently")
@@ -343,6 +393,17 @@ def _profile(a):
     settings = ProfileSettings(samples=a.samples, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size,
                                unit=a.unit)
     tasks = [get_task(t) for t in a.tasks]  # validate every task before loading a model
+    cluster = _cluster(a) if hasattr(a, "ray") else None
+    if cluster is not None:
+        from diet.api import cluster_pool, profile_on_cluster
+
+        bar = _ClusterBar()
+        with cluster_pool(cluster, _spec(a), say=lambda m: print(m, file=sys.stderr)) as pool:
+            try:
+                stats = profile_on_cluster(pool, tasks, settings, progress=bar)
+            finally:
+                bar.close()
+        return pool.model, stats, settings
     lm = load_model(_spec(a), say=lambda m: print(m, file=sys.stderr), work=_work(a))
     eta = estimate_seconds(lm, tasks, settings)
     if eta:
@@ -391,6 +452,9 @@ def _cmd_prune_disp(a) -> None:
         raise DietError("--export-mode does not apply to DISP: its folder is always the DISP export "
                         "(per-layer index sets; loads with trust_remote_code=True)")
     check_out_dir(Path(a.out), a.overwrite)
+    report_path = _check_report_path(a.report, a.overwrite)
+    if report_path is not None and a.method != "disp":
+        raise DietError("--report with DISP needs --method disp (the training-free index sets the DISP page shows)")
     profile = ProfileSettings(samples=a.samples, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size)
     positions = {"positions": tuple(x.strip() for x in a.positions.split(",") if x.strip())} if a.positions else {}
     disp = DispSettings(sparsity=a.sparsity, score=a.score, merge="threshold" if a.threshold is not None else "budget",
@@ -417,6 +481,15 @@ def _cmd_prune_disp(a) -> None:
         bar.update(step - bar.n)
         bar.set_postfix(lm_loss=f"{rec['lm_loss']:.3f}", p=f"{rec['ratio']:.3f}")
 
+    if report_path is not None:  # the statistics are cached here, so prune_disp reads them without a forward pass
+        from diet.cache import atomic_write_bytes
+        from diet.disp import build_disp_masks, profile_disp
+        from diet.report import disp_report
+
+        result = build_disp_masks(profile_disp(lm, tasks, profile, progress), disp)
+        atomic_write_bytes(report_path, disp_report(lm.spec.name, result, profile_disp(lm, tasks, profile)
+                                                    ).encode("utf-8"))
+        say(f"wrote the report {report_path}")
     folder, s = prune_disp(lm, tasks, a.out, method=a.method, profile=profile, disp=disp, learn=learn,
                            overwrite=a.overwrite, say=say,
                            progress=learn_progress if a.method == "disp-learned" else progress)
@@ -430,9 +503,8 @@ def _cmd_prune_disp(a) -> None:
 def cmd_prune(a) -> None:
     if a.method in ("disp", "disp-learned"):
         return _cmd_prune_disp(a)
-    from diet.api import build_mask
-    from diet.cache import atomic_write_json
-    from diet.export import check_out_dir, export_model
+    from diet.export import check_out_dir
+    from diet.pipeline import prune
 
     out = Path(a.out)
     check_out_dir(out, a.overwrite)  # refuse before spending minutes on profiling
@@ -447,39 +519,23 @@ def cmd_prune(a) -> None:
     comp = _compensations(a)
     if len(comp) != 1:
         raise DietError("prune takes one --compensation (none, bias or lstsq); sweep takes a list")
-    lstsq = _lstsq_settings(a) if comp[0] == "lstsq" else None
     t0 = time.perf_counter()
     lm, stats, settings = _profile(a)
-    if a.method == "diet" and a.unit == "mlp" and comp[0] == "none":
-        result = build_mask(stats, mask_settings)
-    else:
-        from diet.api import method_mask
 
-        result = method_mask(lm, stats, mask_settings, method_settings, settings, general=a.general,
-                             say=lambda m: print(m, file=sys.stderr), compensation=comp[0])
-    if lstsq is not None:
-        from diet.compensate import fit_texts
-        from diet.tasks import get_task
+    def report(result) -> None:  # before export: the model is pruned in place there, the figures need only statistics
+        if report_path is not None:
+            _write_report(report_path, lm.spec.name, result, stats)
 
-        options.update(compensation=lstsq, texts=fit_texts([get_task(t) for t in a.tasks], lstsq))
     options["sample_prompts"] = _sample_prompts(a, a.tasks)
-    s = result.summary
-    summary = {"model": lm.spec.name, "model_identity": lm.identity, "tasks": result.tasks,
-               "unit_sparsity": s["unit_sparsity"], "param_sparsity": s["param_sparsity"],
-               "params_before": s["params_total"], "params_after": s["params_after"],
-               "kept_per_layer": s["kept_per_layer"], "profile_settings": asdict(settings),
-               "mask_settings": asdict(mask_settings), "method": result.method,
-               "method_settings": asdict(method_settings), "compensation": comp[0]}
-    if report_path is not None:  # before export: the model is pruned in place there, the figures need only statistics
-        _write_report(report_path, lm.spec.name, result, stats)
-    folder = export_model(lm, result, out, extra={"profile": asdict(settings)}, **options)
-    written = json.loads((folder / "diet_settings.json").read_text())
-    summary.update(_written_sizes(written, s))
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    atomic_write_json(folder / "summary.json", summary)
+    result, folder, summary = prune(lm, stats, out, mask_settings, method_settings, settings, general=a.general,
+                                    compensation=comp[0], lstsq=_lstsq_settings(a), started=t0,
+                                    before_export=report, **options)
+    from diet.adapters import shares_words
+
     what = "MLP channels" if a.unit == "mlp" else "attention KV groups"
     print(f"{result.method}: pruned {summary['unit_sparsity']:.1%} of {what} = {summary['param_sparsity']:.1%} of all "
-          f"params ({s['params_total']:,} -> {_size_words(summary)}); wrote {folder} ({summary['export_mode']})")
+          f"params ({result.summary['params_total']:,} -> {_size_words(summary)}); wrote {folder} "
+          f"({summary['export_mode']}); dense {shares_words(summary['param_shares'])}")
     _print_warnings(summary)
 
 
@@ -503,21 +559,6 @@ def _write_report(path: Path, model_name: str, result, stats: dict) -> None:
 
     atomic_write_bytes(path, report(model_name, result, stats).encode("utf-8"))
     print(f"wrote the report {path}", file=sys.stderr)
-
-
-def _written_sizes(written: dict, s: dict) -> dict:
-    """summary.json fields from what the export wrote: the logical count (what the mask keeps, after --round-to) and
-    the parameters the file actually stores (more where zero padding fills layers up to the widest)."""
-    logical = int(written.get("params_logical", s["params_after"]))
-    out = {"export_mode": written["mode"], "params_after": logical,
-           "params_stored": int(written.get("params_stored", logical)), "kept_per_layer": written["kept_per_layer"]}
-    if "round_to" in written:  # the rounded mask's sparsity, next to the rounding
-        out.update(round_to=written["round_to"], param_sparsity=1 - logical / s["params_total"],
-                   unit_sparsity=1 - sum(written["kept_per_layer"]) / s["units_total"])
-    for key in ("outtype", "arch", "warnings"):  # warnings: optional work that failed, the folder complete (export.py)
-        if key in written:
-            out[key] = written[key]
-    return out
 
 
 def _print_warnings(sizes: dict) -> None:
@@ -548,8 +589,21 @@ def cmd_sweep(a) -> None:
                               unit=a.unit)
     mask = MaskSettings(score=a.score, allocation=a.allocation, min_keep=a.min_keep)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    lm = load_model(_spec(a), say=say)
-    rows = run_sweep(lm, sweep, profile, mask, _method_settings(a), say=say, lstsq=_lstsq_settings(a))
+    cluster = _cluster(a)
+    if cluster is not None:
+        from diet.api import cluster_pool
+        from diet.sweep import sweep_on_cluster
+
+        bar = _ClusterBar()
+        with cluster_pool(cluster, _spec(a), say=say) as pool:
+            try:
+                rows = sweep_on_cluster(pool, sweep, profile, mask, _method_settings(a), say=say,
+                                        lstsq=_lstsq_settings(a), progress=bar)
+            finally:
+                bar.close()
+    else:
+        lm = load_model(_spec(a), say=say)
+        rows = run_sweep(lm, sweep, profile, mask, _method_settings(a), say=say, lstsq=_lstsq_settings(a))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "results.csv", table(rows).to_csv(index=False).encode())
@@ -577,9 +631,24 @@ def cmd_eval(a) -> None:
     if kind == "gguf":
         raise DietError("eval --compare takes a model folder or a mask; a GGUF file is scored by "
                         "bench/gguf_exactness.py")
-    lm = load_model(_spec(a), say=lambda m: print(m, file=sys.stderr), work=_work(a))
+    if a.ray is not None and a.compare:
+        raise DietError("--compare evaluates the pruned model in this process: drop --ray, or run eval --ray "
+                        "without --compare")
     settings = EvalSettings(limit=a.limit, batch_size=a.batch_size)
-    results = evaluate_tasks(lm.model, lm.tokenizer, tasks, settings)
+    cluster = _cluster(a)
+    if cluster is not None:  # one unit per task; each result is cached under the dense model's comparison key
+        from diet.api import cluster_pool, evaluate_on_cluster
+
+        bar = _ClusterBar()
+        with cluster_pool(cluster, _spec(a), say=lambda m: print(m, file=sys.stderr)) as pool:
+            try:
+                results = evaluate_on_cluster(pool, tasks, settings, progress=bar)
+            finally:
+                bar.close()
+        lm = pool.model
+    else:
+        lm = load_model(_spec(a), say=lambda m: print(m, file=sys.stderr), work=_work(a))
+        results = evaluate_tasks(lm.model, lm.tokenizer, tasks, settings)
     print(format_table(results))
     out = {"model": lm.spec.name, "model_identity": lm.identity, "results": [r.to_dict() for r in results]}
     if a.compare:
@@ -714,6 +783,7 @@ def cmd_generate(a) -> None:
 def cmd_export(a) -> None:
     from diet.export import apply_mask, check_out_dir, read_mask
     from diet.models import load_model
+    from diet.pipeline import written_sizes
 
     check_out_dir(Path(a.out), a.overwrite)  # refuse, and read the mask, before loading a model
     result, _ = read_mask(a.mask)
@@ -723,7 +793,7 @@ def cmd_export(a) -> None:
     folder = apply_mask(lm, a.mask, a.out, **options)
     written = json.loads((folder / "diet_settings.json").read_text())
     kept, total = sum(written["kept_per_layer"]), sum(result.shape.widths)
-    sizes = _written_sizes(written, {"params_after": 0, "params_total": 1, "units_total": total})
+    sizes = written_sizes(written, {"params_after": 0, "params_total": 1, "units_total": total})
     print(f"applied {a.mask} ({kept:,} of {total:,} channels kept; tasks: {', '.join(result.tasks)}) "
           f"to {lm.spec.name}: {_size_words(sizes)} parameters; wrote {folder} ({written['mode']})")
     _print_warnings(sizes)
@@ -734,8 +804,16 @@ COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "profile": cmd_profile, 
             "generate": cmd_generate}
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. SIGTERM (a scheduler, `kill`, a closed terminal) ends it like Ctrl-C: the staged output
+    folder and every temporary file are removed on the way out, so nothing half-written is left behind."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         COMMANDS[args.command](args)
     except DietError as e:
@@ -744,4 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was left behind", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from diet.errors import DietError
+from diet.models import input_device
 
 Progress = Callable[[int, int], None]
 
@@ -127,10 +128,6 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 # ------------------------------------------------------------------------------------------------- scoring
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _forward_kwargs(model: torch.nn.Module) -> set[str]:
     """Names `model.forward` accepts (to pass `logits_to_keep` only where it exists)."""
     return set(inspect.signature(model.forward).parameters)
@@ -151,7 +148,7 @@ def _score_one(model: torch.nn.Module, ctx: list[int], cont: list[int], max_leng
     if len(cont) > max_length:
         raise DietError(f"a continuation of {len(cont)} tokens is longer than max_length={max_length}")
     inp = (ctx + cont)[-(max_length + 1):][:-1]
-    ids = torch.tensor([inp], dtype=torch.long, device=_device(model))
+    ids = torch.tensor([inp], dtype=torch.long, device=input_device(model))
     logits = model(input_ids=ids).logits[0, len(inp) - len(cont):]
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     target = torch.tensor(cont, device=logprobs.device)
@@ -184,7 +181,7 @@ def _score_batch(model: torch.nn.Module, batch, conts: list[list[int]], keep_arg
     Left padding puts every context's last token in the same column, so one `logits_to_keep=1` gives each
     context's prediction of its first continuation token, and every continuation starts at the same cache
     position; explicit position ids make the padding invisible (checked against the reference in the tests)."""
-    device = _device(model)
+    device = input_device(model)
     n_ctx = [len(ctx) for ctx, _ in batch]
     width = max(n_ctx)
     ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -415,7 +412,7 @@ def perplexity(model: torch.nn.Module, tokenizer, texts: Sequence[str], max_leng
     seqs = sorted((s for s in seqs if len(s) > 1), key=len, reverse=True)
     if not seqs:
         raise DietError("perplexity needs at least one text with a token to predict")
-    device = _device(model)
+    device = input_device(model)
     nll, count = 0.0, 0
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i: i + batch_size]
@@ -432,3 +429,18 @@ def perplexity(model: torch.nn.Module, tokenizer, texts: Sequence[str], max_leng
         nll -= float(picked[keep].double().sum())
         count += int(keep.sum())
     return math.exp(nll / count)
+
+
+def item_hits(task, result: TaskResult, settings: EvalSettings = EvalSettings()) -> np.ndarray:
+    """Per scored item, 1.0 when the task's primary metric picks the gold choice, else 0.0 (their mean is
+    `result.value`). Why: two models scored on the same items are compared item by item, so the standard error of
+    their difference is the paired one, much smaller than two independent means' (bench/second_model.py)."""
+    items = _items(task, settings)
+    if len(items) != len(result.logliks):
+        raise DietError(f"{task.name}: {len(result.logliks)} scored items, but these settings give {len(items)}")
+    out = np.zeros(len(items))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k, (item, ll) in enumerate(zip(items, result.logliks, strict=True)):
+            scores = np.array(ll) / (np.array(_norm_lengths(item)) if result.metric == "acc_norm" else 1.0)
+            out[k] = float(np.argmax(scores) == item.gold)
+    return out

@@ -29,7 +29,7 @@ import numpy as np
 
 from diet.cache import atomic_write_json
 from diet.errors import DietError
-from diet.folders import check_out_dir, staged_folder
+from diet.folders import check_out_dir, save_tokenizer, staged_folder
 from diet.shape import ModelShape
 
 MODES = ("uniform", "padded", "heterogeneous", "gguf", "vllm")
@@ -186,6 +186,12 @@ def check_mask(result, source: dict, lm, say: Say = print) -> None:
     if result.shape.layers != shape.layers:
         raise DietError(f"the mask has {result.shape.layers} layers but {lm.spec.name} has "
                         f"{shape.layers}: it was made for another model")
+    if result.unit == "heads" and result.shape.widths != shape.widths:
+        from diet.adapters import get_family, kv_group_words
+
+        first = get_family(lm.model).layers(lm.model)[0]
+        raise DietError(f"the head mask has {_widths_words(result.shape.widths)} units but {lm.spec.name} has "
+                        f"{_widths_words(shape.widths)} KV groups: {kv_group_words(lm.model, first)}")
     if result.shape.widths != shape.widths:
         raise DietError(f"the mask's MLP widths ({_widths_words(result.shape.widths)}) differ from "
                         f"{lm.spec.name}'s ({_widths_words(shape.widths)}): it was made for another model")
@@ -363,7 +369,7 @@ def _write_model(mode: str, model, lm, folder: Path, outtype: str, name: str, ma
     else:
         model.save_pretrained(folder, max_shard_size=max_shard_size)  # shards + index; written from the tensors
         info = {}
-    lm.tokenizer.save_pretrained(folder)
+    save_tokenizer(lm.tokenizer, folder)
     return {"params_stored": count_parameters(model), **info}
 
 
@@ -447,7 +453,7 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
                  extra: dict | None = None, evaluation=None, speed=None, eval_settings=None,
                  say: Say | None = None, outtype: str = "f32", round_to: int = 1, compensation=None,
                  texts: list[str] | None = None, in_place: bool = False, max_shard_size: str = "2GB",
-                 sample_prompts: Sequence[str] = ()) -> Path:
+                 finish: Callable[[Path, dict], None] | None = None, sample_prompts: Sequence[str] = ()) -> Path:
     """Prune `lm.model` per `result` (a copy, or itself with `in_place`) and write the export folder atomically.
 
     mode=None picks `uniform` when every layer keeps the same count, else `padded`. `evaluation`: an optional list
@@ -461,7 +467,10 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     family's stock config can carry it (`diet.compensate.bias_supported`) and refused clearly elsewhere.
     `in_place`: cut the loaded model itself (see `prune_for_export`): the dense side of any comparison is measured
     first, so only `speed.interleaved` keeps a dense twin. `max_shard_size`: weight files are written in shards of
-    at most this size plus an index (the weights are in the dtype the model was loaded in). `sample_prompts`: the
+    at most this size plus an index (the weights are in the dtype the model was loaded in). `finish(folder,
+    settings)`: the caller's last files, written into the staged folder before it is renamed into place (the
+    pipeline's summary.json), with the settings diet_settings.json holds.
+    `sample_prompts`: the
     card shows the dense and the pruned model's greedy answers to them (dense ones taken before any in-place cut).
     """
     from diet import __version__
@@ -472,7 +481,7 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     check_out_dir(out, overwrite)
     if Path(lm.path).exists() and out.resolve() == Path(lm.path).resolve():
         raise DietError(f"{out} is the base model's own folder: export somewhere else")
-    from diet.api import rounded
+    from diet.results import rounded
 
     result = rounded(result, round_to)
     mode = resolve_mode(result, mode)
@@ -509,6 +518,8 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
         atomic_write_json(tmp / "diet_settings.json", settings)
         _write_card(tmp, out, lm, result, mode, before, int(written["params_stored"]), evaluation, measured, extra,
                     engine, written.get("tensor_words"), engine_error, samples)
+        if finish is not None:
+            finish(tmp, settings)
     return out
 
 

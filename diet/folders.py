@@ -35,6 +35,17 @@ def check_out_dir(out: str | Path, overwrite: bool) -> None:
         raise DietError(f"{out} is not empty; choose another folder or pass --overwrite")
 
 
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """The tokenizer's files, without the truncation and padding its last call left on a fast tokenizer's backend
+    (profiling truncates to max_length; tokenizer.json would record that): the same files whatever ran before, so
+    the CLI and the app write the same folder. Transformers sets that state again on the next call that asks."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
+    tokenizer.save_pretrained(folder)
+
+
 def refuse_pickles(folder: Path) -> None:
     pickles = [p.name for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES]
     if pickles:

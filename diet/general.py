@@ -17,9 +17,10 @@ calibration pool and no evaluation items. Its cache key hashes the texts, so eac
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
+from diet import hub_tasks
 from diet.errors import DietError
 
 SOURCES = ("auto", "wikitext2", "c4", "generated")
@@ -32,21 +33,11 @@ POOL = 2000  # texts kept from a Hub corpus; profiling picks `samples` of them w
 MIN_CHARS = 200  # shorter paragraphs (headings, captions) say little about general text
 
 
-def _load_dataset(path: str, config: str | None, split: str, data_files: dict | None) -> Iterable[dict]:
-    """The only place that touches the network; tests replace it with fixture rows in the dataset's schema."""
-    from diet.hub_tasks import probe_hub
-
-    probe_hub()
-    import datasets  # late: heavy, and only needed for Hub text
-
-    return datasets.load_dataset(path, config, split=split, data_files=data_files)
-
-
 def hub_texts(source: str) -> list[str]:
     """Paragraphs of a Hub corpus (at least MIN_CHARS characters, in corpus order, at most POOL)."""
     path, config, split, files = HUB[source]
     try:
-        rows = _load_dataset(path, config, split, files)
+        rows = hub_tasks.load_dataset(path, config, split, files)  # the one place that touches the network
     except ImportError as exc:
         raise DietError(f"general text from {source} needs the `datasets` package (pip install datasets): {exc}") \
             from None

@@ -152,23 +152,25 @@ def probe_hub(timeout: float = 3.0) -> None:
         raise ConnectionError(f"cannot connect to {host}:{port} ({exc})") from exc
 
 
-def _load_dataset(path: str, config: str | None, split: str) -> Iterable[dict]:
-    """The only place that touches the network; tests replace it. Falls back to the Hub's parquet conversion
-    for datasets still published as loading scripts, which `datasets` >= 4 no longer runs."""
+def load_dataset(path: str, config: str | None, split: str, data_files: dict | None = None) -> Iterable[dict]:
+    """The only place that touches the network, for Hub tasks and Hub general text (`diet.general`) alike; tests
+    replace it. Falls back to the Hub's parquet conversion for datasets still published as loading scripts, which
+    `datasets` >= 4 no longer runs."""
     probe_hub()
-    import datasets  # late: heavy, and only needed for Hub tasks
+    import datasets  # late: heavy, and only needed for Hub data
 
     try:
-        return datasets.load_dataset(path, config, split=split)
+        return datasets.load_dataset(path, config, split=split, data_files=data_files)
     except RuntimeError as exc:
         if "scripts are no longer supported" not in str(exc):
             raise
-        return datasets.load_dataset(path, config, split=split, revision="refs/convert/parquet")
+        return datasets.load_dataset(path, config, split=split, data_files=data_files,
+                                     revision="refs/convert/parquet")
 
 
 def _rows(bench: HubBenchmark, split: str) -> list[dict]:
     try:
-        return list(_load_dataset(bench.path, bench.config, split))
+        return list(load_dataset(bench.path, bench.config, split))
     except ImportError as exc:
         raise DietError(f"{bench.name} needs the `datasets` package (pip install datasets): {exc}") from None
     except DietError:

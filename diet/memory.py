@@ -5,7 +5,7 @@ an out-of-memory kill with no message. The weights' size is known without readin
 safetensors headers give every tensor's dtype and shape), so the run can say in one line what it needs, what is
 free, and what to change.
 
-Why `release_file_pages`: transformers 5 keeps weights loaded in the checkpoint's own dtype as views of the
+Why `PageReleaser`: transformers 5 keeps weights loaded in the checkpoint's own dtype as views of the
 safetensors file mapping. Their pages count in the process's resident memory once read, and they stay there until
 the whole mapping goes away — i.e. as long as any weight of that file is alive. When pruning replaces a layer's
 weights with sliced copies, the old weights' pages are therefore dropped explicitly (madvise MADV_DONTNEED; a

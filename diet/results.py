@@ -6,11 +6,12 @@ Why its own module: `diet.methods` builds these and `diet.api` hands them out; b
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from diet import masks as M
+from diet.errors import DietError
 from diet.settings import MaskSettings
 from diet.shape import ModelShape
 
@@ -58,3 +59,21 @@ def mask_stats(result: MaskResult, stats: dict) -> dict:
     if single_mask(result):
         return dict(stats)
     return {n: stats[n] for n in result.tasks}
+
+
+def rounded(result: MaskResult, multiple: int) -> MaskResult:
+    """`result` with every layer's kept count rounded to a multiple of `multiple` by the mask's own ranking (the
+    same object when nothing changes); the summary is recomputed so sizes and sparsity describe the rounded mask.
+    Here, beside the result, because both the service (`diet.api`) and the export writers round."""
+    if multiple == 1:
+        return result
+    if result.unit != "mlp":
+        raise DietError("--round-to applies to MLP channels only (attention KV groups are not rounded)")
+    key = result.ranking if result.ranking is not None else result.votes
+    mask = M.round_widths(result.mask, key, multiple, result.shape.widths)
+    if np.array_equal(mask, result.mask):
+        return result
+    summary = {**result.summary, **M.param_summary(mask, result.shape),
+               "kept_per_layer": M.kept_per_layer(mask).tolist(), "round_to": multiple,
+               "kept_per_layer_unrounded": M.kept_per_layer(result.mask).tolist()}
+    return replace(result, mask=mask, summary=summary)

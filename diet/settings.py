@@ -73,7 +73,7 @@ class ModelSpec:
             raise DietError(f"unknown quantization {self.quantization!r}: use 8bit or 4bit (or none)")
 
 
-UNITS = ("mlp", "heads")
+UNITS = ("mlp", "heads")  # the prunable units a run may name; diet.adapters.UNIT_CLASSES holds one class per name
 
 
 @dataclass(frozen=True)
@@ -210,3 +210,27 @@ class CompensationSettings:
         d = asdict(self)
         d.pop("batch_size")
         return d
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where the independent units of a run (one task's statistics, one sweep cell, one evaluation) are computed
+    when they leave this process (diet/cluster/, docs/scale.md). None of these change a number."""
+
+    address: str = "local"  # "local": start Ray on this machine; "auto": join the cluster `ray start` runs here;
+    #                         "host:port": join that cluster's head
+    cpus_per_worker: int | None = None  # CPU-only clusters: cores (torch threads) per worker; None = chosen from
+    #                                     the cluster's cores and memory (printed); GPU clusters: one worker per GPU
+    max_workers: int | None = None  # at most this many workers (None = as many as the resources allow)
+    retries: int = 2  # a unit whose worker died is given to another worker at most this many times
+    local_cpus: int | None = None  # "local" only: cores the Ray instance may use (None = all of this machine's)
+
+    def __post_init__(self) -> None:
+        if not self.address.strip():
+            raise DietError("--ray needs local, auto or the head's host:port")
+        for name in ("cpus_per_worker", "max_workers", "local_cpus"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DietError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
+        if self.retries < 0:
+            raise DietError(f"retries must be 0 or more, got {self.retries}")

@@ -94,8 +94,8 @@ def layer_params(model: torch.nn.Module) -> list[int]:
 
 def shortgpt_bi(lm, texts: list[str], settings: ProfileSettings, cache=None) -> np.ndarray:
     """Block Influence of the loaded model on `texts`, cached by model identity, texts and settings."""
-    from diet.api import stats_key
     from diet.cache import ArtifactCache
+    from diet.statistics import stats_key
 
     cache = cache or ArtifactCache()
     key = stats_key(lm, texts, settings, probe="shortgpt")

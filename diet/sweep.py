@@ -125,7 +125,9 @@ def prepare(lm, settings: SweepSettings, profile: ProfileSettings, mask: MaskSet
     base = {"kind": "sweep-cell/1", "model": lm.identity, "dtype": lm.spec.dtype, "stats": keys,
             "profile": profile.key_fields(), "mask": asdict(mask), "limit": settings.limit,
             "max_length": eval_settings.max_length}
-    inputs = MethodInputs(stats, general, weight_stats(lm.model, profile.unit), model_shape(lm.model, profile.unit))
+    held = lm.model is not None  # a cluster's driver holds no model: each worker computes these from its own
+    inputs = MethodInputs(stats, general, weight_stats(lm.model, profile.unit) if held else None,
+                          model_shape(lm.model, profile.unit) if held else None)
     lstsq = replace(lstsq, method="lstsq")
     fit = fit_texts(tasks, lstsq) if "lstsq" in settings.compensations else None
     return SweepInputs(inputs, base, [get_task(t) for t in (settings.eval_tasks or settings.tasks)], eval_settings,
@@ -134,16 +136,17 @@ def prepare(lm, settings: SweepSettings, profile: ProfileSettings, mask: MaskSet
 
 def evaluate_cell(lm, si: SweepInputs, cell: tuple, mask: MaskSettings, ms: MethodSettings, unit: str,
                   hits: dict, keys: dict, cache) -> list[dict]:
-    """Prune a copy for one cell (or use the dense model) and evaluate the tasks not cached yet; rows in task order."""
+    """Prune a copy for one cell (or use the dense model) and evaluate the tasks not cached yet; rows in task order.
+    The cell's mask comes from the pipeline's mask step (`diet.pipeline.mask_for`) on the inputs gathered once."""
     from diet.api import prune_copy
     from diet.evaluate import evaluate_task
-    from diet.methods import run_method
+    from diet.pipeline import mask_for
 
     name, _variant, sparsity, comp = cell
     if name == "dense":
         model, summary = lm.model, {"unit_sparsity": 0.0, "param_sparsity": 0.0}
     else:
-        result = run_method(name, si.inputs, replace(mask, sparsity=sparsity), ms, comp)
+        result = mask_for(lm, None, replace(mask, sparsity=sparsity), ms, None, compensation=comp, inputs=si.inputs)
         model = prune_copy(lm, result, si.lstsq if comp == "lstsq" else None, si.fit)
         summary = result.summary
     rows = []
@@ -151,7 +154,8 @@ def evaluate_cell(lm, si: SweepInputs, cell: tuple, mask: MaskSettings, ms: Meth
         if hits[t.name] is None:
             hits[t.name] = _row(name, cell[1], sparsity, summary, unit, evaluate_task(model, lm.tokenizer, t,
                                                                                       si.eval_settings), comp)
-            cache.save_json("sweep", keys[t.name], hits[t.name])
+            if cache is not None:  # None on a cluster worker: the driver stores the rows
+                cache.save_json("sweep", keys[t.name], hits[t.name])
         rows.append(hits[t.name])
     return rows
 
@@ -159,11 +163,30 @@ def evaluate_cell(lm, si: SweepInputs, cell: tuple, mask: MaskSettings, ms: Meth
 SweepProgress = Callable[[int, int, int], None]  # (cells read from the cache, cells evaluated now, cells in all)
 
 
+@dataclass
+class PendingCell:
+    """A pruned model with at least one evaluation task not cached yet: what a `remote` runner computes."""
+
+    slot: int  # its place among the sweep's models (rows come back in the in-process order)
+    cell: tuple  # (method, variant, sparsity, compensation)
+    ms: MethodSettings  # the method settings of this cell
+    keys: dict  # evaluation task name -> cache key of its row
+    hits: dict  # evaluation task name -> cached row, or None while missing
+
+    @property
+    def missing(self) -> list[str]:
+        return [n for n, h in self.hits.items() if h is None]
+
+
+Remote = Callable[[SweepInputs, list[PendingCell], Callable[[PendingCell, list[dict]], None]], None]
+
+
 def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSettings(),
               mask: MaskSettings = MaskSettings(), method: MethodSettings = MethodSettings(), cache=None,
               say: Say | None = None, lock: Callable | None = None,
               lstsq: CompensationSettings = CompensationSettings(method="lstsq"),
-              progress: SweepProgress | None = None, should_stop: Callable[[], bool] | None = None) -> list[dict]:
+              progress: SweepProgress | None = None, should_stop: Callable[[], bool] | None = None,
+              remote: Remote | None = None) -> list[dict]:
     """Every cell's rows (cached cells are read, not recomputed), plus the dense model's rows (sparsity 0).
 
     A cell here is one (model, evaluation task) number. `progress` is told after every cell; `should_stop` is polled
@@ -171,6 +194,9 @@ def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSet
     `lock`: an optional context-manager factory held around each model evaluation (the heavy part), so a long
     sweep lets other torch jobs on a shared machine take turns between cells. `lstsq`: the knobs of the lstsq
     cells (ridge, texts per task...); it fits on the sweep's calibration tasks' texts.
+    `remote(si, pending, store)`: computes every model with a cell not cached, elsewhere (a Ray cluster,
+    diet/cluster/), calling `store(pending cell, rows)` as each arrives; the rows are cached here, under the same
+    keys, the moment they arrive.
     """
     from contextlib import nullcontext
 
@@ -184,7 +210,8 @@ def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSet
         si = prepare(lm, settings, profile, mask, method, cache, say, lstsq)
     todo = [("dense", "", 0.0, "none")] + cells(settings)
     total, cached, evaluated = len(todo) * len(si.eval_tasks), 0, 0
-    rows: list[dict] = []
+    slots: list[list[dict] | None] = []
+    pending: list[PendingCell] = []
     for i, (name, variant, sparsity, comp) in enumerate(todo):
         ms = replace(method, method=name, single_task=variant or method.single_task)
         knobs = si.lstsq.key_fields() if comp == "lstsq" else {"method": comp}
@@ -192,24 +219,96 @@ def run_sweep(lm, settings: SweepSettings, profile: ProfileSettings = ProfileSet
         hits = {n: cache.load_json("sweep", k) for n, k in keys.items()}
         hit = sum(h is not None for h in hits.values())
         if hit == len(hits):
-            rows += list(hits.values())
+            slots.append(list(hits.values()))
             cached += hit
             if progress:
                 progress(cached, evaluated, total)
+            continue
+        if remote is not None:
+            pending.append(PendingCell(len(slots), (name, variant, sparsity, comp), ms, keys, hits))
+            slots.append(None)
+            cached += hit
             continue
         if should_stop is not None and should_stop():
             raise Cancelled("sweep cancelled: the finished cells are kept in the cache, run it again to resume")
         t0 = time.perf_counter()
         with lock():
             done = evaluate_cell(lm, si, (name, variant, sparsity, comp), mask, ms, profile.unit, hits, keys, cache)
-        rows += done
+        slots.append(done)
         cached, evaluated = cached + hit, evaluated + len(hits) - hit
         if progress:
             progress(cached, evaluated, total)
-        label = f"{name}{':' + variant if variant else ''}{'+' + comp if comp != 'none' else ''} @ {sparsity:g}"
-        say(f"[{i + 1}/{len(todo)}] {label}: mean {np.mean([r['value'] for r in done]):.4f} "
-            f"({time.perf_counter() - t0:.0f} s)")
-    return rows
+        say(f"[{i + 1}/{len(todo)}] {cell_label((name, variant, sparsity, comp))}: mean "
+            f"{np.mean([r['value'] for r in done]):.4f} ({time.perf_counter() - t0:.0f} s)")
+    if pending:
+        def store(p: PendingCell, new: list[dict]) -> None:
+            nonlocal evaluated
+            for name, row in zip(p.missing, new, strict=True):
+                cache.save_json("sweep", p.keys[name], row)
+                p.hits[name] = row
+                evaluated += 1
+            slots[p.slot] = [p.hits[t.name] for t in si.eval_tasks]
+            if progress:
+                progress(cached, evaluated, total)
+
+        remote(si, pending, store)
+    return [r for s in slots for r in s]
+
+
+# ---------------------------------------------------------------- on a Ray cluster (diet/cluster/, docs/scale.md)
+
+
+def sweep_cell_unit(lm, memo: dict, si, cell: tuple, mask, ms, unit: str, missing: list[str]) -> list[dict]:
+    """One sweep cell (one pruned model) evaluated on the evaluation tasks named in `missing`: their rows.
+
+    `si` is the driver's `diet.sweep.SweepInputs` without the model's weight norms and shape (the driver holds no
+    model); they are computed here once per worker, from the same dense weights the in-process path reads."""
+    from diet.adapters import model_shape
+    from diet.methods import weight_stats
+
+    if ("weights", unit) not in memo:
+        memo[("weights", unit)] = (weight_stats(lm.model, unit), model_shape(lm.model, unit))
+    weights, shape = memo[("weights", unit)]
+    si = replace(si, inputs=replace(si.inputs, weights=weights, shape=shape))
+    hits = {t.name: (None if t.name in missing else {}) for t in si.eval_tasks}
+    rows = evaluate_cell(lm, si, cell, mask, ms, unit, hits, {}, None)
+    return [r for r, t in zip(rows, si.eval_tasks, strict=True) if t.name in missing]
+
+
+def sweep_on_cluster(pool, sweep: SweepSettings, profile: ProfileSettings = ProfileSettings(),
+                     mask: MaskSettings = MaskSettings(), method: MethodSettings = MethodSettings(), cache=None,
+                     say: Say | None = None, lstsq: CompensationSettings = CompensationSettings(method="lstsq"),
+                     progress=None, should_stop: Callable[[], bool] | None = None, sweep_progress=None) -> list[dict]:
+    """`run_sweep` with its statistics profiled and its cells evaluated on the workers of `pool`
+    (`diet.api.cluster_pool`): one unit per pruned model with a row not cached; rows come back in the in-process
+    order and are cached under the in-process keys, each the moment it arrives. `progress(ClusterProgress)`;
+    `sweep_progress(cached, evaluated, all)` as run_sweep's."""
+    from diet.api import profile_on_cluster, resolve_task
+    from diet.cache import ArtifactCache
+    from diet.cluster import Unit
+    from diet.general import general_task
+    from diet.methods import needs_general
+
+    cache = cache or ArtifactCache()
+    tasks = [resolve_task(t) for t in sweep.tasks]
+    if any(needs_general(m, method) for m in sweep.methods):
+        tasks.append(general_task(sweep.general, say))
+    profile_on_cluster(pool, tasks, profile, progress, should_stop, cache)
+
+    def remote(si, pending, store) -> None:
+        shared = pool.share(si)
+        units = [Unit(cell_label(p.cell), sweep_cell_unit, (shared, p.cell, mask, p.ms, profile.unit, p.missing))
+                 for p in pending]
+        pool.run(units, lambda i, rows: store(pending[i], rows), progress, should_stop)
+
+    return run_sweep(pool.model, sweep, profile, mask, method, cache, say,
+                     lstsq=lstsq, progress=sweep_progress, remote=remote)
+
+
+def cell_label(cell: tuple) -> str:
+    """A pruned model in words: "diet @ 0.25", "single-task:facts @ 0.5", "pooled+lstsq @ 0.3"."""
+    name, variant, sparsity, comp = cell
+    return f"{name}{':' + variant if variant else ''}{'+' + comp if comp != 'none' else ''} @ {sparsity:g}"
 
 
 def table(rows: Sequence[dict]):

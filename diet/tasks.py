@@ -303,6 +303,12 @@ def offline_task_names() -> list[str]:
     return list(suite_meta())
 
 
+def resolve_task(name_or_task) -> Task:
+    """A Task from a registered name, a file path, or a Task (returned as it is): what every function that takes
+    "a task" accepts."""
+    return get_task(name_or_task) if isinstance(name_or_task, str) else name_or_task
+
+
 def get_task(name_or_path: str) -> Task:
     """A registered name (offline suite or Hub benchmark) or a path to a .jsonl/.csv task file.
 

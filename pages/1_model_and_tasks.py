@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from diet.adapters import model_shape
-from diet.api import estimate_seconds, is_profiled
+from diet.adapters import model_shape, parameter_shares, shares_words
+from diet.api import embedded_licence, embedded_models, estimate_seconds, is_profiled
 from diet.errors import DietError
 from diet.settings import DEFAULT_MODEL, ModelSpec, ProfileSettings
 from diet.tasks import get_task, list_tasks
@@ -22,7 +22,7 @@ from pages._common import (
     server,
     start_job,
 )
-from pages._work import estimate_profile_seconds, profile_job, save_upload
+from pages._work import cluster_settings, profile_job, save_upload
 
 DTYPES = {"auto (checkpoint's)": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 BNB_NOTE = ("8/4-bit statistics are not the fp ones: on SmolLM2-135M (3 tasks x 32 texts) the 20% masks they give "
@@ -35,12 +35,29 @@ def seconds_text(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
 
+def embedded_words() -> str:
+    return "; ".join(f"'{n}' = {e.title}, licence: {e.licence}" for n, e in embedded_models().items())
+
+
+def licence_note(name: str) -> None:
+    """The loaded embedded model's licence, with its text when the package ships one (Gemma: GEMMA_TERMS.html)."""
+    e = embedded_models().get(name)
+    if e is None:
+        return
+    path = embedded_licence(name)
+    st.caption(f"{e.title}. Licence: **{e.licence}**" + (" (its text ships with the model's package)." if path
+                                                        else "."))
+    if path is not None:
+        st.download_button(f"{e.licence} ({path.name})", path.read_bytes(), file_name=path.name, mime="text/html",
+                           key="licence_text")
+
+
 def model_section():
     spec = model_spec()
     with st.form("model"):
         c1, c2, c3, c4 = st.columns([3, 1.3, 1, 1])
         name = c1.text_input("Model", value=spec.name,
-                             help=f"'{DEFAULT_MODEL}' = SmolLM2-135M-Instruct, embedded, works offline (our default); "
+                             help=f"Embedded, offline: {embedded_words()} ('{DEFAULT_MODEL}' is the default); "
                                   "or a Hugging Face id such as google/gemma-2-2b (needs network); or a local folder")
         revision = c2.text_input("Revision", value=spec.revision or "", placeholder="main",
                                  help="hub branch, tag or commit (hub ids only)")
@@ -58,12 +75,15 @@ def model_section():
             if new != spec:
                 st.session_state["spec"] = new
                 forget_results()
+    st.caption(f"Embedded, offline: {embedded_words()}.")
     lm = current_model()
     if "replaced_note" in st.session_state:
         st.warning(st.session_state.pop("replaced_note"))
     shape = model_shape(lm.model)
     st.success(f"**{lm.spec.name}** is loaded: {shape.family} family, {shape.layers} layers × "
-               f"{shape.widths[0]} MLP channels, {shape.total_params / 1e6:.0f} M parameters ({lm.spec.dtype}).")
+               f"{shape.widths[0]} MLP channels, {shape.total_params / 1e6:.0f} M parameters ({lm.spec.dtype}); "
+               f"{shares_words(parameter_shares(lm.model))}.")
+    licence_note(lm.spec.name)
     if lm.spec.quantization:
         st.info(BNB_NOTE)
     return lm
@@ -127,6 +147,19 @@ def settings_section() -> ProfileSettings:
     return settings
 
 
+def cluster_section() -> None:
+    """Where profiling and sweeps run: this process (default) or the Ray cluster at an address (docs/scale.md)."""
+    defaults(p_cluster="")
+    with st.expander("Cluster (Ray): profile and sweep on other workers"):
+        st.text_input("Ray cluster address", key="p_cluster", placeholder="empty = this process",
+                      help="local (a Ray instance on this machine), auto (the cluster `ray start` runs here) or the "
+                           "head's host:port. The profiling job and the Sweep page then run their units on its "
+                           "workers, each holding this model; results land in this app's cache. See docs/scale.md")
+    st.session_state["cluster"] = cluster_settings(st.session_state["p_cluster"])
+    if st.session_state["cluster"] is not None:
+        st.caption(f"Profiling and sweeps run on the Ray cluster **{st.session_state['cluster'].address}**.")
+
+
 def profile_section(lm, tasks: list, settings: ProfileSettings) -> None:
     if not tasks:
         st.info("Pick at least one task above (two or more to see how their masks overlap).")
@@ -143,12 +176,10 @@ def profile_section(lm, tasks: list, settings: ProfileSettings) -> None:
         missing = [t for t in tasks if not cached[t.name]]
         if missing:
             with server()[0].now() as free:  # no forward pass while a job (of any session) runs one
-                eta = estimate_profile_seconds(lm, missing, settings, measure=free)
-            how = "a batch measured on this machine now"
-            if eta is None:  # a job is running: no forward pass for an estimate now
-                eta, how = estimate_seconds(lm, missing, settings), "this machine's last measured speed"
+                eta = estimate_seconds(lm, missing, settings, measure=free)
             label = f"Profile {len(missing)} task(s) — about {seconds_text(eta)}"
-            st.caption(f"Estimated from the calibration texts' token counts and {how}: about "
+            st.caption("Estimated from the calibration texts' token counts and this machine's profiling speed "
+                       "(the last profile's, or one batch measured now): about "
                        f"{seconds_text(eta)} for {', '.join(t.name for t in missing)}"
                        + (f"; {len(tasks) - len(missing)} cached task(s) load instantly." if len(missing) < len(tasks)
                           else "."))
@@ -156,7 +187,8 @@ def profile_section(lm, tasks: list, settings: ProfileSettings) -> None:
             label = "Load the cached statistics (no forward pass)"
         busy = runner().active() is not None
         if st.button(label, type="primary", disabled=busy, key="btn_profile"):
-            start_job("profile", f"Profiling {len(tasks)} task(s)", profile_job(lm, tasks, settings))
+            start_job("profile", f"Profiling {len(tasks)} task(s)",
+                      profile_job(lm, tasks, settings, st.session_state.get("cluster")))
             st.rerun()
     job_panel(("profile",), key="main")
     stats = st.session_state.get("stats")
@@ -174,4 +206,5 @@ with page_errors():
     st.subheader("Tasks")
     tasks = chosen_tasks()
     settings = settings_section()
+    cluster_section()
     profile_section(lm, tasks, settings)

@@ -43,6 +43,7 @@ from diet.settings import MaskSettings, MethodSettings
 from pages._common import (
     MASK_DEFAULTS,
     METHOD_DEFAULTS,
+    choice_words,
     current_model,
     defaults,
     job_panel,
@@ -55,9 +56,7 @@ from pages._common import (
 from pages._common import chart as common_chart
 from pages._work import COMPENSATION, general_job, general_key
 
-MERGE = {"budget": "exact budget (our default)", "threshold": "voting threshold"}
-SCORE = {"mean_abs": "mean |x| (our default)", "rms": "RMS"}
-ALLOC = {"layer": "same count in every layer (our default)", "global": "global ranking across layers"}
+MERGE, SCORE, ALLOC = choice_words("merge"), choice_words("score"), choice_words("allocation")
 GENERAL = {"generated": "the shipped corpus (offline; the app's default)",
            "auto": "WikiText-2 when the Hub answers, else the shipped corpus",
            "wikitext2": "WikiText-2 (needs network)", "c4": "C4 (needs network)"}
@@ -98,11 +97,6 @@ def ranks_memo(key: tuple, make):
     return store[key]
 
 
-def method_label_of(name: str) -> str:
-    """Selectbox label: name · kind, and our adaptation said as such."""
-    return f"{name} · {get_method(name).kind}" + (" (our adaptation)" if name == "task-fusion" else "")
-
-
 def method_controls(names_all: list[str]) -> tuple[MethodSettings, str]:
     """The method and, only where they matter, its settings. Returns (method settings, general-text source)."""
     ss = st.session_state
@@ -114,7 +108,7 @@ def method_controls(names_all: list[str]) -> tuple[MethodSettings, str]:
         ss["p_single_task"] = names_all[0]
     with st.container(border=True):
         c1, c2 = st.columns([1.2, 3])
-        c1.selectbox("Method", names, key="p_method", format_func=method_label_of,
+        c1.selectbox("Method", names, key="p_method", format_func=lambda n: get_method(n).label,
                      help="DIET and its variants (task-aware), the structured-pruning baselines (task-agnostic) and "
                           "two references; see docs/methods.md")
         name = ss["p_method"]
@@ -204,9 +198,8 @@ def controls(names_all: list[str], ms: MethodSettings) -> tuple[MaskSettings, li
         if get_method(ms.method).own_allocation or ss["p_allocation"] == "global":
             c4.slider("Minimum kept fraction per layer", 0.01, 1.0, step=0.01, key="p_min_keep")
         if "tasks" in knobs and ms.method != "single-task":
-            label = ("Tasks pooled into the calibration set" if ms.method not in ("diet", "diet-global", "task-fusion",
-                                                                                 "union", "intersection")
-                     else "Tasks in the vote")
+            voted = get_method(ms.method).merges_tasks
+            label = "Tasks in the vote" if voted else "Tasks pooled into the calibration set"
             st.multiselect(label, names_all, key="p_vote_tasks")
     merge = ss["p_merge"] if "merge" in knobs else "budget"
     settings = MaskSettings(sparsity=float(ss["p_sparsity"]), score=ss["p_score"] if "score" in knobs else "mean_abs",
@@ -330,8 +323,9 @@ def kept_tab(result, scores: np.ndarray, key: tuple) -> None:
 
 def votes_tab(result) -> None:
     if single_mask(result):
+        voting = ", ".join(m["name"] for m in list_methods() if get_method(m["name"]).merges_tasks)
         st.info(f"{method_label(result)} gives one mask, not one per task: votes belong to the methods that merge "
-                "task masks (diet, diet-global, task-fusion, union, intersection).")
+                f"task masks ({voting}).")
         return
     T = len(result.tasks)
     defaults(p_sort_votes=False)

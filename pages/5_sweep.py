@@ -34,10 +34,6 @@ CHOICES = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 DEFAULT_METHODS = ["diet", "task-agnostic", "wanda-sp", "random"]
 
 
-def method_label(name: str) -> str:
-    return f"{name} · {get_method(name).kind}" + (" (our adaptation)" if name == "task-fusion" else "")
-
-
 def task_ref(task) -> str:
     """What diet.tasks.get_task resolves back to this task: its name, or the path of an uploaded file."""
     return task.source.removeprefix("file:") if task.source.startswith("file:") else task.name
@@ -51,7 +47,8 @@ def controls(names: list[str]) -> tuple[list[str], list[float], list[str], int |
         ss["p_sweep_tasks"] = list(names)
     with st.container(border=True):
         st.multiselect("Methods", [m["name"] for m in list_methods()], key="p_sweep_methods",
-                       format_func=method_label, help="every method of the registry; single-task runs once per task")
+                       format_func=lambda n: get_method(n).label,
+                       help="every method of the registry; single-task runs once per task")
         c1, c2 = st.columns([2, 3])
         c1.multiselect("Sparsities (fraction of MLP channels removed)", CHOICES, key="p_sweep_sparsities",
                        format_func=lambda s: f"{s:.0%}")
@@ -81,7 +78,7 @@ def settings_note(methods: list[str], mask: MaskSettings, ms: MethodSettings, ge
              else f"global allocation (at least {mask.min_keep:.0%} per layer)"]
     if "task-fusion" in methods:
         parts.append(f"task-fusion τ = {ms.tau:g}, α = {ms.alpha:g}, {ms.fusion_norm}")
-    if any("general" in get_method(m).needs and m != "task-fusion" for m in methods):
+    if any(get_method(m).calibrated for m in methods):
         parts.append("baselines calibrated on " + ("the pooled tasks" if ms.calibration == "tasks" else
                                                      "general text"))
     if any(needs_general(m, ms) for m in methods):
@@ -173,8 +170,12 @@ def page(stats: dict) -> None:
         lm = current_model()
         ps = recorded_profile_settings(stats, profile_settings())
         start_job("sweep", f"Sweep: {len(methods)} method(s) × {len(sparsities)} sparsities × {len(with_items)} "
-                  "task(s)", sweep_job(lm, settings, ps, mask, ms))
+                  "task(s)", sweep_job(lm, settings, ps, mask, ms, st.session_state.get("cluster")))
         st.rerun()
+    cluster = st.session_state.get("cluster")
+    if cluster is not None:
+        st.caption(f"Runs on the Ray cluster **{cluster.address}** (set on Model and tasks; empty there = this "
+                   "process).")
     job_panel(("sweep",), key="main")
     sweep = st.session_state.get("sweep")
     if sweep and "rows" in sweep:

@@ -1,5 +1,5 @@
 """Page 6: DISP structure — DISP-LLM's five index sets per layer, chosen without training from activation statistics
-per task and merged by DIET's vote (diet/disp.py; docs/disp.md), explored with the same sliders and views.
+per task and merged by DIET's vote (diet/disp/; docs/disp.md), explored with the same sliders and views.
 
 DISP needs its own statistics (five hook points per layer, not DIET's one): profiled once per task in a background
 job and cached on disk, loaded at once when cached. Every slider move then rebuilds the index sets with numpy from
@@ -13,12 +13,14 @@ import streamlit as st
 from diet import viz
 from diet.api import recorded_profile_settings, tasks_of
 from diet.disp import POSITION_SHORT, POSITION_WHAT, POSITIONS, DispSettings
+from diet.disp.views import position_figures, position_rows
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, average
 from diet.export import check_out_dir
 from diet.report import comparison_table, counts_notes
 from pages._common import (
     chart,
+    choice_words,
     current_model,
     defaults,
     job_panel,
@@ -35,17 +37,13 @@ from pages._disp_work import (
     disp_profile_job,
     load_cached,
     missing_tasks,
-    position_figures,
-    position_rows,
     timed_build,
 )
 
 SHORT, WHAT = POSITION_SHORT, POSITION_WHAT
 
 KINDS = ("disp_profile", "disp_compare", "disp_export")
-MERGE = {"budget": "exact budget (our default)", "threshold": "voting threshold"}
-SCORE = {"mean_abs": "mean |x| (our default)", "rms": "RMS"}
-ALLOC = {"layer": "same count in every layer (our default)", "global": "global ranking across layers"}
+MERGE, SCORE, ALLOC = choice_words("merge"), choice_words("score"), choice_words("allocation")
 
 
 def count(n: int) -> str:
@@ -79,8 +77,9 @@ def statistics(lm, tasks: list, ps) -> tuple[str, dict | None]:
 
 def controls(n_tasks: int) -> DispSettings:
     ss = st.session_state
-    defaults(p_disp_sparsity=0.3, p_disp_merge="budget", p_disp_threshold=n_tasks // 2 + 1, p_disp_score="mean_abs",
-             p_disp_allocation="layer", p_disp_min_keep=0.05, p_disp_positions=list(POSITIONS))
+    d = DispSettings()  # the widgets start at the settings' own defaults
+    defaults(p_disp_sparsity=d.sparsity, p_disp_merge=d.merge, p_disp_threshold=n_tasks // 2 + 1, p_disp_score=d.score,
+             p_disp_allocation=d.allocation, p_disp_min_keep=d.min_keep, p_disp_positions=list(d.positions))
     with st.container(border=True):
         c1, c2, c3, c4 = st.columns([2.2, 1.5, 1.2, 1.6])
         c1.slider("DISP block sparsity: fraction of block parameters removed", 0.0, 0.7, step=0.01,

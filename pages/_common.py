@@ -14,8 +14,10 @@ from contextlib import contextmanager
 import streamlit as st
 
 from diet.errors import DietError
-from diet.jobs import CANCELLED, DONE, JobRunner, SharedModels, TorchGate
+from diet.gate import TorchGate
+from diet.jobs import CANCELLED, DONE, JobRunner
 from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
+from diet.sharing import SharedModels
 
 TEST_MODEL = "_test_model"  # session-state seed: tests put a LoadedModel (a tiny random model) here
 PERSIST = "p_"  # widget keys starting with this keep their value when the user switches pages (see app.py)
@@ -111,34 +113,29 @@ def _load(spec: ModelSpec):
     return load_model(spec, say=lambda m: print(m, file=sys.stderr))
 
 
-def model_key(s: ModelSpec) -> tuple:
-    """A model is keyed by the strings that define it (never by hashing a module)."""
-    return (s.name, s.revision, s.dtype, s.quantization, s.device)
-
-
 def model_spec() -> ModelSpec:
     return st.session_state.get("spec") or ModelSpec()
 
 
 def replaced_by(s: ModelSpec) -> list[str]:
     """Names of the models other sessions may be using that loading `s` would drop from memory."""
-    return [k[0] for k in server()[1].would_replace(model_key(s))]
+    return [k.name for k in server()[1].would_replace(s)]
 
 
 def current_model():
     """The loaded model of the chosen spec (the embedded default unless the user picked another), shared by every
-    session of the server that chose the same one."""
+    session of the server that chose the same one. The shared models are keyed by the spec itself (a frozen
+    dataclass: the strings that define a model before it is loaded, never a hash of its weights)."""
     if TEST_MODEL in st.session_state:
         return st.session_state[TEST_MODEL]
     s = model_spec()
     models = server()[1]
-    key = model_key(s)
-    if key in models.loaded():
-        return models.get(key, lambda: _load(s))
+    if s in models.loaded():
+        return models.get(s, lambda: _load(s))
     drop = replaced_by(s)
     note = f"; it replaces {', '.join(drop)} in memory, which holds one model at a time" if drop else ""
     with st.spinner(f"Loading {s.name}{note} (the first use of the embedded default converts it once, about 30 s)…"):
-        lm = models.get(key, lambda: _load(s), describe=lambda k: k[0])
+        lm = models.get(s, lambda: _load(s), describe=lambda k: k.name)
     if drop:
         st.session_state["replaced_note"] = (f"Loaded {s.name}: it replaced {', '.join(drop)} in memory (this server "
                                              "holds one model at a time); a session still using it loads it again "
@@ -150,10 +147,23 @@ def profile_settings() -> ProfileSettings:
     return st.session_state.get("profile_settings") or ProfileSettings()
 
 
-# Initial values of the mask and method widgets (Masks page); the Sweep page reads the same ones.
-MASK_DEFAULTS = dict(p_sparsity=0.2, p_merge="budget", p_score="mean_abs", p_allocation="layer", p_min_keep=0.05)
-METHOD_DEFAULTS = dict(p_method="diet", p_calibration="default", p_general="generated", p_tau=0.9, p_alpha=0.5,
-                       p_fusion_norm="rank", p_seed=0, p_flap_bias=True, p_pool_weight="tokens")
+# Initial values of the mask and method widgets (Masks page), read from the settings' own defaults; the Sweep page
+# reads the same ones. The general-text source is the shipped corpus: the page never waits for the Hub.
+MASK_DEFAULTS = {f"p_{k}": getattr(MaskSettings(), k) for k in ("sparsity", "merge", "score", "allocation", "min_keep")}
+METHOD_DEFAULTS = {**{f"p_{k}": getattr(MethodSettings(), k) for k in ("method", "calibration", "tau", "alpha",
+                                                                        "fusion_norm", "seed", "flap_bias",
+                                                                        "pool_weight")},
+                   "p_general": "generated"}
+
+
+def choice_words(field: str) -> dict[str, str]:
+    """The options of a MaskSettings choice (merge, score, allocation) in words, the dataclass default marked as
+    ours: what the Masks and DISP pages offer."""
+    words = {"merge": {"budget": "exact budget", "threshold": "voting threshold"},
+             "score": {"mean_abs": "mean |x|", "rms": "RMS"},
+             "allocation": {"layer": "same count in every layer", "global": "global ranking across layers"}}[field]
+    default = getattr(MaskSettings(), field)
+    return {k: v + (" (our default)" if k == default else "") for k, v in words.items()}
 
 
 def knob_settings() -> tuple[MaskSettings, MethodSettings, str]:
@@ -194,9 +204,6 @@ def collect_jobs() -> None:
         if snap.status == DONE and job.kind in RESULT_KEYS:
             if job.kind == "profile":  # new statistics: masks and results built on the old ones no longer apply
                 forget_results()
-                from pages._work import record_profile_speed  # late: pages._work imports torch
-
-                record_profile_speed(job.result)
             st.session_state[RESULT_KEYS[job.kind]] = job.result
         if snap.status == DONE and job.kind in MEMO_KEYS:
             st.session_state.setdefault(MEMO_KEYS[job.kind], {}).update(job.result)
@@ -205,7 +212,7 @@ def collect_jobs() -> None:
 
 def start_job(kind: str, title: str, fn) -> None:
     """Start a job of this session; the session's model stays in memory (shared, never dropped) until it ends."""
-    release = server()[1].hold(model_key(model_spec())) if TEST_MODEL not in st.session_state else (lambda: None)
+    release = server()[1].hold(model_spec()) if TEST_MODEL not in st.session_state else (lambda: None)
 
     def run(ctx):
         try:

@@ -1,8 +1,8 @@
 """The DISP page's background work and pure helpers — no Streamlit import, so it runs in worker threads and in tests.
 
 Why a module of its own (and not pages/_work.py): DISP keeps *five* index sets per layer instead of DIET's one MLP
-mask, so its accounting, labels and figures differ; the DIET pages' helpers stay as they are. Everything goes
-through the engine's public API (diet.disp, diet.evaluate, diet.viz) and the evaluation cache of
+mask, so its accounting and jobs differ; the DIET pages' helpers stay as they are. Everything goes
+through the engine's public API (diet.disp, diet.evaluate; figures from diet.disp.views) and the evaluation cache of
 pages/_work.py, so a dense number measured on the Prune and evaluate page is reused here and vice versa.
 
 How results come back: a job body writes its result into a plain dict that the page keeps in its session
@@ -15,16 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-import numpy as np
-
-from diet import masks as M
-from diet import viz
 from diet.api import model_key
-from diet.disp import POSITION_SHORT as SHORT
-from diet.disp import POSITION_WHAT as WHAT
 from diet.disp import (
-    POSITIONS,
-    RESIDUAL,
     DispMaskResult,
     DispSettings,
     build_disp_masks,
@@ -32,7 +24,6 @@ from diet.disp import (
     disp_shape,
     is_disp_profiled,
     profile_disp,
-    unit_word,
 )
 from diet.errors import DietError
 from diet.evaluate import EvalSettings
@@ -91,75 +82,6 @@ def timed_build(stats: dict, settings: DispSettings) -> tuple[DispMaskResult, fl
     t0 = time.perf_counter()
     result = build_disp_masks(stats, settings)
     return result, time.perf_counter() - t0
-
-
-def position_rows(result: DispMaskResult) -> list[dict]:
-    """One row per position: what it selects, its width, how much is kept, how much the task masks agree."""
-    rows = []
-    for pos in POSITIONS:
-        kept = M.kept_per_layer(result.masks[pos])
-        width = int(result.masks[pos].shape[1])
-        lo, hi = int(kept.min()), int(kept.max())
-        row = {"position": pos, "selects": WHAT[pos], "pruned": pos in result.settings.positions, "width": width,
-               "kept per layer": f"{lo}" if lo == hi else f"{lo}–{hi}", "kept": float(kept.sum() / kept.size / width)}
-        T = len(result.tasks)
-        if T > 1:
-            J = np.asarray(result.summary["jaccard"][pos], dtype=np.float64)
-            C = viz.chance_matrix(result.task_masks[pos])
-            off = ~np.eye(T, dtype=bool)
-            row["mean Jaccard between tasks"] = float(J[off].mean())
-            row["chance"] = float(C[off].mean())
-        rows.append(row)
-    return rows
-
-
-def _retitle(fig, title: str, **axes):
-    fig.update_layout(title_text=title, **axes)
-    return fig
-
-
-def position_figures(result: DispMaskResult, stats: dict, pos: str) -> list[tuple[str, str, object]]:
-    """(key, caption, figure) for one position: kept dims per layer, votes, kept count per layer, task overlap.
-
-    Residual dims are shown in their own order: dim d is the same residual coordinate in every layer, so vertical
-    stripes mean the layers keep the same dims. MLP channels carry no order: they are sorted by score (DIET's view).
-    """
-    names, T = list(result.tasks), len(result.tasks)
-    mask, width = result.masks[pos], result.masks[pos].shape[1]
-    what, word = WHAT[pos], unit_word(pos)
-    order = None
-    if pos not in RESIDUAL:
-        score = np.mean([M.normalise(M.scores_from(stats[n][pos], result.settings.score)) for n in names], axis=0)
-        order = viz.order_by(score)
-    bins = len(viz.bin_edges(width)) - 1
-    xtitle = (f"{word}s sorted by mean score, highest first" if order is not None
-              else f"{word} (the same dim in every layer)") + f" — {width} per layer" + (
-        f", {bins} bins" if bins < width else "")
-    out = [(f"{pos}-kept", f"Each row is a layer, each column {'a bin of ' if bins < width else ''}{what}; colour = "
-            "fraction kept (dark = kept, light = removed)."
-            + (" Vertical stripes: the layers keep the same residual dims." if order is None else ""),
-            _retitle(viz.kept_overview(mask, "", order, unit=word), f"{SHORT[pos]}: which {what} are kept",
-                     xaxis_title=xtitle))]
-    if T > 1:  # MLP channels: each layer's sorted by votes (their order means nothing); residual dims in place
-        sort = order is not None
-        out.append((f"{pos}-votes", f"Colour = in how many of the {T} task masks each {word} is kept; the merged "
-                    "index set keeps the most-voted ones.",
-                    _retitle(viz.votes_map(result.votes[pos], T, sort=sort, unit=word),
-                             f"{SHORT[pos]}: votes per {word}",
-                             xaxis_title=f"{word}s sorted by votes, most first" if sort
-                             else f"{word} (the same dim in every layer)")))
-    per_task = result.task_masks[pos].sum(-1) if T > 1 else None
-    out.append((f"{pos}-layers", f"{word[0].upper()}{word[1:]}s kept per layer by the merged index set (bars) out of "
-                "the width (line); one line per task where their counts differ.",
-                _retitle(viz.kept_per_layer(M.kept_per_layer(mask), [width] * mask.shape[0], per_task, names),
-                         f"{SHORT[pos]}: kept {word}s per layer", yaxis_title=f"{word}s")))
-    if T > 1:
-        out.append((f"{pos}-jaccard", "Jaccard overlap |A∩B| / |A∪B| of two task masks at this position over all "
-                    "layers (1 = identical); hover for the chance level of independent masks of the same sizes.",
-                    _retitle(viz.jaccard_matrix(np.asarray(result.summary["jaccard"][pos]), names,
-                                                viz.chance_matrix(result.task_masks[pos])),
-                             f"{SHORT[pos]}: overlap between task masks (Jaccard)")))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- evaluation

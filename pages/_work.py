@@ -10,19 +10,17 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-from diet.api import MaskResult, compensation_of, lstsq_texts, model_key, profile_tasks, prune_copy
+from diet.api import MaskResult, cluster_pool, is_profiled, model_key, profile_on_cluster, profile_tasks, prune_copy
 from diet.compare import compare_models, pruned_speed
-from diet.errors import Cancelled
+from diet.errors import Cancelled, DietError
 from diet.evaluate import EvalSettings
 from diet.jobs import JobContext
 from diet.methods import needs_general
-from diet.profile import choose_texts
 from diet.report import settings_summary
-from diet.settings import MaskSettings, MethodSettings, ProfileSettings
+from diet.settings import ClusterSettings, MaskSettings, MethodSettings, ProfileSettings
 
 # ----------------------------------------------------------------------------------------------- uploads
 
@@ -39,8 +37,6 @@ def save_upload(name: str, data: bytes, root: Path | None = None) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------------------------- shared cache
-
 # ----------------------------------------------------------------------------------------------- profiling
 
 
@@ -51,43 +47,47 @@ def profile_shared(ctx: JobContext, lm, tasks: list, settings: ProfileSettings, 
                          on_wait=ctx.wait_for)
 
 
-_PROFILE_SPEED: dict = {}  # model identity -> profiling tokens per second measured in this server process
+# ----------------------------------------------------------------------------------------------- cluster
 
 
-def record_profile_speed(stats: dict) -> None:
-    """Learn profiling speed from finished statistics (their tokens and seconds, as the profiler recorded them)."""
-    for st_ in stats.values():
-        meta = st_.meta
-        if meta.get("model_identity") and meta.get("seconds", 0) > 0 and meta.get("tokens", 0) > 0:
-            _PROFILE_SPEED[meta["model_identity"]] = float(meta["tokens"]) / float(meta["seconds"])
+def cluster_settings(address: str) -> ClusterSettings | None:
+    """The Model and tasks page's cluster address in settings: None (this process) when it is empty."""
+    address = address.strip()
+    return ClusterSettings(address=address) if address else None
 
 
-def estimate_profile_seconds(lm, tasks: list, settings: ProfileSettings, measure: bool = True) -> float | None:
-    """Seconds to profile `tasks` (none cached): their token count over profiling speed on this machine — measured
-    on one batch of their calibration texts the first time (well under a second on a small model), then remembered
-    and refreshed by every profile that finishes. None when there is no measurement and `measure` is False (a job
-    is running: a forward pass now would slow it and be slowed by it)."""
-    from diet.profile import profile_texts
+def cluster_report(ctx: JobContext):
+    """A cluster run in the job panel: one progress line of units, and the retries and every worker's status as
+    the job's note (the CLI's bar shows the same)."""
 
-    if lm.identity not in _PROFILE_SPEED:
-        if not measure:
-            return None
-        texts = choose_texts(tasks[0].calibration, settings)[: settings.batch_size]
-        profile_texts(lm.model, lm.tokenizer, texts[:1], settings)  # warm-up: first-call allocations
-        t0 = time.perf_counter()
-        batch = profile_texts(lm.model, lm.tokenizer, texts, settings)
-        _PROFILE_SPEED[lm.identity] = float(batch.count.sum()) / max(time.perf_counter() - t0, 1e-6)
-    tokens = 0
-    for t in tasks:
-        enc = lm.tokenizer(choose_texts(t.calibration, settings), truncation=True, max_length=settings.max_length)
-        tokens += sum(len(ids) for ids in enc["input_ids"])
-    return tokens / _PROFILE_SPEED[lm.identity]
+    def report(p) -> None:
+        ctx.report("cluster units", p.done, p.total)
+        ctx.note(p.line())
+
+    return report
 
 
-def profile_job(lm, tasks: list, settings: ProfileSettings):
-    """Job body: statistics per task (cached ones load without a forward pass); progress per task, per batch."""
+def on_cluster(ctx: JobContext, lm, cluster: ClusterSettings):
+    """Workers on `cluster` holding the session's model; refused when they loaded other weights than this
+    session's (their results would land under other cache keys than the pages read)."""
+    pool = cluster_pool(cluster, lm.spec, say=ctx.note, should_stop=ctx.should_stop)
+    if pool.model.identity != lm.identity:
+        pool.close()
+        raise DietError(f"the cluster's workers loaded other weights ({pool.model.identity}) than this app "
+                        f"({lm.identity}): give them the same model path")
+    return pool
+
+
+def profile_job(lm, tasks: list, settings: ProfileSettings, cluster: ClusterSettings | None = None):
+    """Job body: statistics per task (cached ones load without a forward pass); progress per task, per batch.
+    With `cluster`, the tasks not cached yet are profiled there first (one unit per task), then read."""
 
     def run(ctx: JobContext) -> dict:
+        missing = [t for t in tasks if not is_profiled(lm, t, settings)]
+        if cluster is not None and missing:
+            with on_cluster(ctx, lm, cluster) as pool:
+                profile_on_cluster(pool, missing, settings, progress=cluster_report(ctx),
+                                   should_stop=ctx.should_stop)
         for t in tasks:
             ctx.report(t.name, 0, min(settings.samples, len(t.calibration)))
         return profile_shared(ctx, lm, tasks, settings)
@@ -95,20 +95,13 @@ def profile_job(lm, tasks: list, settings: ProfileSettings):
     return run
 
 
-
-
 # ----------------------------------------------------------------------------------------------- methods
-
-
-
 
 
 def general_key(lm, source: str, ps: ProfileSettings) -> str:
     """Session key of general-text statistics: the source as chosen (before a Hub source is resolved, which the
     page never waits for) through the engine's one key function."""
     return model_key(lm, source=source, profile=ps.key_fields())
-
-
 
 
 def general_job(lm, source: str, ps: ProfileSettings):
@@ -127,24 +120,12 @@ def general_job(lm, source: str, ps: ProfileSettings):
     return run
 
 
-
-
 # ----------------------------------------------------------------------------------------------- masks
 
 
 COMPENSATION = {"none": "none (the method's own: FLAP keeps its bias)",
                 "bias": "bias: removed units' mean contribution added back",
                 "lstsq": "lstsq: refit the output projection from the kept units (layer by layer, at pruning)"}
-
-
-
-
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -195,16 +176,14 @@ def speed_job(lm, result: MaskResult, memo: dict, stats: dict | None = None, aga
     return run
 
 
-
-
-
-
-def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodSettings):
+def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodSettings,
+              cluster: ClusterSettings | None = None):
     """Job body: diet.sweep.run_sweep (methods × sparsities × tasks, each cell cached on disk), with its progress
     per cell and its cancel between cells (finished cells stay cached: run again to resume).
 
-    The statistics it needs are loaded (or profiled, with progress) first, so run_sweep then finds them cached."""
-    from diet.sweep import run_sweep, total_cells
+    The statistics it needs are loaded (or profiled, with progress) first, so run_sweep then finds them cached.
+    With `cluster`, statistics and cells not cached yet are computed by the cluster's workers instead."""
+    from diet.sweep import run_sweep, sweep_on_cluster, total_cells
 
     total = total_cells(settings)
 
@@ -212,6 +191,18 @@ def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodS
         from diet.general import general_task
         from diet.tasks import get_task
 
+        counts = {"cached": 0, "evaluated": 0}
+
+        def progress(cached: int, evaluated: int, all_cells: int) -> None:
+            counts.update(cached=cached, evaluated=evaluated)
+            ctx.report("cells", cached + evaluated, all_cells)
+
+        if cluster is not None:
+            with on_cluster(ctx, lm, cluster) as pool:
+                rows = sweep_on_cluster(pool, settings, ps, mask, ms, say=ctx.note, progress=cluster_report(ctx),
+                                        should_stop=ctx.should_stop, sweep_progress=progress)
+            return {"rows": rows, **counts, "total": total, "settings": asdict(settings), "mask": asdict(mask),
+                    "method": asdict(ms), "profile": asdict(ps)}
         tasks = [get_task(t) for t in settings.tasks]
         if any(needs_general(m, ms) for m in settings.methods):
             ctx.note(f"reading the general text ({settings.general})")
@@ -220,12 +211,6 @@ def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodS
             ctx.report(f"statistics: {t.name}", 0, min(ps.samples, len(t.calibration)))
         profile_shared(ctx, lm, tasks, ps, progress=lambda n, d, t: ctx.report(f"statistics: {n}", d, t))
         ctx.report("cells", 0, total)
-        counts = {"cached": 0, "evaluated": 0}
-
-        def progress(cached: int, evaluated: int, all_cells: int) -> None:
-            counts.update(cached=cached, evaluated=evaluated)
-            ctx.report("cells", cached + evaluated, all_cells)
-
         rows = run_sweep(lm, settings, ps, mask, ms, say=ctx.note, progress=progress, should_stop=ctx.should_stop)
         return {"rows": rows, **counts, "total": total, "settings": asdict(settings), "mask": asdict(mask),
                 "method": asdict(ms), "profile": asdict(ps)}
@@ -233,25 +218,25 @@ def sweep_job(lm, settings, ps: ProfileSettings, mask: MaskSettings, ms: MethodS
     return run
 
 
-
-
 # ----------------------------------------------------------------------------------------------- export
 
 
 def export_job(lm, result: MaskResult, out: str, mode: str | None, overwrite: bool, optional: dict,
-               stats: dict | None = None):
-    """Job body: export_model with the page's `optional` arguments (GGUF type, rounding, speed, evaluation table)
-    and, for an lstsq mask, the refit's settings and texts. The loaded model is shared: export prunes a copy."""
+               stats: dict | None = None, profile: ProfileSettings | None = None):
+    """Job body: the CLI's pipeline (`diet.pipeline.prune_to_folder`: compensation, prune, export, summary.json)
+    with the page's `optional` arguments (GGUF type, rounding, speed, evaluation table). `profile`: the settings
+    the statistics were profiled with (default: what they record). The loaded model is shared: export prunes a
+    copy."""
 
     def run(ctx: JobContext) -> str:
-        from diet.export import export_model
+        from diet.api import recorded_profile_settings
+        from diet.pipeline import prune_to_folder
 
         ctx.report("export", 0, 1)
         ctx.note(f"writing {out}")
-        comp = compensation_of(result)
-        if comp is not None:
-            optional.update(compensation=comp, texts=lstsq_texts(result, comp, stats))
-        path = export_model(lm, result, out, mode=mode, overwrite=overwrite, say=ctx.note, **optional)
+        ps = profile or recorded_profile_settings(stats or {}, ProfileSettings())
+        path, _ = prune_to_folder(lm, result, out, ps, stats, mode=mode, overwrite=overwrite, say=ctx.note,
+                                  **optional)
         ctx.report("export", 1, 1)
         return str(path)
 

@@ -1,11 +1,10 @@
 """The app, page by page, with Streamlit's AppTest — on a tiny random model and synthetic statistics, so the whole
 file runs in well under a minute. Figures are checked on the data the browser would receive, against the engine
-computing the same thing directly. Also: the background-job runner the pages rely on."""
+computing the same thing directly. The job runner, gate and shared models the pages rely on: tests/test_jobs.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -18,11 +17,10 @@ from streamlit.testing.v1 import AppTest
 from diet import masks as M
 from diet.api import build_mask, profile_tasks, prune_copy
 from diet.compare import speed_key
-from diet.errors import DietError
 from diet.evaluate import EvalSettings, evaluate_task
-from diet.jobs import CANCELLED, DONE, FAILED, Job, JobRunner
+from diet.jobs import CANCELLED
 from diet.models import LoadedModel, count_parameters
-from diet.profile import Cancelled, Stats
+from diet.profile import Stats
 from diet.report import report
 from diet.settings import MaskSettings, MethodSettings, ModelSpec, ProfileSettings
 from diet.tasks import get_task
@@ -610,7 +608,6 @@ def test_prune_page_measures_dense_vs_pruned_like_the_engine(cache_dir, tiny_lm)
 def test_export_page_writes_a_loadable_folder_and_explains_failures(cache_dir, tiny_lm, tmp_path):
     from transformers import AutoModelForCausalLM
 
-
     stats = profile_tasks(tiny_lm, [get_task("arithmetic"), get_task("capitals")], ProfileSettings(samples=8))
     at = open_page(EXPORT, tiny_lm, stats=stats)
     ok(at)
@@ -647,6 +644,55 @@ def test_export_page_writes_a_loadable_folder_and_explains_failures(cache_dir, t
     for title in ("Kept channels", "Votes", "Overlap between task masks", "Is the overlap meaningful?",
                   "Intersections", "Parameters"):
         assert f"<h2>{title}" in page
+
+
+def test_export_page_shows_the_rounding_cost_and_writes_a_q8_gguf(cache_dir, tmp_path):
+    """Page 4: --round-to's parameter and accuracy cost next to the exact mask (the accuracy from an evaluation of
+    the rounded mask on the exact one's tasks and items), then a Q8_0 GGUF of the rounded mask."""
+    from diet.api import build_mask, profile_tasks, prune_copy, rounded
+    from diet.evaluate import EvalSettings, evaluate_task
+    from diet.models import LoadedModel
+    from diet.settings import MaskSettings, ModelSpec, ProfileSettings
+    from diet.tasks import get_task
+    from tests.test_gguf import EMBEDDED, tiny  # a tiny model with the embedded tokenizer's vocabulary
+    from tests.tiny import tiny_tokenizer
+
+    lm = LoadedModel(tiny("llama"), tiny_tokenizer(), ModelSpec(name=EMBEDDED), str(tmp_path), "tiny:gguf:0")
+    tasks = [get_task("arithmetic"), get_task("sentiment")]
+    stats = profile_tasks(lm, tasks, ProfileSettings(samples=8))
+    at = open_page(PRUNE, lm, stats=stats)
+    at.number_input(key="p_limit").set_value(5).run()
+    at.button(key="btn_evaluate").click().run()
+    finish_jobs(at)
+    comp = at.session_state["comparison"]
+
+    at = open_page(EXPORT, lm, stats=stats, comparison=comp)
+    ok(at)
+    at.selectbox(key="round_to").set_value(32).run()
+    ok(at)
+    exact = build_mask(stats, MaskSettings())
+    r32 = rounded(exact, 32)
+    shown = str(at.table[0].value)
+    assert f"{exact.summary['params_after']:,}" in shown and f"{r32.summary['params_after']:,}" in shown
+    assert "not evaluated" in shown
+    at.button(key="btn_eval_rounded").click().run()
+    finish_jobs(at)
+    ok(at)
+    pruned = prune_copy(lm, r32)
+    want = np.mean([evaluate_task(pruned, lm.tokenizer, t, EvalSettings(limit=5)).value for t in tasks])
+    assert f"{100 * want:.1f}" in str(at.table[0].value) and "not evaluated" not in str(at.table[0].value)
+
+    out = tmp_path / "q8"
+    at.selectbox(key="export_mode").set_value("gguf").run()
+    at.selectbox(key="gguf_outtype").set_value("q8_0").run()
+    at.text_input(key="out_dir").set_value(str(out)).run()
+    at.button(key="btn_export").click().run()
+    finish_jobs(at)
+    ok(at)
+    written = json.loads((out / "diet_settings.json").read_text())
+    assert written["mode"] == "gguf" and written["outtype"] == "q8_0" and written["round_to"] == 32
+    assert written["kept_per_layer"] == [32, 32, 32] and (out / "model.gguf").is_file()
+    assert f"llama-cli -m {out}/model.gguf" in at.code[0].value  # how to run it, not a transformers snippet
 
 
 # ------------------------------------------------------------------------------------------------ page 5
@@ -760,57 +806,7 @@ def test_sweep_cancel_keeps_finished_cells_and_the_rerun_resumes(cache_dir, tiny
     assert at.session_state["sweep"]["cached"] == kept and at.session_state["sweep"]["evaluated"] == 6 - kept
 
 
-# ------------------------------------------------------------------------------------------------ job runner
-
-
-def test_job_reports_progress_and_returns_its_result():
-    def work(ctx):
-        for i in range(3):
-            ctx.report("step", i + 1, 3)
-        ctx.note("almost")
-        return 42
-
-    job = Job.start("demo", "Demo", work)
-    assert job.wait(10)
-    snap = job.snapshot()
-    assert (snap.status, job.result, snap.message) == (DONE, 42, "almost")
-    assert snap.lines[0].fraction == 1.0
-
-
-def test_job_errors_become_one_line_and_cancel_is_cooperative():
-    def user_error(ctx):
-        raise DietError("no such task")
-
-    def bug(ctx):
-        raise ZeroDivisionError("boom")
-
-    def loop(ctx):
-        while not ctx.should_stop():
-            time.sleep(0.01)
-        raise Cancelled("stopped")
-
-    a, b, c = Job.start("a", "A", user_error), Job.start("b", "B", bug), Job.start("c", "C", loop)
-    c.cancel()
-    for j in (a, b, c):
-        assert j.wait(10)
-    assert (a.snapshot().status, a.error, a.detail) == (FAILED, "no such task", "")
-    assert b.snapshot().status == FAILED and b.error == "unexpected error: ZeroDivisionError: boom"
-    assert "Traceback" in b.detail  # kept for the log, not for the page
-    assert c.snapshot().status == CANCELLED
-
-
-def test_runner_runs_one_job_at_a_time():
-    gate = threading.Event()
-    runner = JobRunner()
-    first = runner.start("x", "First", lambda ctx: gate.wait(10))
-    with pytest.raises(DietError, match="First"):
-        runner.start("y", "Second", lambda ctx: None)
-    gate.set()
-    assert first.wait(10)
-    assert runner.finished() == [first]
-    first.collected = True
-    runner.start("y", "Second", lambda ctx: None).wait(10)
-    assert [j.title for j in runner.jobs] == ["Second"]
+# ------------------------------------------------------------------------------------------------ across pages
 
 
 def test_compensation_next_to_the_method_reaches_pruning_and_the_report(cache_dir, tiny_lm):
@@ -843,130 +839,6 @@ def test_compensation_next_to_the_method_reaches_pruning_and_the_report(cache_di
     assert at.session_state["mask_result"].compensation is not None
 
 
-def test_gate_runs_one_job_at_a_time_across_sessions_and_the_waiting_one_says_so():
-    from diet.jobs import TorchGate
-
-    gate, release = TorchGate(threads=1), threading.Event()
-    a, b = JobRunner(gate), JobRunner(gate)  # two sessions, one server
-    first = a.start("profile", "Profiling 2 task(s)", lambda ctx: release.wait(10) and torch.get_num_threads())
-    time.sleep(0.1)
-    second = b.start("profile", "Profiling 2 task(s)", lambda ctx: "b")
-    deadline = time.time() + 5
-    while not second.snapshot().waiting and time.time() < deadline:
-        time.sleep(0.05)
-    assert second.snapshot().waiting == "another job is running: Profiling 2 task(s)"
-    assert not second.snapshot().finished and gate.holder() is first
-    with gate.now() as free:  # a script run's short forward pass (the profile estimate) must not run beside it
-        assert not free
-    release.set()
-    assert first.wait(10) and second.wait(10)
-    assert (first.result, second.result, second.snapshot().waiting) == (1, "b", "")  # the job ran on 1 thread
-    assert gate.last_threads == 1 and first.snapshot().message == "torch threads: 1 (DIET_THREADS)"
-    with gate.now() as free:
-        assert free and gate.holder() is None
-
-
-def test_a_script_run_waits_for_another_runs_short_torch_work_instead_of_skipping_its_measurement():
-    """Streamlit starts a session's new script run while the old one is still in its estimate's forward pass: the
-    new run must wait for it (and then read the measurement), not skip to a guess."""
-    from diet.jobs import TorchGate
-
-    gate, inside, leave, seen = TorchGate(), threading.Event(), threading.Event(), []
-
-    def old_run():
-        with gate.now() as free:
-            inside.set()
-            leave.wait(5)
-            seen.append(("old", free))
-
-    t = threading.Thread(target=old_run)
-    t.start()
-    assert inside.wait(5)
-    threading.Timer(0.3, leave.set).start()
-    t0 = time.monotonic()
-    with gate.now() as free:
-        seen.append(("new", free))
-    t.join(5)
-    assert seen == [("old", True), ("new", True)] and time.monotonic() - t0 >= 0.25
-    with gate.now(wait=0.2) as free:  # free again afterwards
-        assert free
-
-
-def test_gate_sizes_threads_to_the_free_cores():
-    from diet.jobs import thread_count
-
-    assert [thread_count(free, cores=2) for free in (0.0, 0.6, 0.9, 1.2, 1.8, 2.0)] == [1, 1, 1, 2, 2, 2]
-    assert thread_count(7.9, cores=8) == 8 and thread_count(3.1, cores=8) == 3
-
-
-def test_core_monitor_counts_a_sustained_load_but_not_a_burst_and_answers_without_sampling():
-    """The gate sizes torch's threads from the background monitor: a process busy for the whole history lowers the
-    figure; one that was busy only for a moment (the browser redrawing after a click) does not; reading the figure
-    does not wait (free_cores sleeps 0.4 s for its sample)."""
-    import subprocess
-    import sys
-    from contextlib import contextmanager
-
-    from diet.jobs import CoreMonitor
-
-    @contextmanager
-    def busy_process():  # another process holding about one core until the block ends
-        proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        try:
-            yield
-        finally:
-            proc.kill()
-            proc.wait()
-
-    cores = os.cpu_count() or 1
-    monitor = CoreMonitor(every=0.05, window=0.3, history=0.9)
-    with busy_process():
-        time.sleep(1.6)  # longer than history + window: every window saw it
-        t0 = time.monotonic()
-        loaded = monitor.free()
-        assert time.monotonic() - t0 < 0.1  # no sampling wait
-        assert loaded <= cores - 0.7, loaded  # the busy loop holds about one core
-    time.sleep(1.6)
-    quiet = monitor.free()
-    assert quiet >= loaded + 0.5, (quiet, loaded)
-    with busy_process():  # a burst that fills the newest window; the windows before it were quiet
-        time.sleep(0.4)
-    assert monitor.free() >= loaded + 0.5
-
-
-def test_shared_models_load_once_never_drop_a_busy_one_and_say_what_they_replace():
-    from diet.jobs import SharedModels
-
-    loads = []
-    models = SharedModels(capacity=1)
-    load = lambda name: lambda: loads.append(name) or f"model {name}"  # noqa: E731
-    assert models.get("a", load("a")) == models.get("a", load("a")) == "model a" and loads == ["a"]
-    release = models.hold("a")  # a job of one session uses it
-    assert models.would_replace("b") == []  # nothing idle to drop...
-    with pytest.raises(DietError, match="cannot load b now: memory holds 1 model.*a is in use by a running job"):
-        models.get("b", load("b"))
-    release()
-    assert models.would_replace("b") == ["a"]  # ...now a can go, and the page says so before loading
-    assert models.get("b", load("b")) == "model b" and models.loaded() == ["b"] and loads == ["a", "b"]
-    two = SharedModels(capacity=2)
-    two.get("a", load("a")), two.get("b", load("b"))
-    assert two.would_replace("c") == ["a"] and two.loaded() == ["a", "b"]
-
-
-def test_profile_estimate_comes_from_a_measured_batch_then_from_finished_profiles(tiny_lm):
-    import pages._work as W
-
-    task, ps = get_task("arithmetic"), ProfileSettings(samples=8)
-    W._PROFILE_SPEED.pop(tiny_lm.identity, None)
-    assert W.estimate_profile_seconds(tiny_lm, [task], ps, measure=False) is None  # no measurement, no forward pass
-    assert W.estimate_profile_seconds(tiny_lm, [task], ps) > 0 and tiny_lm.identity in W._PROFILE_SPEED
-    finished = Stats(np.zeros((2, 1, 1)), np.zeros((2, 1, 1)), np.zeros((2, 1, 1)), np.ones(2),
-                     {"model_identity": tiny_lm.identity, "tokens": 1000.0, "seconds": 4.0})
-    W.record_profile_speed({"arithmetic": finished})  # 250 tokens/s, as a real profile measured it
-    enc = tiny_lm.tokenizer(W.choose_texts(task.calibration, ps), truncation=True, max_length=ps.max_length)
-    assert W.estimate_profile_seconds(tiny_lm, [task], ps) == pytest.approx(sum(map(len, enc["input_ids"])) / 250)
-
-
 def test_a_second_session_loading_another_model_says_it_replaces_the_first(cache_dir, tiny_lm, monkeypatch):
     import pages._common as C
 
@@ -988,9 +860,9 @@ def test_a_second_session_loading_another_model_says_it_replaces_the_first(cache
     ok(other)
     assert loads == ["model-a", "model-b"]
     assert any("Loaded model-b: it replaced model-a in memory" in w.value for w in other.warning)
-    release = models.hold(C.model_key(ModelSpec(name="model-b")))  # a job of that session runs on model-b
+    release = models.hold(ModelSpec(name="model-b"))  # a job of that session runs on model-b
     refused = open_page(MODEL, spec=ModelSpec(name="model-a"))
     assert any("cannot load model-a now" in e.value and "model-b is in use by a running job" in e.value
                for e in refused.error)
     release()
-    assert models.drop_idle() == [C.model_key(ModelSpec(name="model-b"))]
+    assert models.drop_idle() == [ModelSpec(name="model-b")]

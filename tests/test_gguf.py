@@ -401,58 +401,6 @@ def test_smollm_uniform_llama_arch_and_q8_rounded(smollm):
         assert abs(d.mean()) <= 0.01 + 2 * se, (name, d.mean(), se)
 
 
-# ------------------------------------------------------------------------------------------------ the Export page
-
-
-def test_export_page_shows_the_rounding_cost_and_writes_a_q8_gguf(cache_dir, tmp_path):
-    """Page 4: --round-to's parameter and accuracy cost next to the exact mask (the accuracy from an evaluation of
-    the rounded mask on the exact one's tasks and items), then a Q8_0 GGUF of the rounded mask."""
-    from diet.api import build_mask, profile_tasks, prune_copy, rounded
-    from diet.evaluate import EvalSettings, evaluate_task
-    from diet.models import LoadedModel
-    from diet.settings import MaskSettings, ModelSpec, ProfileSettings
-    from diet.tasks import get_task
-    from tests.test_app import EXPORT, PRUNE, finish_jobs, ok, open_page
-    from tests.tiny import tiny_tokenizer
-
-    lm = LoadedModel(tiny("llama"), tiny_tokenizer(), ModelSpec(name=EMBEDDED), str(tmp_path), "tiny:gguf:0")
-    tasks = [get_task("arithmetic"), get_task("sentiment")]
-    stats = profile_tasks(lm, tasks, ProfileSettings(samples=8))
-    at = open_page(PRUNE, lm, stats=stats)
-    at.number_input(key="p_limit").set_value(5).run()
-    at.button(key="btn_evaluate").click().run()
-    finish_jobs(at)
-    comp = at.session_state["comparison"]
-
-    at = open_page(EXPORT, lm, stats=stats, comparison=comp)
-    ok(at)
-    at.selectbox(key="round_to").set_value(32).run()
-    ok(at)
-    exact = build_mask(stats, MaskSettings())
-    r32 = rounded(exact, 32)
-    shown = str(at.table[0].value)
-    assert f"{exact.summary['params_after']:,}" in shown and f"{r32.summary['params_after']:,}" in shown
-    assert "not evaluated" in shown
-    at.button(key="btn_eval_rounded").click().run()
-    finish_jobs(at)
-    ok(at)
-    pruned = prune_copy(lm, r32)
-    want = np.mean([evaluate_task(pruned, lm.tokenizer, t, EvalSettings(limit=5)).value for t in tasks])
-    assert f"{100 * want:.1f}" in str(at.table[0].value) and "not evaluated" not in str(at.table[0].value)
-
-    out = tmp_path / "q8"
-    at.selectbox(key="export_mode").set_value("gguf").run()
-    at.selectbox(key="gguf_outtype").set_value("q8_0").run()
-    at.text_input(key="out_dir").set_value(str(out)).run()
-    at.button(key="btn_export").click().run()
-    finish_jobs(at)
-    ok(at)
-    written = json.loads((out / "diet_settings.json").read_text())
-    assert written["mode"] == "gguf" and written["outtype"] == "q8_0" and written["round_to"] == 32
-    assert written["kept_per_layer"] == [32, 32, 32] and (out / "model.gguf").is_file()
-    assert f"llama-cli -m {out}/model.gguf" in at.code[0].value  # how to run it, not a transformers snippet
-
-
 def test_every_export_states_the_parameters_it_stores(tmp_path):
     """Padded folders store every layer at the widest layer's width: diet_settings.json, the card and the CLI line
     give that count next to the logical one; exact-width exports store exactly the logical count."""

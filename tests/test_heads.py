@@ -128,3 +128,11 @@ def test_api_build_mask_on_head_statistics_prunes_groups():
     assert result.mask.shape == (3, 2) and result.mask.sum(1).tolist() == [1, 1, 1] and result.unit == "heads"
     pruned = prune_copy(LoadedModel(model, tok, ModelSpec(name="tiny"), "", "tiny"), result)
     assert unit_widths(pruned, "heads") == [1, 1, 1] and unit_widths(model, "heads") == [2, 2, 2]
+
+
+def test_every_unit_name_has_one_unit_class():
+    """The names settings accept (diet.settings.UNITS, no torch) and the classes that prune them are the same set."""
+    from diet.adapters import UNIT_CLASSES
+    from diet.settings import UNITS
+
+    assert tuple(UNIT_CLASSES) == UNITS

@@ -248,31 +248,13 @@ def test_cuda_out_of_memory_in_evaluation_halves_the_batch_and_says_so(monkeypat
         E.loglikelihoods(model, tok, requests, batch_size=2, say=said.append)
 
 
-# ------------------------------------------------------------------------------------------------ GPU check
-
-
-def test_gpu_check_tiny_path_runs_every_step_on_cpu(tmp_path, capsys):
-    """bench/gpu_check.py's whole path (profile vs plain forward, ours vs lm-eval, masked vs sliced in bf16,
-    in-place export, reload) on tiny shapes, so the script a GPU machine runs is known to work end to end."""
-    from bench.gpu_check import main as gpu_check
-
-    assert gpu_check(["--shape", "tiny", "--json", str(tmp_path / "rows.json")]) == 0
-    rows = json.loads((tmp_path / "rows.json").read_text())
-    assert [r["shape"] for r in rows] == ["tiny-llama", "tiny-gemma2"]
-    for r in rows:
-        assert r["ok"] and r["export_dtype"] == "bfloat16" and r["reload_diff"] == 0.0
-        assert r["sliced_vs_masked"] <= max(2 * r["bf16_noise"], 1e-3)
-        assert r["profile_overhead"] > 0 and r["ours_items_per_s"] > 0 and r["lm_eval_items_per_s"] > 0
-        assert r["loglik_max_diff"] < 0.5  # same requests, same bf16 model: lm-eval's numbers up to bf16 noise
-    assert "| tiny-llama |" in capsys.readouterr().out
-
-
 # ------------------------------------------------------------------------------------------------ bitsandbytes
 
 
 def test_bitsandbytes_profiling_works_on_cpu_and_is_compared_with_fp(tmp_path):
     """bitsandbytes 0.50 runs 8-bit and 4-bit layers on the CPU: profiling works there, and its masks are compared
-    with the fp32 ones (Jaccard of the 20% masks). 8-bit must beat chance (two random 80% masks: 0.8²/(1-0.2²))."""
+    with the fp32 ones (Jaccard of the 20% masks). Both must beat chance (two random 80% masks: 0.8²/(1-0.2²)), and
+    4-bit, the coarser grid, must move more channels across the cut than 8-bit."""
     from diet import masks as M
 
     folder = tmp_path / "m"
@@ -293,4 +275,4 @@ def test_bitsandbytes_profiling_works_on_cpu_and_is_compared_with_fp(tmp_path):
         with pytest.raises(DietError, match="quantized"):
             prune_units(lm.model, [np.arange(200)] * 3)
     assert jaccard["8bit"] > 0.8**2 / (1 - 0.2**2)
-    assert 0.0 <= jaccard["4bit"] <= 1.0
+    assert 0.8**2 / (1 - 0.2**2) < jaccard["4bit"] < jaccard["8bit"]  # measured: 0.667 < 0.892 < 0.997

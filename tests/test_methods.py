@@ -241,10 +241,10 @@ WIKITEXT_ROWS = [  # the schema of Salesforce/wikitext (wikitext-2-raw-v1): one 
 
 
 def test_general_text_from_wikitext_fixture(monkeypatch):
-    from diet import general
+    from diet import general, hub_tasks
 
     calls = []
-    monkeypatch.setattr(general, "_load_dataset", lambda *a: calls.append(a) or WIKITEXT_ROWS)
+    monkeypatch.setattr(hub_tasks, "load_dataset", lambda *a: calls.append(a) or WIKITEXT_ROWS)
     task = general.general_task("wikitext2")
     assert calls[0][:3] == ("Salesforce/wikitext", "wikitext-2-raw-v1", "train")
     assert task.source == "general:wikitext2" and len(task.calibration) == 2  # heading and short line dropped
@@ -253,12 +253,12 @@ def test_general_text_from_wikitext_fixture(monkeypatch):
 
 
 def test_general_text_falls_back_offline_and_reads_files(monkeypatch, tmp_path):
-    from diet import general
+    from diet import general, hub_tasks
 
     def offline(*a):
         raise ConnectionError("cannot connect to huggingface.co:443")
 
-    monkeypatch.setattr(general, "_load_dataset", offline)
+    monkeypatch.setattr(hub_tasks, "load_dataset", offline)
     said = []
     used, texts = general.general_texts("auto", say=said.append)
     assert used == "generated" and len(texts) >= 100 and "unavailable" in said[0]

@@ -216,3 +216,31 @@ def test_a_second_job_waits_for_the_first_and_reads_its_statistics(tmp_path):
     handle.remove()
     assert not forwards and waits[-1] == ""  # no forward pass of its own; the wait is over
     np.testing.assert_array_equal(done["t1"].abs_sum, first["t1"].abs_sum)
+
+
+def test_profile_estimate_comes_from_a_measured_batch_then_from_finished_profiles(tmp_path):
+    """One estimate for the CLI and page 1: a guess without a forward pass when measuring is not allowed (a job
+    runs), else one batch measured and kept; then the speed a finished profile measured."""
+    from diet.tasks import get_task
+
+    lm = LoadedModel(tiny_model("llama"), tiny_tokenizer(), ModelSpec(name="tiny"), str(tmp_path), "tiny:llama:0")
+    cache, ps = ArtifactCache(tmp_path / "cache"), ProfileSettings(samples=8)
+    arithmetic, capitals = get_task("arithmetic"), get_task("capitals")
+    enc = {t.name: lm.tokenizer(choose_texts(t.calibration, ps), truncation=True, max_length=ps.max_length)
+           for t in (arithmetic, capitals)}
+    tokens = {name: sum(map(len, e["input_ids"])) for name, e in enc.items()}
+    forwards = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: forwards.append(m))
+    try:
+        guess = api.estimate_seconds(lm, [arithmetic], ps, cache, measure=False)
+        assert forwards == [] and guess > 0  # no measurement, no forward pass
+        measured = api.estimate_seconds(lm, [arithmetic], ps, cache, measure=True)
+        assert forwards and measured > 0 and measured != guess
+        n = len(forwards)
+        assert api.estimate_seconds(lm, [arithmetic], ps, cache, measure=True) == measured and len(forwards) == n
+    finally:
+        hook.remove()
+    stats = api.profile_tasks(lm, [arithmetic], ps, cache=cache)["arithmetic"]  # a finished profile's own speed
+    speed = stats.meta["tokens"] / stats.meta["seconds"]
+    assert api.estimate_seconds(lm, [arithmetic], ps, cache) == 0.0  # cached: nothing to profile
+    assert api.estimate_seconds(lm, [arithmetic, capitals], ps, cache) == pytest.approx(tokens["capitals"] / speed)

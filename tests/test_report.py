@@ -21,8 +21,6 @@ def normalised(page: str) -> str:
     return UUID.sub("ID", re.sub(r"Generated [^<]* UTC", "Generated", page))
 
 
-
-
 def test_cli_report_is_the_apps_report(tiny_folder, tmp_path, capsys):
     page_path = tmp_path / "report.html"
     rc = main(["prune", "--model", str(tiny_folder), "--device", "cpu", "--tasks", "arithmetic,capitals,sentiment",
@@ -49,3 +47,24 @@ def test_bad_report_paths_are_refused_before_any_work(name, why, tiny_folder, tm
     assert rc == 2 and why in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists() and (tmp_path / "exists.html").read_text() == "someone's file"
     assert not (tmp_path / "cache" / "artifacts").exists()  # refused before profiling
+
+
+def test_cli_disp_report_is_the_disp_pages_figures(tiny_folder, tmp_path, capsys):
+    """`prune --method disp --report` writes every position's figures and captions as the DISP page shows them
+    (both come from diet.disp.views)."""
+    from diet.disp import POSITION_SHORT, POSITIONS, DispSettings, build_disp_masks, profile_disp
+    from diet.report import disp_report
+
+    page_path = tmp_path / "disp.html"
+    rc = main(["prune", "--method", "disp", "--model", str(tiny_folder), "--device", "cpu", "--tasks",
+               "arithmetic,capitals", "--samples", "8", "--sparsity", "0.25", "--out", str(tmp_path / "out"),
+               "--report", str(page_path)])
+    assert rc == 0, capsys.readouterr().err
+    lm = load_model(ModelSpec(name=str(tiny_folder), device="cpu"), say=lambda m: None)
+    stats = profile_disp(lm, ["arithmetic", "capitals"], ProfileSettings(samples=8))  # cached: the same statistics
+    want = disp_report(lm.spec.name, build_disp_masks(stats, DispSettings(sparsity=0.25)), stats)
+    got = page_path.read_text(encoding="utf-8")
+    assert normalised(got) == normalised(want)
+    for pos in POSITIONS:
+        assert f"<h2>{POSITION_SHORT[pos]}: which" in got and f"<h2>{POSITION_SHORT[pos]}: overlap" in got
+    assert (tmp_path / "out" / "summary.json").is_file()

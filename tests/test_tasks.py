@@ -284,7 +284,7 @@ def test_hub_task_is_built_from_train_and_eval_splits(monkeypatch):
         calls.append((path, config, split))
         return rows[:2] if split == "train" else rows[1:]  # row 1 is in both: it must not calibrate
 
-    monkeypatch.setattr(hub_tasks, "_load_dataset", fake_load)
+    monkeypatch.setattr(hub_tasks, "load_dataset", fake_load)
     task = get_task("arc_easy")
     assert sorted(calls) == [("allenai/ai2_arc", "ARC-Easy", "test"), ("allenai/ai2_arc", "ARC-Easy", "train")]
     assert task.source == "hub:arc_easy" and task.metric == "acc_norm"
@@ -296,7 +296,7 @@ def test_hub_offline_error_names_the_offline_tasks(monkeypatch):
     def offline(path, config, split):
         raise ConnectionError("Couldn't reach 'aps/super_glue' on the Hub (LocalEntryNotFoundError)")
 
-    monkeypatch.setattr(hub_tasks, "_load_dataset", offline)
+    monkeypatch.setattr(hub_tasks, "load_dataset", offline)
     with pytest.raises(DietError) as err:
         get_task("boolq")
     assert str(err.value).startswith("boolq needs network access to the Hugging Face Hub; offline tasks available: "

@@ -25,7 +25,7 @@ The package, one concern a module:
 
     structure.py       the five positions, the masked-dense reference (`zero_disp`), slicing (`slice_disp`),
                        the paper's parameter accounting
-    statistics.py      the hooks at the five positions; profiling and caching through `diet.api.profile`
+    statistics.py      the hooks at the five positions; profiling and caching through `diet.statistics.profile`
     masks.py           training-free index sets: DIET's per-task masks and vote per position (numpy only)
     learn.py           learned index sets: the paper's hypernetwork
     export.py          export folders and the one-call `prune_disp`

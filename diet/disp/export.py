@@ -27,7 +27,7 @@ from diet.disp.modeling_disp import CLASSES
 from diet.disp.statistics import profile_disp
 from diet.disp.structure import POSITIONS, disp_copy, index_sets_of
 from diet.errors import DietError
-from diet.folders import check_out_dir, staged_folder
+from diet.folders import check_out_dir, save_tokenizer, staged_folder
 from diet.settings import ProfileSettings
 
 FORMAT = "diet-disp/1"
@@ -59,8 +59,9 @@ def disp_json(sets: dict, summary: dict, source: dict, settings: dict | None) ->
 
 
 def export_disp(lm, sliced: torch.nn.Module, out: str | Path, summary: dict, settings: dict | None = None,
-                overwrite: bool = False, extra: dict | None = None) -> Path:
-    """Write the DISP-sliced `sliced` (from `diet.disp.slice_disp`) as a loadable folder, atomically."""
+                overwrite: bool = False, extra: dict | None = None, folder_summary: dict | None = None) -> Path:
+    """Write the DISP-sliced `sliced` (from `diet.disp.slice_disp`) as a loadable folder, atomically.
+    `folder_summary`: written as summary.json inside the staged folder, so the folder never appears without it."""
     from diet import __version__
 
     out = Path(out)
@@ -71,13 +72,15 @@ def export_disp(lm, sliced: torch.nn.Module, out: str | Path, summary: dict, set
     source = {"model": lm.spec.name, "model_identity": lm.identity}
     with staged_folder(out, overwrite) as tmp:
         model.save_pretrained(tmp)
-        lm.tokenizer.save_pretrained(tmp)
+        save_tokenizer(lm.tokenizer, tmp)
         (tmp / "disp.json").write_text(json.dumps(disp_json(index_sets_of(sliced), summary, source, settings)))
         atomic_write_json(tmp / "diet_settings.json", {"format": "diet-export/1", "diet_version": __version__,
                                                        "mode": "disp", **source, "disp": settings,
                                                        **(extra or {})})
         if not (tmp / "modeling_disp.py").is_file():
             raise DietError("the modelling file was not written with the model; the folder would not load")
+        if folder_summary is not None:
+            atomic_write_json(tmp / "summary.json", folder_summary)
     return out
 
 
@@ -122,8 +125,8 @@ def prune_disp(lm, tasks, out: str | Path, method: str = "disp", profile=None, d
         settings = {"method": method, "tasks": task_names, "learn": asdict(learn)}
     else:
         raise DietError(f"unknown DISP method {method!r}: use disp or disp-learned")
-    folder = export_disp(lm, disp_copy(lm.model, sets), out, summary, settings, overwrite)
-    summary = {"model": lm.spec.name, "model_identity": lm.identity, **settings, **summary,
-               "seconds": round(time.perf_counter() - t0, 2)}
-    atomic_write_json(folder / "summary.json", summary)
-    return folder, summary
+    sliced = disp_copy(lm.model, sets)
+    full = {"model": lm.spec.name, "model_identity": lm.identity, **settings, **summary,
+            "seconds": round(time.perf_counter() - t0, 2)}  # up to the writing: summary.json is written inside it
+    folder = export_disp(lm, sliced, out, summary, settings, overwrite, folder_summary=full)
+    return folder, full

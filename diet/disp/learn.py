@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from diet.adapters import block_parts
-from diet.api import resolve_task
 from diet.disp.structure import POSITIONS, DispShape, block_params, disp_layers, disp_shape, param_summary
 from diet.errors import DietError
+from diet.tasks import resolve_task
 
 
 @dataclass(frozen=True)

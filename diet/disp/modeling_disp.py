@@ -2,8 +2,8 @@
 
 This file is copied verbatim into every DISP export folder, and `AutoModelForCausalLM.from_pretrained(dir,
 trust_remote_code=True)` runs it from there. So it must stay self-contained: it imports only torch and transformers —
-never `diet`. `diet/disp.py` imports its layer code from here, so the in-memory pruned model and a reloaded folder run
-the very same forward.
+never `diet`. `diet/disp/structure.py` imports its layer code from here, so the in-memory pruned model and a reloaded
+folder run the very same forward.
 
 The structure (arXiv 2410.11988): residual stream, embeddings, norms and lm_head keep full width; each layer has five
 sorted index sets — attn_in (residual dims read by q/k/v), attn_out (written by o_proj), mlp_in (read by gate/up),

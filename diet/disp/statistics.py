@@ -3,7 +3,7 @@
 The same fp32 running sums as DIET's unit statistics (Σ|x|, Σx², Σx per dim and half, non-padding tokens only),
 taken where each index set acts, so DIET's vote chooses DISP index sets exactly as it chooses MLP channels. Only
 the hooks are DISP's own (`PositionSums`); batching, halves, cancel, caching and the cache key are
-`diet.profile.run_batches` and `diet.api.profile` with `POSITION_PROBE`.
+`diet.profile.run_batches` and `diet.statistics.profile` with `POSITION_PROBE`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from diet.adapters import block_parts
-from diet.api import Probe, profile, resolve_task, stats_key
 from diet.cache import ArtifactCache
 from diet.disp.structure import POSITIONS, DispShape, disp_layers, disp_shape
 from diet.errors import DietError
 from diet.profile import HalfSums, Stats, choose_texts, run_batches
 from diet.settings import ProfileSettings
+from diet.statistics import Probe, profile, stats_key
+from diet.tasks import resolve_task
 
 STATS = ("abs_sum", "sq_sum", "sum")
 
