@@ -52,8 +52,9 @@ def cli_round(mask: Path, tokens: int, threads: int | None = None) -> dict:
 
 
 def app_round(lm, result, tokens: int, held: dict) -> dict:
+    from diet.gate import TorchGate
     from diet.generate import GenerateSettings
-    from diet.jobs import JobRunner, TorchGate
+    from diet.jobs import JobRunner
     from pages._try import STREAM_POLL_SECONDS
     from pages._work import generate_job
 
