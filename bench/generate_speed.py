@@ -4,7 +4,7 @@ ratio, and peak memory ÷ weight bytes.
 
 CLI: `python -m diet generate --json --compare MASK` in a fresh process per round (dense, then the same model
 pruned in place: one model in memory); its numbers are the ones the engine records in each answer (`ttft`,
-`tokens_per_second`), so the model load is excluded. Its peak memory is the child's max RSS.
+`tokens_per_second`), so the model load is excluded. Its peak memory is the child's max RSS (GNU time).
 In-app: the Try-it panel's job body (`pages._work.generate_job`) run through the app's job machinery — a JobRunner
 behind the server's TorchGate (torch threads sized to the free cores, as the app does) — while a poller thread
 reads the job's snapshot every `pages._try.STREAM_POLL_SECONDS`, as the page's streaming fragment does. No browser:
@@ -39,16 +39,22 @@ sys.path.insert(0, str(ROOT))
 PROMPT = "Write a long story about a brave cat who sails around the world."
 TASKS = ("arithmetic", "capitals")
 TARGET = 1.3
+TIME = "/usr/bin/time"  # GNU time: the CLI process's own peak RSS
 
 
 def cli_round(mask: Path, tokens: int, threads: int | None = None) -> dict:
-    """One `diet generate --compare` process; `threads`: OMP_NUM_THREADS for it (None: torch's default, all cores)."""
+    """One `diet generate --compare` process; `threads`: OMP_NUM_THREADS for it (None: torch's default, all cores).
+
+    Its peak memory comes from /usr/bin/time (%M), not from getrusage(RUSAGE_CHILDREN): a child forked straight from
+    this process inherits this process's resident size as its starting high-water mark, so that figure was this
+    process's peak, not the CLI's (both read 1640 MiB in the first runs)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    out = subprocess.run([sys.executable, "-m", "diet", "generate", "--prompt", PROMPT, "--max-new-tokens",
-                          str(tokens), "--compare", str(mask), "--json"], cwd=ROOT, env=env, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run([TIME, "-f", "peak_kib=%M", sys.executable, "-m", "diet", "generate", "--prompt", PROMPT,
+                          "--max-new-tokens", str(tokens), "--compare", str(mask), "--json"], cwd=ROOT, env=env,
+                         check=True, capture_output=True, text=True)
     answers = json.loads(out.stdout)["answers"]
-    return {g["label"]: g for g in answers}
+    peak = int(out.stderr.rsplit("peak_kib=", 1)[1].split()[0]) * 1024
+    return {**{g["label"]: g for g in answers}, "peak": peak}
 
 
 def app_round(lm, result, tokens: int, held: dict) -> dict:
@@ -111,7 +117,7 @@ def main() -> None:
     dense_params = count_parameters(lm.model)
     pruned_params = count_parameters(held["model"])
     weight_bytes = sum(p.numel() * p.element_size() for p in lm.model.parameters())
-    cli_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    cli_peak = max(x["peak"] for way in ("cli", "cli@app") for x in runs[way])
     app_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def med(way: str, lab: str, key: str) -> float:
