@@ -107,6 +107,20 @@ def _cluster(a):
     return ClusterSettings(address=a.ray, cpus_per_worker=a.ray_cpus_per_worker, max_workers=a.ray_workers)
 
 
+def _on_cluster(a, cluster, run):
+    """`run(pool, bar)` on the workers --ray names, under one progress bar: (the pool's model, run's result). The
+    driver loads no model: the pool's model is the workers' identity and dtype, for cache keys."""
+    from diet.api import cluster_pool
+
+    bar = _ClusterBar()
+    with cluster_pool(cluster, _spec(a), say=lambda m: print(m, file=sys.stderr)) as pool:
+        try:
+            out = run(pool, bar)
+        finally:
+            bar.close()
+    return pool.model, out
+
+
 class _ClusterBar:
     """One bar for a cluster run: units done / total, retries and what each worker does."""
 
@@ -395,15 +409,11 @@ def _profile(a):
     tasks = [get_task(t) for t in a.tasks]  # validate every task before loading a model
     cluster = _cluster(a) if hasattr(a, "ray") else None
     if cluster is not None:
-        from diet.api import cluster_pool, profile_on_cluster
+        from diet.api import profile_on_cluster
 
-        bar = _ClusterBar()
-        with cluster_pool(cluster, _spec(a), say=lambda m: print(m, file=sys.stderr)) as pool:
-            try:
-                stats = profile_on_cluster(pool, tasks, settings, progress=bar)
-            finally:
-                bar.close()
-        return pool.model, stats, settings
+        model, stats = _on_cluster(a, cluster, lambda pool, bar: profile_on_cluster(pool, tasks, settings,
+                                                                                    progress=bar))
+        return model, stats, settings
     lm = load_model(_spec(a), say=lambda m: print(m, file=sys.stderr), work=_work(a))
     eta = estimate_seconds(lm, tasks, settings)
     if eta:
@@ -591,16 +601,10 @@ def cmd_sweep(a) -> None:
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     cluster = _cluster(a)
     if cluster is not None:
-        from diet.api import cluster_pool
         from diet.sweep import sweep_on_cluster
 
-        bar = _ClusterBar()
-        with cluster_pool(cluster, _spec(a), say=say) as pool:
-            try:
-                rows = sweep_on_cluster(pool, sweep, profile, mask, _method_settings(a), say=say,
-                                        lstsq=_lstsq_settings(a), progress=bar)
-            finally:
-                bar.close()
+        _, rows = _on_cluster(a, cluster, lambda pool, bar: sweep_on_cluster(
+            pool, sweep, profile, mask, _method_settings(a), say=say, lstsq=_lstsq_settings(a), progress=bar))
     else:
         lm = load_model(_spec(a), say=say)
         rows = run_sweep(lm, sweep, profile, mask, _method_settings(a), say=say, lstsq=_lstsq_settings(a))
@@ -637,15 +641,10 @@ def cmd_eval(a) -> None:
     settings = EvalSettings(limit=a.limit, batch_size=a.batch_size)
     cluster = _cluster(a)
     if cluster is not None:  # one unit per task; each result is cached under the dense model's comparison key
-        from diet.api import cluster_pool, evaluate_on_cluster
+        from diet.api import evaluate_on_cluster
 
-        bar = _ClusterBar()
-        with cluster_pool(cluster, _spec(a), say=lambda m: print(m, file=sys.stderr)) as pool:
-            try:
-                results = evaluate_on_cluster(pool, tasks, settings, progress=bar)
-            finally:
-                bar.close()
-        lm = pool.model
+        lm, results = _on_cluster(a, cluster, lambda pool, bar: evaluate_on_cluster(pool, tasks, settings,
+                                                                                    progress=bar))
     else:
         lm = load_model(_spec(a), say=lambda m: print(m, file=sys.stderr), work=_work(a))
         results = evaluate_tasks(lm.model, lm.tokenizer, tasks, settings)
