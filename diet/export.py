@@ -472,9 +472,8 @@ def export_model(lm, result, out: str | Path, mode: str | None = None, overwrite
     first, so only `speed.interleaved` keeps a dense twin. `max_shard_size`: weight files are written in shards of
     at most this size plus an index (the weights are in the dtype the model was loaded in). `finish(folder,
     settings)`: the caller's last files, written into the staged folder before it is renamed into place (the
-    pipeline's summary.json), with the settings diet_settings.json holds.
-    `sample_prompts`: the
-    card shows the dense and the pruned model's greedy answers to them (dense ones taken before any in-place cut).
+    pipeline's summary.json), with the settings diet_settings.json holds. `sample_prompts`: the card shows the
+    dense and the pruned model's greedy answers to them (dense ones taken before any in-place cut).
     """
     from diet import __version__
     from diet.models import count_parameters

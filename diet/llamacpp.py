@@ -23,12 +23,6 @@ from pathlib import Path
 
 REPACK_ENV = "DIET_LLAMA_REPACK"  # auto (default): off where llama.cpp reports AMX_INT8 = 1; on; off
 
-# What users of llama.cpp's own tools do on such CPUs (flag checked in llama.cpp's common/arg.cpp, 0.3.36's vendor)
-AMX_WORKAROUND = ("on CPUs whose llama.cpp system info shows AMX_INT8 = 1, some llama.cpp builds crash (SIGSEGV in "
-                  "ggml_backend_amx_mul_mat) on quantized weights: run llama-cli / llama-server with --no-repack "
-                  "(or LLAMA_ARG_REPACK=0), and in llama-cpp-python set use_extra_bufts=False in the model params")
-
-
 def module():
     """The llama_cpp module; a DietError when llama-cpp-python is not installed (`make llama-cpp`)."""
     try:
@@ -96,7 +90,6 @@ def measure_speed(path: str | Path, repeats: int = 3, n_prompt: int = 128, n_gen
     time), median of `repeats`. Run it through `diet.isolate.run_isolated`: it loads native code."""
     threads = threads or min(8, os.cpu_count() or 1)
     n_ctx = n_prompt + n_gen + 8  # n_batch = n_ctx: the prompt is one batch, and the logits keep a row per position
-    repack = repack_enabled()
     llm = open_llama(path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False,
                      seed=0)
     prompt = list(range(1000, 1000 + n_prompt))  # token ids; the content does not change the cost
@@ -113,11 +106,7 @@ def measure_speed(path: str | Path, repeats: int = 3, n_prompt: int = 128, n_gen
         runs.append((n_prompt / (t1 - t0), n_gen / (time.perf_counter() - t1)))
     return {"engine": f"llama.cpp (llama-cpp-python {module().__version__})", "threads": threads,
             "file": Path(path).name, "n_prompt": n_prompt, "n_gen": n_gen, "repeats": max(1, repeats),
-            "repack": repack, "prompt_tokens_per_s": statistics.median(r[0] for r in runs),
+            "repack": bool(llm.model_params.use_extra_bufts),
+            "prompt_tokens_per_s": statistics.median(r[0] for r in runs),
             "gen_tokens_per_s": statistics.median(r[1] for r in runs)}
 
-
-def greedy(path: str | Path, prompt: str, max_tokens: int = 16, threads: int = 2) -> str:
-    """llama.cpp's greedy continuation of `prompt` (a check that a written file runs and answers)."""
-    llm = open_llama(path, n_ctx=512, n_threads=threads, verbose=False, seed=0)
-    return llm(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1)["choices"][0]["text"]
