@@ -14,6 +14,10 @@ Rounds alternate CLI, in-app, and the CLI again at the app's torch thread count 
 the app sizes its threads to the cores free when the job starts (diet/jobs.py) and the CLI takes all cores: on a
 shared machine that alone can make either side several times slower. A fresh CLI process's first forward pass also
 pays one-time costs the warm app model does not (they fall in the dense time to first token). Medians are printed.
+Every timed run starts on a settled machine: the benchmark waits the core monitor's history + window (`settle`)
+before each one. Without the wait the app's job read the benchmark's own just-finished CLI process as a sustained
+load and took 1 thread (pruned time to first token 1.46-1.55x the CLI's; with 2 threads it was below the CLI's) -
+a load no user of the app has, since nothing else of ours runs beside it.
 Same prompt, greedy, so every way generates the same tokens (checked).
 
     flock /tmp/diet-torch.lock .venv/bin/python bench/generate_speed.py [--rounds 3] [--tokens 64]
@@ -40,6 +44,15 @@ PROMPT = "Write a long story about a brave cat who sails around the world."
 TASKS = ("arithmetic", "capitals")
 TARGET = 1.3
 TIME = "/usr/bin/time"  # GNU time: the CLI process's own peak RSS
+
+
+def settle() -> None:
+    """Wait until the load of the previous timed run has left the app's core monitor (diet/gate.py): its figure is
+    the freest window of the last `history` seconds, so a process that just ended still counts for that long."""
+    from diet.gate import core_monitor
+
+    m = core_monitor()
+    time.sleep(m.history + m.window)
 
 
 def cli_round(mask: Path, tokens: int, threads: int | None = None) -> dict:
@@ -106,8 +119,11 @@ def main() -> None:
     held: dict = {}
     runs: dict = {"cli": [], "app": [], "cli@app": []}
     for r in range(a.rounds):
+        settle()
         runs["cli"].append(cli_round(mask_dir / "mask.json", a.tokens))
+        settle()
         runs["app"].append(app_round(lm, result, a.tokens, held))
+        settle()
         runs["cli@app"].append(cli_round(mask_dir / "mask.json", a.tokens, runs["app"][-1]["threads"]))
         print(f"round {r + 1} (app: {runs['app'][-1]['threads']} torch thread(s); CLI: torch's default, "
               f"{os.cpu_count()}; cli@app: the app's count): " + "; ".join(

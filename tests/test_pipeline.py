@@ -66,15 +66,18 @@ def run_until(tiny_folder: Path, out: Path, moment) -> tuple[int, list[str] | No
     seen = None
     try:
         while proc.poll() is None:
+            fire = moment()  # asked before the listing: a folder that appears between the two is still listed
             if seen is None and out.exists():
                 seen = sorted(p.name for p in out.iterdir())
-            if moment():
+            if fire:
                 proc.send_signal(signal.SIGTERM)
                 break
             time.sleep(0.001)
         proc.wait(120)
     finally:
         proc.kill()
+    if seen is None and out.exists():  # the command finished between two polls: the first look comes now
+        seen = sorted(p.name for p in out.iterdir())
     return proc.returncode, seen
 
 
