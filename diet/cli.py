@@ -809,10 +809,29 @@ def _interrupt(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. SIGTERM (a scheduler, `kill`, a closed terminal) ends it like Ctrl-C: the staged output
-    folder and every temporary file are removed on the way out, so nothing half-written is left behind."""
+    folder and every temporary file are removed on the way out, so nothing half-written is left behind.
+
+    Why two `try`s: a SIGTERM that lands while the handler is being put back (the command already done) raised its
+    KeyboardInterrupt inside the `finally`, past every `except`, and ended the run with a traceback and exit 1 (seen
+    in tests/test_pipeline.py's SIGTERM test, 1 run in 15). The outer `except` catches exactly that one; once the
+    previous handler is back, a signal acts as it did before the command started."""
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
         else None
+    try:
+        try:
+            return _run(args)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    except KeyboardInterrupt:  # the signal arrived after the command, while the handler was being put back
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command itself: a user's mistake is one `error:` line (exit 2), an interruption one line (exit 130)."""
     try:
         COMMANDS[args.command](args)
     except DietError as e:
@@ -821,7 +840,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was left behind", file=sys.stderr)
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return 0

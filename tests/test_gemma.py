@@ -64,17 +64,38 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 # Sliced == masked on the real weights. In fp32 the two differ by summation order only (a 1536-wide matmul against a
-# 2048-wide one with zeros in it): measured 4.6e-5 (uniform) and 4.3e-5 (per-layer widths) on logits of magnitude
-# ~20, through Gemma's large residual stream. In fp64 the same comparison shows whether the *function* is the same.
-FP32_TOL, FP64_TOL = 1e-4, 1e-9
+# 2048-wide one with zeros in it), and on Gemma's large residual stream that noise is larger than the issue's 1e-5:
+# the reference itself, computed in another summation order (its MLP channels permuted: the same function), moves
+# by 4.7e-5 (dense) to 3.2e-4 (25% of channels zeroed at random) on logits of magnitude ~30. So fp32 is held to
+# 1e-5 or twice that floor, measured in the test on the same reference, whichever is larger; fp64 shows whether the
+# *function* is the same (measured: exactly 0).
+FP32_TOL, FP64_TOL = 1e-5, 1e-9
+
+
+def permuted_channels(model):
+    """A copy of `model` with each layer's MLP channels in a random order: the same function, summed differently."""
+    import copy
+
+    g = torch.Generator().manual_seed(0)
+    out = copy.deepcopy(model)
+    for layer in out.model.layers:
+        mlp = layer.mlp
+        p = torch.randperm(mlp.gate_proj.weight.shape[0], generator=g)
+        mlp.gate_proj.weight.data = mlp.gate_proj.weight.data[p]
+        mlp.up_proj.weight.data = mlp.up_proj.weight.data[p]
+        mlp.down_proj.weight.data = mlp.down_proj.weight.data[:, p].contiguous()
+    return out
 
 
 def assert_same_function(model, reference, tokenizer) -> None:
-    """fp32 within summation-order noise, fp64 equal to ~1e-9 (converts both models to fp64 in place)."""
-    fp32 = max_diff(logits(model, tokenizer), logits(reference, tokenizer))
+    """fp32 within the reference's own summation-order noise (or 1e-5), fp64 equal to ~1e-9 (converts both models
+    to fp64 in place)."""
+    ref = logits(reference, tokenizer)
+    floor = max_diff(ref, logits(permuted_channels(reference), tokenizer))
+    fp32 = max_diff(logits(model, tokenizer), ref)
     fp64 = max_diff(logits(model.double(), tokenizer), logits(reference.double(), tokenizer))
-    print(f"max |logit difference|: fp32 {fp32:.2e}, fp64 {fp64:.2e}")
-    assert fp32 <= FP32_TOL and fp64 <= FP64_TOL, (fp32, fp64)
+    print(f"max |logit difference|: fp32 {fp32:.2e} (the reference's own floor {floor:.2e}), fp64 {fp64:.2e}")
+    assert fp32 <= max(FP32_TOL, 2 * floor) and fp64 <= FP64_TOL, (fp32, floor, fp64)
 
 
 def masked(dense, keep, unit: str = "mlp"):
