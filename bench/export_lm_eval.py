@@ -102,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from diet.api import build_mask, profile_tasks
     from diet.evaluate import EvalSettings, evaluate_task
-    from diet.export import build_export_model, export_model
+    from diet.export import export_model
+    from diet.export.cut import build_export_model
+    from diet.measure import SpeedSettings
     from diet.models import count_parameters, load_model
     from diet.settings import MaskSettings, ModelSpec, ProfileSettings
     from diet.tasks import get_task
-    from diet.timing import SpeedSettings
 
     torch.set_num_threads(a.threads)
     work = Path(tempfile.mkdtemp(prefix="diet-export-lm-eval-"))

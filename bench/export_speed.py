@@ -3,7 +3,7 @@
 Why: the model card reports measured speed, not a parameter count; this script shows what each mode buys on the
 machine at hand (CPU here, a GPU where there is one). It needs no real weights: a randomly initialised model of
 SmolLM2-135M's shape (Llama, hidden 576, MLP 1536, 30 layers) is pruned 25% three ways — uniform (1152 per layer),
-padded and heterogeneous (per-layer widths 960…1344, same total) — and `diet.timing.measure_speed` times dense and
+padded and heterogeneous (per-layer widths 960…1344, same total) — and `diet.measure.measure_speed` times dense and
 pruned alternately (median of --repeats). It also checks that each pruned model computes what the masked model does.
 
     flock /tmp/diet-torch.lock .venv/bin/python bench/export_speed.py --device cpu
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from diet.export import build_export_model
+    from diet.export.cut import build_export_model
+    from diet.measure import SpeedSettings, measure_speed
     from diet.prune import zero_units
-    from diet.timing import SpeedSettings, measure_speed
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

@@ -107,7 +107,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from diet.api import build_mask, profile_tasks
-    from diet.export import write_mask_files
+    from diet.export.maskfile import write_mask_files
     from diet.models import count_parameters, load_model
     from diet.settings import MaskSettings, ProfileSettings
 

@@ -47,7 +47,7 @@ def masks(lm, samples: int):
 
 def write(lm, result, folder: Path, outtype: str = "f32") -> Path:
     from diet.api import prune_copy
-    from diet.gguf_export import GGUFSettings, tokenizer_fields, write_gguf
+    from diet.export.gguf.writer import GGUFSettings, tokenizer_fields, write_gguf
 
     path = folder / f"{outtype}-{len(set(result.summary['kept_per_layer']))}.gguf"
     info = write_gguf(prune_copy(lm, result), tokenizer_fields(lm), path, GGUFSettings(outtype=outtype))

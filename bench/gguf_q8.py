@@ -7,15 +7,16 @@ rounded to 32), scored on every item of the chosen tasks, paired against the f32
         --variants q8_0,q8_0-sorted,q8_0-fit-sorted                            # the test's mask, block-friendly
 
 Files: `f32`, `q8_0` (ours: every matrix Q8_0) and `q8_0-f16down` (ours: ffn_down kept in f16) come from
-diet.gguf_export; `lq8*` come from llama.cpp's own quantizer (llama_model_quantize, what `llama-quantize` runs) on the
-f32 file: `lq8` every matrix Q8_0, `lq8-embf16` the (tied) token embedding in f16, `lq8-attnf16` / `lq8-downf16` /
-`lq8-upgatef16` those matrices in f16; `fakeq8` is an f32 file of weights rounded through Q8_0 and back (the weights'
-share of the loss: llama.cpp's Q8_0 matmul also rounds its input to 8 bits in blocks of 32, an f32 file does not).
+diet.export.gguf.writer; `lq8*` come from llama.cpp's own quantizer (llama_model_quantize, what `llama-quantize` runs)
+on the f32 file: `lq8` every matrix Q8_0, `lq8-embf16` the (tied) token embedding in f16, `lq8-attnf16` /
+`lq8-downf16` / `lq8-upgatef16` those matrices in f16; `fakeq8` is an f32 file of weights rounded through Q8_0 and
+back (the weights' share of the loss: llama.cpp's Q8_0 matmul also rounds its input to 8 bits in blocks of 32, an f32
+file does not).
 First it checks that our Q8_0 bytes equal llama.cpp's for every tensor. Per variant and task: accuracy, items won /
 lost against f32, the standard error of the paired difference, and the mean |Δ log-likelihood| per request (a
 continuous measure of the same damage). About 1 minute per file and 2 tasks on 2 cores.
 
-Block-friendly variants (diet.gguf_quant; off in the export by default, docs/export.md has the figures):
+Block-friendly variants (diet.export.gguf.quant; off in the export by default, docs/export.md has the figures):
 `q8_0-sorted` sorts each layer's MLP channels by the largest |weight| of their ffn_down column (exact: gate/up rows
 and down columns move together), `q8_0-fit` picks each block's Q8_0 scale by least squared error instead of
 llama.cpp's largest-|value| ÷ 127 (same format, different bytes), `q8_0-fit-sorted` both.
@@ -88,7 +89,7 @@ def same_bytes(a: Path, b: Path) -> tuple[int, int]:
 
 
 def write_files(lm, model, folder: Path, variants: list[str]) -> dict[str, Path]:
-    from diet.gguf_export import GGUFSettings, tokenizer_fields, write_gguf
+    from diet.export.gguf.writer import GGUFSettings, tokenizer_fields, write_gguf
 
     fields, files = tokenizer_fields(lm), {}
     for v in ["f32", *[v for v in variants if v in OURS and v != "f32"]]:

@@ -24,15 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diet.gguf_export import OUTTYPES  # noqa: E402
+from diet.export.gguf.writer import OUTTYPES  # noqa: E402
 
 
 def measure(path: str, n_prompt: int, n_gen: int, threads: int, queue) -> None:
-    """In a child process: one timed run of `diet.llamacpp.measure_speed` (the model card's figure), and the
+    """In a child process: one timed run of `diet.measure.gguf_speed` (the model card's figure), and the
     child's own peak RSS."""
-    from diet.llamacpp import measure_speed
+    from diet.measure import gguf_speed
 
-    r = measure_speed(path, repeats=1, n_prompt=n_prompt, n_gen=n_gen, threads=threads)
+    r = gguf_speed(path, repeats=1, n_prompt=n_prompt, n_gen=n_gen, threads=threads)
     # VmHWM, not getrusage: Linux hands a spawned child its parent's ru_maxrss (here a process with torch loaded)
     peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     queue.put({"prompt_tps": r["prompt_tokens_per_s"], "gen_tps": r["gen_tokens_per_s"], "peak_rss": peak})
@@ -68,7 +68,7 @@ def pruned_mask(args):
 def build_files(lm, result, outtype: str, round_to: int, folder: Path) -> dict:
     """Dense and pruned GGUF files of `outtype`; {name: (path, parameters stored, widths)}."""
     from diet.api import prune_copy, rounded
-    from diet.gguf_export import GGUFSettings, tokenizer_fields, write_gguf
+    from diet.export.gguf.writer import GGUFSettings, tokenizer_fields, write_gguf
 
     fields = tokenizer_fields(lm)
     settings = GGUFSettings(outtype=outtype)

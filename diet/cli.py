@@ -231,7 +231,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 def _export_options(a) -> dict:
     """export_model keyword arguments from the export flags."""
-    from diet.timing import SpeedSettings
+    from diet.measure import SpeedSettings
 
     if a.speed_repeats < 0:
         raise DietError(f"--speed-repeats must be 0 or more, got {a.speed_repeats}")
@@ -454,7 +454,7 @@ def _cmd_prune_disp(a) -> None:
     from tqdm import tqdm
 
     from diet.disp import DispSettings, LearnSettings, prune_disp
-    from diet.export import check_out_dir
+    from diet.folders import check_out_dir
     from diet.models import load_model
     from diet.tasks import get_task
 
@@ -513,7 +513,7 @@ def _cmd_prune_disp(a) -> None:
 def cmd_prune(a) -> None:
     if a.method in ("disp", "disp-learned"):
         return _cmd_prune_disp(a)
-    from diet.export import check_out_dir
+    from diet.folders import check_out_dir
     from diet.pipeline import prune
 
     out = Path(a.out)
@@ -699,7 +699,7 @@ def _compare_model(a, kind: str, lm):
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if kind == "mask":
         from diet.api import prune_copy
-        from diet.export import check_mask, read_mask
+        from diet.export.maskfile import check_mask, read_mask
 
         result, source = read_mask(a.compare if not Path(a.compare).is_dir() else Path(a.compare) / "mask.json")
         check_mask(result, source, lm, say)
@@ -780,7 +780,9 @@ def cmd_generate(a) -> None:
 
 
 def cmd_export(a) -> None:
-    from diet.export import apply_mask, check_out_dir, read_mask
+    from diet.export import apply_mask
+    from diet.export.maskfile import read_mask
+    from diet.folders import check_out_dir
     from diet.models import load_model
     from diet.pipeline import written_sizes
 

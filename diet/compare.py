@@ -94,8 +94,8 @@ def pruned_speed(lm, make_pruned: Callable, digest: str, memo: dict | None = Non
 
 def forward_speed(models: dict) -> dict:
     """Tokens per second of each model on the same random batch, timed interleaved by the engine
-    (diet.timing.measure_speed: medians, so machine load hits both alike)."""
-    from diet.timing import SpeedSettings, measure_speed
+    (diet.measure.measure_speed: medians, so machine load hits both alike)."""
+    from diet.measure import SpeedSettings, measure_speed
 
     # One sequence of 64 tokens: a few seconds for both models on a small CPU (8 × 64 took ~15 s, more than the
     # evaluation itself); the ratio between the models is what the page shows.

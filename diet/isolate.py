@@ -6,7 +6,7 @@ In a child, the same crash is an exit status the parent reads and turns into one
 
 Why `spawn`, not `fork`: the parent has usually run torch, and a forked child that runs OpenMP code after its
 parent did can hang (libgomp is not fork-safe). A spawned child starts clean; the function it runs must be a
-module-level function whose module imports cheaply (no torch), such as `diet.llamacpp.measure_speed`.
+module-level function whose module imports cheaply (no torch), such as `diet.measure.gguf_speed`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""llama.cpp, through llama-cpp-python: the one place that opens a GGUF file in it.
+"""llama.cpp, through llama-cpp-python: the one place that opens a GGUF file in it (timing one: `diet/measure.py`).
 
 Why this module exists: some llama.cpp builds segfault on CPUs with AMX (Sapphire Rapids and later Xeons, many cloud
 machines) when a quantized weight goes through `ggml_backend_amx_mul_mat`. The AMX kernels are reached through
@@ -16,8 +16,6 @@ that keeps the child's start short.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,31 +80,3 @@ def open_llama(path: str | Path, **kwargs):
     """llama_cpp.Llama over a GGUF file, with weight repacking off where it would reach the AMX kernels."""
     with _model_params(repack_enabled()):
         return module().Llama(model_path=str(path), **kwargs)
-
-
-def measure_speed(path: str | Path, repeats: int = 3, n_prompt: int = 128, n_gen: int = 32,
-                  threads: int | None = None) -> dict:
-    """llama.cpp tokens/s of a GGUF file (prompt processing in one batch, then greedy generation one token at a
-    time), median of `repeats`. Run it through `diet.isolate.run_isolated`: it loads native code."""
-    threads = threads or min(8, os.cpu_count() or 1)
-    n_ctx = n_prompt + n_gen + 8  # n_batch = n_ctx: the prompt is one batch, and the logits keep a row per position
-    llm = open_llama(path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False,
-                     seed=0)
-    prompt = list(range(1000, 1000 + n_prompt))  # token ids; the content does not change the cost
-    llm.reset()
-    llm.eval(prompt[:16])  # warm-up: allocations and first kernels
-    runs = []
-    for _ in range(max(1, repeats)):
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(prompt)
-        t1 = time.perf_counter()
-        for _ in range(n_gen):
-            llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
-        runs.append((n_prompt / (t1 - t0), n_gen / (time.perf_counter() - t1)))
-    return {"engine": f"llama.cpp (llama-cpp-python {module().__version__})", "threads": threads,
-            "file": Path(path).name, "n_prompt": n_prompt, "n_gen": n_gen, "repeats": max(1, repeats),
-            "repack": bool(llm.model_params.use_extra_bufts),
-            "prompt_tokens_per_s": statistics.median(r[0] for r in runs),
-            "gen_tokens_per_s": statistics.median(r[1] for r in runs)}
-

@@ -354,3 +354,11 @@ def count_parameters(model: torch.nn.Module) -> int:
 if __name__ == "__main__":  # python -m diet.models [name...]: convert the embedded models ahead of time (default: all)
     for model_name in sys.argv[1:] or list(EMBEDDED):
         print(ensure_embedded(model_name))
+
+
+def model_dtype(model: torch.nn.Module) -> str:
+    """The dtype most of the model's weights are in, as a word ("bfloat16")."""
+    counts: dict[str, int] = {}
+    for p in model.parameters():
+        counts[str(p.dtype).removeprefix("torch.")] = counts.get(str(p.dtype).removeprefix("torch."), 0) + p.numel()
+    return max(counts, key=counts.get) if counts else "unknown"

@@ -21,7 +21,8 @@ from diet.adapters import parameter_shares
 from diet.api import build_mask, compensation_of, lstsq_texts, method_mask
 from diet.cache import atomic_write_json
 from diet.errors import DietError
-from diet.export import check_out_dir, export_model
+from diet.export import export_model
+from diet.folders import check_out_dir
 from diet.methods import MethodInputs, run_method
 from diet.results import MaskResult
 from diet.settings import CompensationSettings, MaskSettings, MethodSettings, ProfileSettings
@@ -52,7 +53,7 @@ def written_sizes(written: dict, s: dict) -> dict:
     if "round_to" in written:  # the rounded mask's sparsity, next to the rounding
         out.update(round_to=written["round_to"], param_sparsity=1 - logical / s["params_total"],
                    unit_sparsity=1 - sum(written["kept_per_layer"]) / s["units_total"])
-    for key in ("outtype", "arch", "warnings"):  # warnings: optional work that failed, the folder complete (export.py)
+    for key in ("outtype", "arch", "warnings"):  # warnings: optional work that failed, folder complete (diet/export/)
         if key in written:
             out[key] = written[key]
     return out

@@ -279,8 +279,8 @@ SECTIONS = {"size": "Parameters", "speed": "Forward speed (measured)", "accuracy
 
 def headline_sentence(result: MaskResult, comparison: dict | None = None) -> str:
     """The report's first line for a non-specialist, as HTML: each number links to the section that measured it
-    (`diet.modelcard.headline_words` words it, the model card says the same)."""
-    from diet.modelcard import headline_words
+    (`diet.export.card.headline_words` words it, the model card says the same)."""
+    from diet.export.card import headline_words
 
     speedup = dense = pruned = None
     previews: list[int] = []

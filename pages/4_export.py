@@ -8,7 +8,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from diet.export import MODES, SERVING_MODES, mask_json
+from diet.export.maskfile import mask_json
+from diet.export.modes import MODES, SERVING_MODES
 from diet.folders import default_export_folder
 from diet.report import mask_stats, report, settings_summary
 from pages._common import current_mask, current_model, job_panel, runner, start_job, stats_page
@@ -90,7 +91,7 @@ def model_folder_section(lm, result, stats: dict | None = None) -> None:
     optional["sample_prompts"] = (kept + sample_prompts([t for t in tasks_of(stats) if t.name in result.tasks]))[:3]
     if st.checkbox("Measure dense vs pruned forward speed for the model card", value=True,
                                          key="export_speed"):
-        from diet.timing import SpeedSettings
+        from diet.measure import SpeedSettings
 
         optional["speed"] = SpeedSettings()
     comp = st.session_state.get("comparison")
@@ -123,7 +124,7 @@ def model_folder_section(lm, result, stats: dict | None = None) -> None:
         for line in facts.get("warnings", []):  # optional work that failed; the folder itself is complete
             st.warning(line)
         if written_mode in SERVING_MODES:  # the model card's own run instructions for that engine
-            from diet.modelcard import LOAD_SNIPPETS, SNIPPET_LANGUAGE
+            from diet.export.card import LOAD_SNIPPETS, SNIPPET_LANGUAGE
 
             st.markdown(f"Written to `{path}`. Run it:")
             st.code(LOAD_SNIPPETS[written_mode].format(dir=path), language=SNIPPET_LANGUAGE[written_mode])

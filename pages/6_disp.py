@@ -16,7 +16,7 @@ from diet.disp import POSITION_SHORT, POSITION_WHAT, POSITIONS, DispSettings
 from diet.disp.views import position_figures, position_rows
 from diet.errors import DietError
 from diet.evaluate import EvalSettings, average
-from diet.export import check_out_dir
+from diet.folders import check_out_dir
 from diet.report import comparison_table, counts_notes
 from pages._common import (
     chart,

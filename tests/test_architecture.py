@@ -34,6 +34,7 @@ LAYERS = {
     "diet.pipeline": SERVICE,
     # domain: statistics, masks, methods, pruning, measuring, tasks, writing models
     "diet": DOMAIN,  # the package's __init__: the version and the heterogeneous classes' registration
+    "diet.autoload": DOMAIN,  # registering DIET's model classes with transformers' Auto classes (import diet)
     "diet.statistics": DOMAIN,
     "diet.profile": DOMAIN,
     "diet.masks": DOMAIN,
@@ -45,23 +46,14 @@ LAYERS = {
     "diet.disp": DOMAIN,
     "diet.evaluate": DOMAIN,
     "diet.compare": DOMAIN,
-    "diet.timing": DOMAIN,
+    "diet.measure": DOMAIN,  # every speed measurement: torch forward passes and llama.cpp
     "diet.viz": DOMAIN,
     "diet.taskdata": DOMAIN,
     "diet.tasks": DOMAIN,
     "diet.hub_tasks": DOMAIN,
     "diet.general": DOMAIN,
-    "diet.export": DOMAIN,
-    "diet.hetero": DOMAIN,
-    "diet.modeling_diet": DOMAIN,
-    "diet.gguf_export": DOMAIN,
-    "diet.gguf_families": DOMAIN,
-    "diet.gguf_vocab": DOMAIN,
-    "diet.gguf_quant": DOMAIN,
+    "diet.export": DOMAIN,  # the package: modes and writers (hf, gguf/, vllm/), mask files, the model card
     "diet.llamacpp": DOMAIN,
-    "diet.vllm_export": DOMAIN,
-    "diet.configuration_decilm": DOMAIN,
-    "diet.modelcard": DOMAIN,
     "diet.cluster": DOMAIN,  # Ray workers and the units they run (backend: connection, refusals, retries)
     "diet.generate": DOMAIN,
     "diet.llama_generate": DOMAIN,

@@ -57,14 +57,14 @@ def test_describe_exit_names_signals_and_codes():
 
 def _crash_the_measurement(monkeypatch) -> None:
     """The export's llama.cpp speed measurement, replaced by a function that segfaults in the measuring child."""
-    import diet.llamacpp
+    import diet.measure
 
-    monkeypatch.setattr(diet.llamacpp, "measure_speed", crashers.segfault)
+    monkeypatch.setattr(diet.measure, "gguf_speed", crashers.segfault)
 
 
 def test_export_is_kept_whole_when_the_speed_measurement_crashes(tmp_path, monkeypatch):
     from diet.export import export_model
-    from diet.timing import SpeedSettings
+    from diet.measure import SpeedSettings
     from tests.test_export import make_lm, make_result
     from tests.test_gguf import EMBEDDED, tiny
 
@@ -82,7 +82,7 @@ def test_export_is_kept_whole_when_the_speed_measurement_crashes(tmp_path, monke
     assert f"warning: {line}" in notes
     assert f"Serving-engine speed: not measured ({line})." in (out / "README.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]  # nothing staged left beside it
-    from diet.gguf_export import check_file
+    from diet.export.gguf.writer import check_file
 
     assert check_file(out / "model.gguf") > 0
 
@@ -90,7 +90,7 @@ def test_export_is_kept_whole_when_the_speed_measurement_crashes(tmp_path, monke
 def test_check_file_refuses_a_truncated_gguf(tmp_path):
     from diet.errors import DietError
     from diet.export import export_model
-    from diet.gguf_export import check_file
+    from diet.export.gguf.writer import check_file
     from tests.test_export import make_lm, make_result
     from tests.test_gguf import EMBEDDED, tiny
 

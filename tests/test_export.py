@@ -25,11 +25,13 @@ from diet import masks as M
 from diet.adapters import model_shape
 from diet.api import MaskResult
 from diet.errors import DietError
-from diet.export import apply_mask, build_export_model, check_mask, export_model, read_mask
+from diet.export import apply_mask, export_model
+from diet.export.cut import build_export_model
+from diet.export.maskfile import check_mask, read_mask
+from diet.measure import SpeedSettings, measure_speed
 from diet.models import LoadedModel
 from diet.prune import zero_units
 from diet.settings import MaskSettings, ModelSpec
-from diet.timing import SpeedSettings, measure_speed
 from tests.tiny import FAMILIES, VOCAB, tiny_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,7 +176,7 @@ def test_reload_in_fresh_process_without_diet_gives_identical_logits(roundtrip, 
 def test_heterogeneous_modelling_file_imports_only_torch_and_transformers():
     import ast
 
-    tree = ast.parse((REPO / "diet" / "modeling_diet.py").read_text())
+    tree = ast.parse((REPO / "diet" / "export" / "modeling_diet.py").read_text())
     roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert roots <= {"__future__", "copy", "torch", "transformers"}, roots
@@ -194,7 +196,7 @@ def test_import_diet_registers_heterogeneous_classes_in_a_fresh_process(roundtri
     refs, _, _ = roundtrip
     proc = fresh_python(REGISTER_SCRIPT, [str(refs["llama-heterogeneous"]["dir"])], tmp_path, diet_importable=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["diet.modeling_diet", "DietLlamaForCausalLM"]
+    assert proc.stdout.split() == ["diet.export.modeling_diet", "DietLlamaForCausalLM"]
 
 
 def test_heterogeneous_folder_loads_in_process_without_remote_code(roundtrip):
@@ -205,13 +207,13 @@ def test_heterogeneous_folder_loads_in_process_without_remote_code(roundtrip):
     refs, _, _ = roundtrip
     ref = refs["qwen2-heterogeneous"]
     model = AutoModelForCausalLM.from_pretrained(ref["dir"]).eval()
-    assert type(model).__module__ == "diet.modeling_diet"
+    assert type(model).__module__ == "diet.export.modeling_diet"
     assert [layer.mlp.down_proj.in_features for layer in model.model.layers] == ref["kept"]
     assert (logits(model) - ref["exported"]).abs().max() <= 1e-5
 
 
 def test_heterogeneous_config_rejects_a_wrong_width_list():
-    from diet.hetero import hetero_config
+    from diet.export.hf import hetero_config
 
     cfg = tiny_model("llama").config
     assert hetero_config(cfg, [4, 5, 6]).intermediate_sizes == [4, 5, 6]

@@ -179,7 +179,7 @@ def test_cli_generate_streams_and_its_json_equals_model_generate(tiny_folder, ca
 def test_cli_generate_compare_with_a_mask_answers_dense_then_pruned(tiny_folder, tmp_path, capsys):
     from diet.api import prune_copy
     from diet.cli import main
-    from diet.export import write_mask_files
+    from diet.export.maskfile import write_mask_files
     from tests.test_export import make_lm, make_result
 
     lm = make_lm(tiny_model("llama"))
@@ -218,7 +218,7 @@ def test_cli_generate_bad_input_is_one_line_and_exit_2(tiny_folder, capsys, extr
 
 def test_cli_eval_compare_writes_the_changed_items_csv(tmp_path, cache_dir, capsys):
     from diet.cli import main
-    from diet.export import write_mask_files
+    from diet.export.maskfile import write_mask_files
     from tests.test_export import make_result
 
     tiny_folder = tmp_path / "loud"
@@ -248,7 +248,7 @@ def test_cli_eval_compare_writes_the_changed_items_csv(tmp_path, cache_dir, caps
 
 
 def test_headline_words_for_a_non_specialist():
-    from diet.modelcard import headline_words
+    from diet.export.card import headline_words
 
     assert headline_words(0.25, 1.3, 0.59, 0.561, 3, [10, 10, 10]) == [
         ("25% smaller", "size"), ("1.30× faster forward", "speed"),

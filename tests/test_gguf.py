@@ -183,7 +183,7 @@ def test_built_tokenizer_metadata_equals_the_embedded_gguf():
     model's tokenizer it reproduces the source GGUF's arrays exactly (tokens, types, merges, pre-tokenizer, ids)."""
     from transformers import AutoTokenizer
 
-    from diet.gguf_export import bpe_tokenizer_fields, embedded_tokenizer_fields
+    from diet.export.gguf.writer import bpe_tokenizer_fields, embedded_tokenizer_fields
     from diet.models import ensure_embedded
 
     tok = AutoTokenizer.from_pretrained(ensure_embedded(EMBEDDED, say=lambda m: None))
@@ -428,7 +428,7 @@ def test_every_export_states_the_parameters_it_stores(tmp_path):
 
 
 def test_gguf_card_gives_llama_cpp_speed_and_how_to_run(tmp_path):
-    from diet.timing import SpeedSettings
+    from diet.measure import SpeedSettings
 
     model = tiny("llama")
     out = export_model(make_lm(model, name=EMBEDDED), make_result(model, [20, 44, 31]), tmp_path / "g", mode="gguf",
@@ -483,8 +483,8 @@ def test_sorted_mlp_channels_compute_the_same_function(tmp_path):
     log-probs still equal transformers', and the file's ffn_down columns are in ascending column max."""
     from gguf import GGUFReader
 
-    from diet.gguf_export import GGUFSettings, tokenizer_fields, write_gguf
-    from diet.gguf_quant import order_mlp_channels
+    from diet.export.gguf.quant import order_mlp_channels
+    from diet.export.gguf.writer import GGUFSettings, tokenizer_fields, write_gguf
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal(8)
@@ -517,8 +517,8 @@ def test_fitted_q8_0_scales_are_never_worse_than_llama_cpp_and_load(tmp_path):
     from gguf import GGMLQuantizationType as Q
     from gguf.quants import dequantize, quantize
 
-    from diet.gguf_export import GGUFSettings, tokenizer_fields, write_gguf
-    from diet.gguf_quant import quantize_q8_0_fit
+    from diet.export.gguf.quant import quantize_q8_0_fit
+    from diet.export.gguf.writer import GGUFSettings, tokenizer_fields, write_gguf
 
     rng = np.random.default_rng(1)
     w = rng.standard_normal((16, 128)).astype(np.float32)

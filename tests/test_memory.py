@@ -15,12 +15,13 @@ import diet.memory as memory
 from diet.api import build_mask, stats_key
 from diet.cli import main
 from diet.errors import DietError
-from diet.export import build_export_model, export_model, prune_for_export, shared_copy
+from diet.export import export_model
+from diet.export.cut import build_export_model, prune_for_export, shared_copy
+from diet.measure import SpeedSettings
 from diet.models import LoadedModel, load_model
 from diet.profile import profile_texts
 from diet.prune import prune_units
 from diet.settings import MaskSettings, ModelSpec, ProfileSettings
-from diet.timing import SpeedSettings
 from tests.test_prune import IDS
 from tests.tiny import COMMON, tiny_model, tiny_tokenizer
 

@@ -33,6 +33,7 @@ The package, one concern a module:
                        folder runs the very same forward as the in-memory model
 """
 
+from diet.autoload import register_classes
 from diet.disp.export import export_disp, load_disp, prune_disp, to_disp_class
 from diet.disp.learn import LearnResult, LearnSettings, learn_index_sets, task_texts
 from diet.disp.masks import DispMaskResult, DispSettings, build_disp_masks, keep_fractions
@@ -60,7 +61,6 @@ from diet.disp.structure import (
     unit_word,
     zero_disp,
 )
-from diet.hetero import register_classes
 
 register_classes(CLASSES)  # DISP folders then load without trust_remote_code wherever diet.disp is imported
 

@@ -1,11 +1,11 @@
 """Write a DISP-pruned model folder: per-layer, per-position widths through a config subclass + modelling file.
 
-The same pattern as the heterogeneous DIET export (`diet/hetero.py`): the config subclass carries `disp_widths`
-(position -> one width per layer), and `diet/disp/modeling_disp.py` — self-contained, copied into the folder by
-`save_pretrained` — rebuilds every decoder layer at those widths; the index sets themselves are persistent buffers
-in the safetensors. So the folder loads with `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`
-where `diet` is absent (as the paper's export does), and without `trust_remote_code` where
-`diet.disp` is imported.
+The same pattern as the heterogeneous DIET export (`diet/export/hf.py`, registered by `diet/autoload.py`): the
+config subclass carries `disp_widths` (position -> one width per layer), and `diet/disp/modeling_disp.py` —
+self-contained, copied into the folder by `save_pretrained` — rebuilds every decoder layer at those widths; the
+index sets themselves are persistent buffers in the safetensors. So the folder loads with
+`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` where `diet` is absent (as the paper's export
+does), and without `trust_remote_code` where `diet.disp` is imported.
 
 Folders are written through `diet.folders.staged_folder` (whole or not at all, never over a non-empty one).
 """

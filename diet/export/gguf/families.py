@@ -2,7 +2,7 @@
 
 Why one module: llama.cpp has an architecture per family, each with its own keys and tensor layout, and the converter
 (`convert_hf_to_gguf.py`) changes some tensors on the way (Gemma's norms, q/k rows for NORM rope). Keeping those rules
-together keeps `diet/gguf_export.py` a plain writer. The module names come from `diet.adapters.gguf_parts` (roles).
+together keeps `writer.py` beside it a plain writer. The module names come from `diet.adapters.gguf_parts` (roles).
 
 - Uniform widths: the family's own architecture (`llama` for Llama/Mistral, `qwen2`, `phi3`, `gemma2`, `gemma3`).
 - Per-layer widths: `deci`, which builds every layer at its own width but has plain pre-norm Llama blocks with NORM

@@ -1,13 +1,16 @@
-"""Heterogeneous export: per-layer MLP widths, loadable by stock transformers with or without `diet`.
+"""Registration of DIET's model classes with transformers' Auto classes, so exported folders load without
+`trust_remote_code` wherever `diet` is imported.
 
-The model classes live in `diet/modeling_diet.py`, a self-contained file that `save_pretrained` copies into the
-folder (so `trust_remote_code=True` loads it where `diet` is not installed). Where `diet` *is* imported, the classes
-are registered with `AutoConfig` / `AutoModelForCausalLM`, so the folder loads without `trust_remote_code`.
+The heterogeneous classes live in `diet/export/modeling_diet.py`, a self-contained file that `save_pretrained` copies
+into the folder (so `trust_remote_code=True` loads it where `diet` is not installed). Where `diet` *is* imported,
+the classes are registered with `AutoConfig` / `AutoModelForCausalLM`, so the folder loads without it. DISP's classes
+(`diet.disp`) are registered through `register_classes` the same way.
 
 Why registration waits for transformers: importing transformers costs seconds, and `python -m diet --help` or
 `diet tasks` need none of it. `import diet` therefore registers at once when transformers is already imported, and
 otherwise right after transformers' own import finishes (a one-shot import hook) — before any `from_pretrained`
-call can run.
+call can run. Why its own module, outside `diet/export/`: `import diet` runs it, so it must stay this cheap (the
+standard library only), whatever the export package grows to import.
 """
 
 from __future__ import annotations
@@ -16,12 +19,6 @@ import importlib.abc
 import importlib.util
 import sys
 import warnings
-from typing import TYPE_CHECKING
-
-from diet.errors import DietError
-
-if TYPE_CHECKING:
-    import torch
 
 _registered = False
 
@@ -31,7 +28,7 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from diet.modeling_diet import CLASSES
+    from diet.export.modeling_diet import CLASSES
 
     register_classes(CLASSES)
     _registered = True
@@ -77,36 +74,3 @@ def register_on_import() -> None:
         register()
     elif not any(isinstance(f, _RegisterAfterTransformers) for f in sys.meta_path):
         sys.meta_path.insert(0, _RegisterAfterTransformers())
-
-
-def hetero_config(config, widths: list[int]):
-    """The heterogeneous subclass of `config`'s family with per-layer `intermediate_sizes`.
-
-    model_type, architectures and transformers_version are dropped from the base dict: the subclass sets its own,
-    and a stale `architectures` would point loaders at the stock class.
-    """
-    from diet.modeling_diet import CLASSES
-
-    if config.model_type not in CLASSES:
-        raise DietError(f"heterogeneous export does not support {config.model_type!r} yet; supported: "
-                        f"{', '.join(CLASSES)} (use --export-mode padded, which loads anywhere)")
-    config_cls, _ = CLASSES[config.model_type]
-    base = config.to_dict()
-    for key in ("model_type", "architectures", "transformers_version", "auto_map", "intermediate_sizes"):
-        base.pop(key, None)
-    widths = [int(w) for w in widths]
-    base["intermediate_size"] = max(widths)  # informative only: the real widths are `intermediate_sizes`
-    return config_cls(**base, intermediate_sizes=widths)
-
-
-def to_heterogeneous(pruned: torch.nn.Module, widths: list[int]) -> torch.nn.Module:
-    """A heterogeneous-class model holding exactly the weights of `pruned` (a stock model sliced per layer)."""
-    from diet.modeling_diet import CLASSES
-
-    config = hetero_config(pruned.config, widths)
-    _, model_cls = CLASSES[pruned.config.model_type]
-    param = next(pruned.parameters())
-    model = model_cls._from_config(config, dtype=param.dtype).to(param.device)
-    model.load_state_dict(pruned.state_dict(), strict=True)  # any shape mismatch fails loudly, never re-initialises
-    model.generation_config = pruned.generation_config
-    return model.eval()

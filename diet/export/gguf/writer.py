@@ -5,11 +5,11 @@ architecture (built for NVIDIA's Nemotron-NAS models) reads `feed_forward_length
 `attention.head_count_kv` as per-layer arrays and builds every layer at its own width. So a mask that keeps the same
 count everywhere is written in the family's own architecture (llama, qwen2, phi3, gemma2, gemma3: quantizers and every
 llama.cpp build know them), and a per-layer mask is written as `deci` — exact widths, no zero padding (Llama, Mistral,
-Qwen2, Phi-3; not Gemma). What differs per family (metadata, tensor layout, rope order) is in diet/gguf_families.py.
+Qwen2, Phi-3; not Gemma). What differs per family (metadata, tensor layout, rope order) is in `families.py` beside it.
 
 Why copy the tokenizer from the source GGUF for the embedded model: those arrays are what llama.cpp already tokenizes
 the model with; for other byte-level BPE tokenizers the arrays are built the way llama.cpp's converter builds them,
-SentencePiece ones (tokenizer.model) in diet/gguf_vocab.py, and tokenizers we cannot reproduce exactly are refused (a
+SentencePiece ones (tokenizer.model) in `vocab.py` beside it, and tokenizers we cannot reproduce exactly are refused (a
 GGUF that tokenizes differently would be silently wrong).
 
 Output types: f32, f16 and bf16 keep any width. Q8_0 stores rows in blocks of 32 values, and ffn_down's row is the
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from diet.errors import DietError
-from diet.gguf_families import PER_LAYER_ARCH, PER_LAYER_FAMILIES, UNIFORM_ARCH
+from diet.export.gguf.families import PER_LAYER_ARCH, PER_LAYER_FAMILIES, UNIFORM_ARCH
+from diet.export.protocol import Options, Say, mlp_widths
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q8_0-f16down")
 QUANT_BLOCK = {"q8_0": 32, "q8_0-f16down": 32}  # values per block: a row length must be a multiple of it
@@ -116,8 +117,8 @@ def check_request(family: str, kept_per_layer: Sequence[int], outtype: str, hidd
 
 
 def _check_family(family: str, kept: list[int], config) -> None:
-    """The family checks of diet/gguf_families.py on the plan the mask will give (the config's head counts)."""
-    from diet.gguf_families import check_config, rope, rope_dims
+    """The family checks of `families.py` on the plan the mask will give (the config's head counts)."""
+    from diet.export.gguf.families import check_config, rope, rope_dims
 
     heads, kv = int(config.num_attention_heads), int(getattr(config, "num_key_value_heads", None) or 0)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
@@ -131,7 +132,7 @@ def _check_family(family: str, kept: list[int], config) -> None:
 def plan_for(model) -> GGUFPlan:
     """Read the per-layer sizes from a pruned model's own tensors (no config field is trusted)."""
     from diet.adapters import get_family, gguf_parts
-    from diet.gguf_families import layer_heads
+    from diet.export.gguf.families import layer_heads
 
     family = get_family(model).name
     _, layers = gguf_parts(model)
@@ -162,7 +163,7 @@ def _encode(name: str, a: np.ndarray, outtype: str, q8_scales: str = "max"):
         raise DietError(f"{name}: rows of {a.shape[-1]} values do not fill {outtype} blocks of {block}: add "
                         f"--round-to {block}, or use f16/bf16/f32")
     if qtype == Q.Q8_0 and q8_scales == "fit":
-        from diet.gguf_quant import quantize_q8_0_fit
+        from diet.export.gguf.quant import quantize_q8_0_fit
 
         return quantize_q8_0_fit(a), qtype
     return quantize(np.ascontiguousarray(a, dtype=np.float32), qtype), qtype
@@ -192,7 +193,7 @@ def tokenizer_fields(lm) -> list[tuple[str, object, object, object]]:
     """The tokenizer metadata for `lm`: copied from the source GGUF (embedded models), built from the model folder's
     SentencePiece model (tokenizer.model) or from a byte-level BPE tokenizer.json, as llama.cpp's converter does."""
     from diet.adapters import get_family
-    from diet.gguf_vocab import spm_file, spm_tokenizer_fields
+    from diet.export.gguf.vocab import spm_file, spm_tokenizer_fields
     from diet.models import EMBEDDED
 
     if lm.spec.name in EMBEDDED:
@@ -243,7 +244,7 @@ def _bpe_tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
     """Token strings and types exactly as the converter's `get_vocab_base` makes them."""
     from gguf import TokenType
 
-    from diet.gguf_vocab import looks_special
+    from diet.export.gguf.vocab import looks_special
 
     reverse = {i: t for t, i in tokenizer.get_vocab().items()}
     added = tokenizer.get_added_vocab()
@@ -274,7 +275,7 @@ def bpe_tokenizer_fields(tokenizer, vocab_size: int) -> list[tuple[str, object, 
     pre-tokenizer, merges and special tokens through gguf's own SpecialVocab)."""
     from gguf import GGUFValueType as V
 
-    from diet.gguf_vocab import special_fields, special_vocab
+    from diet.export.gguf.vocab import special_fields, special_vocab
 
     pre = _bpe_pre(tokenizer)
     tokens, types = _bpe_tokens(tokenizer, vocab_size)
@@ -297,7 +298,7 @@ def write_gguf(model, fields: list, path: str | Path, settings: GGUFSettings = G
     {"arch", "outtype", "params_stored", "bytes", "ffn", "heads", "kv_heads", "tensor_types" (parameters per type)}."""
     from gguf import GGML_QUANT_VERSION, GGUFValueType, GGUFWriter
 
-    from diet.gguf_families import check_config, context_length, tensors, write_metadata
+    from diet.export.gguf.families import check_config, context_length, tensors, write_metadata
 
     plan = plan_for(model)
     cfg = model.config
@@ -307,7 +308,7 @@ def write_gguf(model, fields: list, path: str | Path, settings: GGUFSettings = G
         raise DietError(f"unknown Q8_0 scale rule {settings.q8_scales!r}: use max or fit")
     arrays = tensors(model, plan)  # before opening the file: a refusal leaves nothing behind
     if settings.sort_channels:
-        from diet.gguf_quant import order_mlp_channels
+        from diet.export.gguf.quant import order_mlp_channels
 
         arrays = order_mlp_channels(arrays)
     encoded = [(n, *_encode(n, a, settings.outtype, settings.q8_scales)) for n, a in arrays]
@@ -363,3 +364,30 @@ def check_file(path: str | Path) -> int:
     except Exception as e:  # noqa: BLE001 - any read error means the file is not usable
         raise DietError(f"{path} is not a valid GGUF file: {e}") from None
     return len(reader.tensors)
+
+
+class GGUFWriter:
+    """The `gguf` mode: one `model.gguf` (the family's architecture, or `deci` for per-layer widths)."""
+
+    takes_bias = False
+    engine_file = GGUF_NAME  # llama.cpp's tokens/s of it go on the card (diet.measure.engine_speed)
+    records = ("outtype",)
+
+    def check(self, lm, result, options: Options, say: Say) -> None:
+        from diet.adapters import get_family
+
+        ffn, _ = mlp_widths(lm, result)
+        config = lm.model.config
+        check_request(get_family(lm.model).name, ffn, options.outtype, int(config.hidden_size), config)
+
+    def cut(self, model, keep: list, unit: str, release: bool):
+        from diet.prune import prune_units
+
+        return prune_units(model, keep, unit=unit, release=release)  # exact slicing; `write` makes it GGUF
+
+    def write(self, model, lm, folder: Path, options: Options) -> dict:
+        from diet.export.gguf.quant import file_tensor_types, tensor_type_words
+
+        path = folder / GGUF_NAME
+        info = write_gguf(model, tokenizer_fields(lm), path, GGUFSettings(outtype=options.outtype), name=options.name)
+        return {**info, "tensor_words": tensor_type_words(file_tensor_types(path))}  # read back from the file

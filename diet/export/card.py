@@ -8,7 +8,7 @@ model (measured, not inferred from the parameter count), how it scored, and how 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 LOAD_SNIPPETS = {
@@ -88,7 +88,7 @@ class CardFacts:
     disk_before_estimated: bool = False  # True: from parameter count x dtype size, not from files
     disk_after: int | None = None  # weight files written here
     evaluation: dict[str, list[dict]] | None = None  # label ("dense", "pruned") -> TaskResult dicts
-    speed: dict | None = None  # diet.timing.measure_speed output
+    speed: dict | None = None  # diet.measure.measure_speed output
     dtype: str | None = None  # the weights' dtype in this folder (the dtype the base model was loaded in)
     plots: list[str] = field(default_factory=list)  # PNG file names in the folder
     extra: dict = field(default_factory=dict)  # profile settings and the like, shown as JSON
@@ -344,3 +344,57 @@ def render_card(f: CardFacts, folder_hint: str = "path/to/this/folder") -> str:
             "- `mask.safetensors`: the merged mask, votes and per-task masks as arrays",
             "- `diet_settings.json`: everything that produced this folder", ""]
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------ an export's card
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder (safetensors, bin, gguf), without the mask's own safetensors."""
+    return [p for p in folder.iterdir()
+            if p.suffix in (".safetensors", ".bin", ".gguf") and p.name != "mask.safetensors"]
+
+
+def base_weight_bytes(lm) -> tuple[int, bool]:
+    """(bytes of the base model's weight files, estimated?) — from the files when the model is a local folder."""
+    from diet.models import count_parameters
+
+    folder = Path(lm.path)
+    if folder.is_dir():
+        files = weight_files(folder)
+        if files:
+            return sum(p.stat().st_size for p in files), False
+    param = next(lm.model.parameters())
+    return count_parameters(lm.model) * param.element_size(), True
+
+
+def _evaluation_dict(evaluation) -> dict[str, list[dict]] | None:
+    """Accept a list of TaskResult (or their dicts) = the pruned model's, or {label: list}."""
+    if not evaluation:
+        return None
+    if not isinstance(evaluation, dict):
+        evaluation = {"pruned": evaluation}
+    tables = {label: [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in rs]
+              for label, rs in evaluation.items() if isinstance(rs, (list, tuple))}  # other keys: not task rows
+    return tables or None
+
+
+def write_card(folder: Path, out: Path, lm, result, mode: str, before: dict, params_stored: int, evaluation,
+               measured, extra: dict | None, engine_speed: dict | None = None, tensor_words: str | None = None,
+               engine_error: str | None = None, samples: list[dict] | None = None) -> None:
+    """The folder's README.md (model card) with its plots: sizes, widths, measured accuracy and speed, how to run."""
+    s, keep, unit = result.summary, result.keep(), result.unit
+    plots = write_plots(folder, list(result.shape.widths), [len(k) for k in keep], s.get("votes_histogram"), unit)
+    disk_bytes, estimated = before["disk"]
+    facts = CardFacts(
+        base_model=lm.spec.name, base_identity=lm.identity, mode=mode, tasks=list(result.tasks),
+        mask_settings=asdict(result.settings), unit_sparsity=float(s["unit_sparsity"]),
+        param_sparsity=float(s["param_sparsity"]), params_before=before["params"], params_stored=params_stored,
+        params_effective=int(s["params_after"]), widths=list(result.shape.widths),
+        kept_per_layer=[len(k) for k in keep], votes_histogram=s.get("votes_histogram"), disk_before=disk_bytes,
+        disk_before_estimated=estimated, disk_after=sum(p.stat().st_size for p in weight_files(folder)),
+        evaluation=_evaluation_dict(evaluation), speed=measured, plots=plots, unit=unit,
+        extra={k: v for k, v in (extra or {}).items() if k != "evaluation"}, dtype=before["dtype"],
+        engine_speed=engine_speed, tensor_types=tensor_words, engine_speed_error=engine_error,
+        samples=samples or [])
+    (folder / "README.md").write_text(render_card(facts, folder_hint=str(out)))

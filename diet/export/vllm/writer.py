@@ -3,8 +3,8 @@
 Why DeciLM: vLLM's `nemotron_nas.py` builds each decoder layer from `config.block_configs[i]`; a block whose `ffn`
 part has an `intermediate_size` and no `ffn_mult` keeps that width exactly, and the modelling, weight names
 (`model.layers.N.mlp.down_proj.weight`, ...) and rope are Llama's. So the folder holds the sliced model's own
-safetensors, a DeciLM config.json and a config-only remote-code file (`diet/configuration_decilm.py`, copied in)
-that gives vLLM the attribute objects it reads. Nothing of `diet` is needed to serve it.
+safetensors, a DeciLM config.json and a config-only remote-code file (`configuration_decilm.py` beside this one,
+copied in) that gives vLLM the attribute objects it reads. Nothing of `diet` is needed to serve it.
 
 Limits, each refused in one line: the query-head count is one global setting there (only the KV-head count varies per
 layer), so per-layer head masks cannot be served; the family must be Llama-shaped with plain rope and no sliding
@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from diet.errors import DietError
+from diet.export.hf import write_index
+from diet.export.protocol import Options, Say, mlp_widths
+from diet.folders import save_tokenizer
 
 VLLM_FAMILIES = ("llama", "mistral")
 CONFIG_FILE = "configuration_decilm.py"
@@ -80,24 +83,30 @@ def write_vllm_folder(model, folder: str | Path) -> dict:
     return {"arch": ARCHITECTURE, "ffn": [b["ffn"]["intermediate_size"] for b in config["block_configs"]]}
 
 
-def write_index(folder: Path) -> None:
-    """A safetensors index naming the weight files, where save_pretrained wrote a single file without one.
+class VLLMWriter:
+    """The `vllm` mode: the sliced model's safetensors with a DeciLM config vLLM builds at each layer's width."""
 
-    Why: without an index vLLM loads every `*.safetensors` in the folder, and the export also holds
-    `mask.safetensors` (the mask, not weights), which vLLM would refuse as an unknown parameter."""
-    from safetensors import safe_open
+    takes_bias = False
+    engine_file = None  # vLLM is not timed here (a GPU server; docs/export.md)
+    records: tuple[str, ...] = ()
 
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        return
-    weight_map, total = {}, 0
-    for f in sorted(p for p in folder.glob("*.safetensors") if p.name != "mask.safetensors"):
-        with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():
-                weight_map[name] = f.name
-                sl = st.get_slice(name)
-                n = 1
-                for d in sl.get_shape():
-                    n *= d
-                total += n * {"F32": 4, "F16": 2, "BF16": 2}.get(sl.get_dtype(), 4)
-    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    def check(self, lm, result, options: Options, say: Say) -> None:
+        from diet.adapters import get_family
+
+        ffn, kept = mlp_widths(lm, result)
+        check_request(get_family(lm.model).name, ffn, kept if result.unit == "heads" else None)
+        if result.summary.get("uniform"):
+            say("note: every layer keeps the same width, so the ordinary uniform folder (--export-mode uniform) "
+                "already serves in vLLM as the stock architecture, and everywhere else")
+
+    def cut(self, model, keep: list, unit: str, release: bool):
+        from diet.prune import prune_units
+
+        return prune_units(model, keep, unit=unit, release=release)  # exact slicing; `write` makes it DeciLM
+
+    def write(self, model, lm, folder: Path, options: Options) -> dict:
+        from diet.models import count_parameters
+
+        info = write_vllm_folder(model, folder)
+        save_tokenizer(lm.tokenizer, folder)
+        return {"params_stored": count_parameters(model), **info}
