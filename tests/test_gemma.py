@@ -72,26 +72,13 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 FP32_TOL, FP64_TOL = 1e-5, 1e-9
 
 
-def permuted_channels(model):
-    """A copy of `model` with each layer's MLP channels in a random order: the same function, summed differently."""
-    import copy
-
-    g = torch.Generator().manual_seed(0)
-    out = copy.deepcopy(model)
-    for layer in out.model.layers:
-        mlp = layer.mlp
-        p = torch.randperm(mlp.gate_proj.weight.shape[0], generator=g)
-        mlp.gate_proj.weight.data = mlp.gate_proj.weight.data[p]
-        mlp.up_proj.weight.data = mlp.up_proj.weight.data[p]
-        mlp.down_proj.weight.data = mlp.down_proj.weight.data[:, p].contiguous()
-    return out
-
-
 def assert_same_function(model, reference, tokenizer) -> None:
     """fp32 within the reference's own summation-order noise (or 1e-5), fp64 equal to ~1e-9 (converts both models
     to fp64 in place)."""
+    from bench.fp32_floor import permuted  # the same function, its MLP channels in another order
+
     ref = logits(reference, tokenizer)
-    floor = max_diff(ref, logits(permuted_channels(reference), tokenizer))
+    floor = max_diff(ref, logits(permuted(reference), tokenizer))
     fp32 = max_diff(logits(model, tokenizer), ref)
     fp64 = max_diff(logits(model.double(), tokenizer), logits(reference.double(), tokenizer))
     print(f"max |logit difference|: fp32 {fp32:.2e} (the reference's own floor {floor:.2e}), fp64 {fp64:.2e}")
