@@ -51,6 +51,13 @@ def finish_jobs(at: AppTest, timeout: float = 120) -> None:
     at.run()
 
 
+def evaluate_on_prune_page(at: AppTest, limit: int) -> None:
+    """On page 3: evaluate dense vs pruned on the first `limit` items of each task, and wait for the result."""
+    at.number_input(key="p_limit").set_value(limit).run()
+    at.button(key="btn_evaluate").click().run()
+    finish_jobs(at)
+
+
 def wait_reported(at: AppTest, lines: int, timeout: float = 10) -> None:
     """Until the running job has reported `lines` progress lines (it does once it has its turn on the server's
     gate, after sizing torch's threads), then rerun the page so it draws them (as the poller would)."""
@@ -501,9 +508,7 @@ def test_flap_compensation_reaches_pruning_and_export_explains_itself(cache_dir,
     at.switch_page(PRUNE).run()  # the compensated mask is pruned as it is (not replaced by DIET's default)
     ok(at)
     assert "FLAP's bias compensation" in " ".join(md.value for md in at.markdown)
-    at.number_input(key="p_limit").set_value(2).run()
-    at.button(key="btn_evaluate").click().run()
-    finish_jobs(at)
+    evaluate_on_prune_page(at, 2)
     ok(at)
     pruned = prune_copy(tiny_lm, want)
     direct = [evaluate_task(pruned, tiny_lm.tokenizer, t, EvalSettings(limit=2)).value
@@ -575,9 +580,7 @@ def test_prune_page_measures_dense_vs_pruned_like_the_engine(cache_dir, tiny_lm)
     stats = profile_tasks(tiny_lm, tasks, ProfileSettings(samples=8))
     at = open_page(PRUNE, tiny_lm, stats=stats)
     ok(at)
-    at.number_input(key="p_limit").set_value(3).run()
-    at.button(key="btn_evaluate").click().run()
-    finish_jobs(at)
+    evaluate_on_prune_page(at, 3)
     ok(at)
     settings = EvalSettings(limit=3)
     result = build_mask(stats, MaskSettings())  # the Masks page was not visited: DIET's defaults
@@ -661,9 +664,7 @@ def test_export_page_shows_the_rounding_cost_and_writes_a_q8_gguf(cache_dir, tmp
     tasks = [get_task("arithmetic"), get_task("sentiment")]
     stats = profile_tasks(lm, tasks, ProfileSettings(samples=8))
     at = open_page(PRUNE, lm, stats=stats)
-    at.number_input(key="p_limit").set_value(5).run()
-    at.button(key="btn_evaluate").click().run()
-    finish_jobs(at)
+    evaluate_on_prune_page(at, 5)
     comp = at.session_state["comparison"]
 
     at = open_page(EXPORT, lm, stats=stats, comparison=comp)
@@ -823,9 +824,7 @@ def test_compensation_next_to_the_method_reaches_pruning_and_the_report(cache_di
     assert "Who loses in the merge" in " ".join(figs(at))
     at.switch_page(PRUNE).run()
     ok(at)
-    at.number_input(key="p_limit").set_value(2).run()
-    at.button(key="btn_evaluate").click().run()
-    finish_jobs(at)
+    evaluate_on_prune_page(at, 2)
     ok(at)
     comp = CompensationSettings(method="lstsq")
     pruned = prune_copy(tiny_lm, result, comp, fit_texts([get_task("arithmetic"), get_task("capitals")], comp))

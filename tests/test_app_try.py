@@ -9,7 +9,7 @@ from diet.evaluate import EvalSettings, evaluate_tasks
 from diet.models import LoadedModel
 from diet.settings import MaskSettings, ModelSpec, ProfileSettings
 from diet.tasks import get_task
-from tests.test_app import PRUNE, finish_jobs, ok, open_page
+from tests.test_app import PRUNE, evaluate_on_prune_page, finish_jobs, ok, open_page
 from tests.test_generate import loud_mlp, reference
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -55,9 +55,7 @@ def test_changed_items_table_is_the_engines_and_filters(cache_dir, tmp_path):
     tasks = [get_task("arithmetic"), get_task("sentiment")]
     stats = profile_tasks(lm, tasks, ProfileSettings(samples=8))
     at = open_page(PRUNE, lm, stats=stats)
-    at.number_input(key="p_limit").set_value(12).run()
-    at.button(key="btn_evaluate").click().run()
-    finish_jobs(at)
+    evaluate_on_prune_page(at, 12)
     ok(at)
     pruned = prune_copy(lm, build_mask(stats, MaskSettings()))
     s = EvalSettings(limit=12)
