@@ -31,7 +31,7 @@ import numpy as np
 
 FULL = ("diet", "pooled", "diet-weighted", "wanda-sp", "minitron", "magnitude", "random", "task-agnostic", "flap")
 LSTSQ_METHODS = FULL  # each also with lstsq; the refit reads the tasks' calibration texts whatever made the mask
-SUBSET_METHODS = ("diet", "pooled", "diet-weighted")  # on subsets: the task-aware methods, each +/- lstsq
+SUBSET_METHODS = FULL  # on subsets too: every method, each +/- lstsq (the claim table per subset)
 
 
 def plan(methods: tuple[str, ...], lstsq: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -171,6 +171,36 @@ def refit_table(rows: list[dict], taskset: str, sparsities) -> list[str]:
     return lines + [""]
 
 
+def subset_gains(rows: list[dict], tasksets: list[str], sparsity: float) -> list[str]:
+    """Markdown: one row per setting, one column per task set: its gain over that set's vote (paired SE). Why:
+    whether a finding holds is read across a row, not from one set's table."""
+    by = {}
+    for r in rows:
+        if r["taskset"] in tasksets and r["sparsity"] in (sparsity, 0.0):
+            by.setdefault((r["method"], r["comp"], r["taskset"]), []).append(r)
+    rank = {m: k for k, m in enumerate(FULL)}
+    settings = sorted({(m, c) for m, c, _ in by if (m, c) != ("diet", "none")},
+                      key=lambda mc: (mc[0] != "dense", rank.get(mc[0], len(rank)), mc[1] != "none"))
+    head = [f"set {k + 1}" for k in range(len(tasksets))]
+    lines = [f"| setting | {' | '.join(head)} |", "|---|" + "---|" * len(tasksets)]
+    vote = {t: by.get(("diet", "none", t)) for t in tasksets}
+    lines.append("| vote (diet): mean | " + " | ".join(
+        f"{np.mean([r['value'] for r in vote[t]]):.3f}" if vote[t] else "—" for t in tasksets) + " |")
+    for m, c in settings:
+        cells = []
+        for t in tasksets:
+            cell = by.get((m, c, t))
+            if cell is None or vote[t] is None or len(cell) != len(t.split("+")):
+                cells.append("—")
+            else:
+                g, se = paired(cell, vote[t])
+                cells.append(f"{g:+.3f} ± {se:.3f}")
+        label = ("dense (what the vote lost)" if m == "dense" else "vote (diet)" if m == "diet" else m) + (
+            "" if c == "none" else f" + {c}")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return lines + ["", "Sets: " + "; ".join(f"{k + 1} = {t.replace('+', ', ')}" for k, t in enumerate(tasksets)), ""]
+
+
 def table(rows: list[dict], taskset: str, sparsities) -> list[str]:
     """Markdown: each setting's mean, and its gain over the vote at the same sparsity with the paired SE."""
     by = {}
@@ -221,6 +251,8 @@ def main() -> None:
     ap.add_argument("--subsets", type=int, default=3, help="four-task subsets (default 3)")
     ap.add_argument("--subset-seed", type=int, default=25, help="seed of the subsets (default 25)")
     ap.add_argument("--subset-sparsity", type=float, default=0.4, help="sparsity on the subsets (default 0.4)")
+    ap.add_argument("--subset-methods", default=",".join(SUBSET_METHODS),
+                    help=f"methods on the subsets (default {','.join(SUBSET_METHODS)})")
     ap.add_argument("--subsets-only", action="store_true", help="skip the full-suite table's other methods")
     ap.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
     ap.add_argument("--report-only", action="store_true", help="write the tables from cached cells, run nothing new")
@@ -264,13 +296,13 @@ def main() -> None:
     full_cells = [] if a.subsets_only else [(full, m, c, s) for s in sparsities
                                             for m, c in plan(tuple(a.methods.split(",")), lstsq)]
     sub_cells = [([tasks[n] for n in pick], m, c, a.subset_sparsity) for pick in picks
-                 for m, c in plan(SUBSET_METHODS, tuple(x for x in SUBSET_METHODS if x in lstsq))]
+                 for m, c in plan(tuple(a.subset_methods.split(",")), lstsq)]
     # run order: what the findings need first (so a run stopped early has them), then the rest
     first = {("diet", "none"), ("pooled", "none"), ("diet", "lstsq")}
     order = ([(full, "dense", "none", 0.0)] + [c for c in full_cells if c[1:3] in first]
              + [(sub, "dense", "none", 0.0) for sub, *_ in sub_cells[:: len(sub_cells) // max(len(picks), 1)]]
              + [c for c in sub_cells if c[1:3] in first] + [c for c in full_cells if c[1:3] not in first]
-             + [c for c in sub_cells if c[1:3] not in first])
+             + sorted((c for c in sub_cells if c[1:3] not in first), key=lambda c: c[2] != "none"))
     rows: list[dict] = []
     for taskset, m, c, s in order:
         rows += runner(taskset, m, c, s)
@@ -295,8 +327,12 @@ def main() -> None:
     refit = refit_table(rows, "+".join(names), sparsities)
     lines += (["With the refit on both sides (it reads the tasks' calibration texts, whatever made the mask):", ""]
               + refit if refit else [])
+    if picks:
+        lines += [f"## Each setting's gain over the vote on each subset ({a.subset_sparsity:.0%} MLP channels)", ""]
+        lines += subset_gains(rows, ["+".join(p) for p in picks], a.subset_sparsity)
     for pick in picks:
         lines += [f"## Subset {'+'.join(pick)}", ""] + table(rows, "+".join(pick), [a.subset_sparsity])
+        lines += refit_table(rows, "+".join(pick), [a.subset_sparsity])
     evals = [r for r in rows if r["method"] == "dense" and r["taskset"] == "+".join(names)]
     weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
     fits = list({(r["method"], r["sparsity"], r["taskset"]): r["prune_fit_s"] for r in rows
