@@ -1,18 +1,21 @@
 """The claim check on a second model, and on task subsets, with paired standard errors (issue 25, items 3-5).
 
-    flock /tmp/diet-torch.lock .venv/bin/python bench/second_model.py --model gemma3-270m --out bench/results/gemma
-    flock /tmp/diet-torch.lock .venv/bin/python bench/second_model.py --model smollm2-135m --subsets-only \
-        --out bench/results/subsets_smollm2
+    flock /tmp/diet-torch.lock .venv/bin/python bench/second_model.py --model gemma3-270m --out bench/results/gemma_full
+    flock /tmp/diet-torch.lock .venv/bin/python bench/second_model.py --model smollm2-135m \
+        --out bench/results/smollm2_full
 
 Same protocol as bench/claim_check.py (every offline task is a calibration and an evaluation task; 100 calibration
 texts per task, seed 0, 256 tokens; general text = the shipped self-generated corpus; uniform per-layer widths;
 lm-eval scoring, each task's primary metric), but every evaluated item's hit (0/1) is kept, so each method's gain
 over the vote comes with a *paired* standard error: the same items score both models, so
 SE = std(per-item difference) / sqrt(items). lstsq runs with its defaults (CompensationSettings: ridge and fit
-texts were chosen on calibration texts only, never on evaluation items).
+texts were chosen on calibration texts only, never on evaluation items). Every method also runs + lstsq; the refit
+reads the tasks' calibration texts whatever made the mask, so a second table sets each mask + lstsq against the
+vote + lstsq: does the choice of channels still matter once every mask gets the same task-aware refit?
 
 Subsets: `--subsets K` four-task subsets of the suite, drawn by `--subset-seed`; on each, every mask is made from
-those four tasks' statistics only and evaluated on those four tasks.
+those four tasks' statistics only and evaluated on those four tasks; every method ± lstsq runs there too, and one
+table gives each setting's gain over the vote on every subset, with the dense model's (what the vote lost).
 
 Every cell (method x compensation x sparsity x task set x task) is cached in the project's cache (kind
 "second-model"), so an interrupted run resumes and a rerun only writes the tables. Cells run in the order of
