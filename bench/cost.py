@@ -22,21 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ helpers import as bench.*
+
+from bench.second_model import peak_rss  # noqa: E402
 
 STAGES = ("load_s", "profile_s", "dense_eval_s", "prune_lstsq_s", "pruned_eval_s")
-
-
-def peak() -> int:
-    """This process's peak resident memory in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def child(a: argparse.Namespace) -> dict:
@@ -46,6 +42,7 @@ def child(a: argparse.Namespace) -> dict:
 
     from diet import api
     from diet.cache import ArtifactCache
+    from diet.compare import model_size
     from diet.evaluate import EvalSettings, evaluate_tasks
     from diet.models import count_parameters, load_model
     from diet.settings import CompensationSettings, MaskSettings, ModelSpec, ProfileSettings
@@ -53,12 +50,12 @@ def child(a: argparse.Namespace) -> dict:
 
     torch.set_num_threads(2)
     out: dict = {"model": a.child}
-    base = peak()
+    base = peak_rss()
     t0 = time.perf_counter()
     lm = load_model(ModelSpec(name=a.child, device="cpu"), say=lambda m: None)
     out["load_s"] = time.perf_counter() - t0
-    weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in lm.model.parameters()}.values())
-    out.update(weights=weights, dtype=str(next(lm.model.parameters()).dtype), params=count_parameters(lm.model),
+    size = model_size(lm.model)
+    out.update(weights=size["mb"] * 2**20, dtype=str(next(lm.model.parameters()).dtype), params=size["params"],
                import_rss=base)
     tasks = [get_task(n) for n in a.tasks.split(",")]
     es = EvalSettings(limit=a.limit, batch_size=16)
@@ -72,7 +69,7 @@ def child(a: argparse.Namespace) -> dict:
     out["dense_eval_s"] = time.perf_counter() - t0
     out["items"] = sum(r.n for r in dense)
     out["dense_mean"] = float(np.mean([r.value for r in dense]))
-    out["peak_before_prune"] = peak()
+    out["peak_before_prune"] = peak_rss()
     result = api.build_mask(stats, MaskSettings(sparsity=a.sparsity))
     t0 = time.perf_counter()
     model = api.prune_copy(lm, result, CompensationSettings(method="lstsq"), stats=stats, in_place=True)
@@ -82,7 +79,7 @@ def child(a: argparse.Namespace) -> dict:
     pruned = evaluate_tasks(model, lm.tokenizer, tasks, es)
     out["pruned_eval_s"] = time.perf_counter() - t0
     out["pruned_mean"] = float(np.mean([r.value for r in pruned]))
-    out["peak"] = peak()
+    out["peak"] = peak_rss()
     return out
 
 

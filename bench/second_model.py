@@ -146,6 +146,26 @@ def paired(a: list[dict], b: list[dict]) -> tuple[float, float]:
     return float(np.mean(diffs)), float(np.sqrt(var) / k)
 
 
+RANK = {m: k for k, m in enumerate(FULL)}  # the order of a table's rows: FULL's, each method then its + lstsq
+
+
+def label(method: str, comp: str = "none") -> str:
+    """A setting's name in every table."""
+    return {"diet": "vote (diet)"}.get(method, method) + ("" if comp == "none" else f" + {comp}")
+
+
+def cell_text(cell: list[dict] | None, base: list[dict] | None, tasks: int, mean: bool = True) -> str:
+    """One table cell: "—" when the cell is missing or incomplete; its mean alone when there is no `base`; else its
+    mean with the gain over `base` ± paired SE (`mean=False`: the gain alone)."""
+    if cell is None or len(cell) != tasks:
+        return "—"
+    m = f"{np.mean([r['value'] for r in cell]):.3f}"
+    if base is None:
+        return m
+    g, se = paired(cell, base)
+    return f"{m} ({g:+.3f} ± {se:.3f})" if mean else f"{g:+.3f} ± {se:.3f}"
+
+
 def refit_table(rows: list[dict], taskset: str, sparsities) -> list[str]:
     """Markdown: with lstsq on both sides, each mask's gain over the vote + lstsq (paired SE). Why a second table:
     the refit reads the tasks' own texts whatever made the mask, so it asks whether the mask still matters once
@@ -157,20 +177,12 @@ def refit_table(rows: list[dict], taskset: str, sparsities) -> list[str]:
     methods = sorted({m for m, _ in by if m != "diet"})
     if not methods:
         return []
+    n = len(taskset.split("+"))
     lines = [f"| mask + lstsq | {' | '.join(f'{s:.0%}: mean (gain over vote + lstsq ± paired SE)' for s in sparsities)}"
              " |", "|---|" + "---|" * len(sparsities)]
     for m in ["diet", *methods]:
-        cells = []
-        for s in sparsities:
-            cell, vote = by.get((m, s)), by.get(("diet", s))
-            if cell is None or len(cell) != len(taskset.split("+")):
-                cells.append("—")
-            elif m == "diet" or vote is None:
-                cells.append(f"{np.mean([r['value'] for r in cell]):.3f}")
-            else:
-                g, se = paired(cell, vote)
-                cells.append(f"{np.mean([r['value'] for r in cell]):.3f} ({g:+.3f} ± {se:.3f})")
-        lines.append(f"| {'vote (diet)' if m == 'diet' else m} | {' | '.join(cells)} |")
+        cells = [cell_text(by.get((m, s)), None if m == "diet" else by.get(("diet", s)), n) for s in sparsities]
+        lines.append(f"| {label(m)} | {' | '.join(cells)} |")
     return lines + [""]
 
 
@@ -181,26 +193,18 @@ def subset_gains(rows: list[dict], tasksets: list[str], sparsity: float) -> list
     for r in rows:
         if r["taskset"] in tasksets and r["sparsity"] in (sparsity, 0.0):
             by.setdefault((r["method"], r["comp"], r["taskset"]), []).append(r)
-    rank = {m: k for k, m in enumerate(FULL)}
     settings = sorted({(m, c) for m, c, _ in by if (m, c) != ("diet", "none")},
-                      key=lambda mc: (mc[0] != "dense", rank.get(mc[0], len(rank)), mc[1] != "none"))
+                      key=lambda mc: (mc[0] != "dense", RANK.get(mc[0], len(RANK)), mc[1] != "none"))
     head = [f"set {k + 1}" for k in range(len(tasksets))]
     lines = [f"| setting | {' | '.join(head)} |", "|---|" + "---|" * len(tasksets)]
     vote = {t: by.get(("diet", "none", t)) for t in tasksets}
     lines.append("| vote (diet): mean | " + " | ".join(
         f"{np.mean([r['value'] for r in vote[t]]):.3f}" if vote[t] else "—" for t in tasksets) + " |")
     for m, c in settings:
-        cells = []
-        for t in tasksets:
-            cell = by.get((m, c, t))
-            if cell is None or vote[t] is None or len(cell) != len(t.split("+")):
-                cells.append("—")
-            else:
-                g, se = paired(cell, vote[t])
-                cells.append(f"{g:+.3f} ± {se:.3f}")
-        label = ("dense (what the vote lost)" if m == "dense" else "vote (diet)" if m == "diet" else m) + (
-            "" if c == "none" else f" + {c}")
-        lines.append(f"| {label} | {' | '.join(cells)} |")
+        cells = ["—" if vote[t] is None else cell_text(by.get((m, c, t)), vote[t], len(t.split("+")), mean=False)
+                 for t in tasksets]
+        name = "dense (what the vote lost)" if m == "dense" else label(m, c)
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return lines + ["", "Sets: " + "; ".join(f"{k + 1} = {t.replace('+', ', ')}" for k, t in enumerate(tasksets)), ""]
 
 
@@ -216,29 +220,19 @@ def table(rows: list[dict], taskset: str, sparsities) -> list[str]:
     if dense:
         d = f"{np.mean([r['value'] for r in dense]):.3f}"
         lines.append(f"| dense | {' | '.join(d for _ in sparsities)} | 0% |")
-    rank = {m: k for k, m in enumerate(FULL)}
     names = sorted({(m, c) for m, c, s in by if m != "dense"},
-                   key=lambda mc: (rank.get(mc[0], len(rank)), mc[1] != "none"))
+                   key=lambda mc: (RANK.get(mc[0], len(RANK)), mc[1] != "none"))
+    n = len(taskset.split("+"))
     for m, c in names:
-        cells, prm = [], []
-        for s in sparsities:
-            cell = by.get((m, c, s))
-            vote = by.get(("diet", "none", s))
-            if cell is None or len(cell) != len(taskset.split("+")):
-                cells.append("—")
-                continue
-            mean = np.mean([r["value"] for r in cell])
-            if vote is None or (m, c) == ("diet", "none"):
-                cells.append(f"{mean:.3f}")
-            else:
-                g, se = paired(cell, vote)
-                cells.append(f"{mean:.3f} ({g:+.3f} ± {se:.3f})")
-            prm.append(f"{cell[0]['param_sparsity']:.1%}")
-        label = ("vote (diet)" if m == "diet" else m) + ("" if c == "none" else f" + {c}")
+        is_vote = (m, c) == ("diet", "none")
+        cells = [cell_text(by.get((m, c, s)), None if is_vote else by.get(("diet", "none", s)), n) for s in sparsities]
+        prm = [f"{by[(m, c, s)][0]['param_sparsity']:.1%}" for s in sparsities
+               if (m, c, s) in by and len(by[(m, c, s)]) == n]
+        name = label(m, c)
         ftc = [by[(m, c, s)][0].get("fit_tokens_per_channel") for s in sparsities if (m, c, s) in by]
         if any(ftc):
-            label += " (" + " / ".join(f"{x:.1f}" for x in ftc if x) + " fit tokens per kept channel)"
-        lines.append(f"| {label} | {' | '.join(cells)} | {' / '.join(prm)} |")
+            name += " (" + " / ".join(f"{x:.1f}" for x in ftc if x) + " fit tokens per kept channel)"
+        lines.append(f"| {name} | {' | '.join(cells)} | {' / '.join(prm)} |")
     return lines + [""]
 
 
@@ -268,6 +262,7 @@ def main() -> None:
 
     from diet.api import profile_tasks
     from diet.cache import ArtifactCache
+    from diet.compare import model_size
     from diet.models import count_parameters, load_model
     from diet.settings import ModelSpec, ProfileSettings
     from diet.tasks import get_task, offline_task_names
@@ -337,7 +332,7 @@ def main() -> None:
         lines += [f"## Subset {'+'.join(pick)}", ""] + table(rows, "+".join(pick), [a.subset_sparsity])
         lines += refit_table(rows, "+".join(pick), [a.subset_sparsity])
     evals = [r for r in rows if r["method"] == "dense" and r["taskset"] == "+".join(names)]
-    weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    weights = model_size(lm.model)["mb"] * 2**20
     fits = list({(r["method"], r["sparsity"], r["taskset"]): r["prune_fit_s"] for r in rows
                  if r["comp"] == "lstsq"}.values())
     prof_s = sum(float(st.meta.get("seconds", 0)) for st in stats.values())
