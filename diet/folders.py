@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +54,22 @@ def refuse_pickles(folder: Path) -> None:
 
 
 @contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM for the block: one that arrives meanwhile is delivered (raised) when it ends. Why: the
+    staging folder is created and named in two steps, and an interrupt between them would leave a folder nobody
+    knows to remove. Where the platform cannot hold signals this is a plain block."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
 def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a private temporary folder beside `out` to fill; when the block ends normally, refuse pickles, give the
     files ordinary permissions (0755/0644) and rename the folder to `out` (an old `out` is moved aside first and
@@ -60,8 +77,10 @@ def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp: Path | None = None
     try:
+        with signals_held():  # a Ctrl-C/SIGTERM landing between mkdir and the assignment would orphan the folder
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         yield tmp
         refuse_pickles(tmp)
         for p in [tmp, *tmp.rglob("*")]:
@@ -74,4 +93,5 @@ def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
